@@ -1,0 +1,503 @@
+//! The `cutover` command line: parses arguments, wires the engine
+//! (`workflows`) to the task kinds (`tasks`) and prints results.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tasks::kinds::{build_tasks, Env, TaskKind};
+use tasks::reports::{self, Format, Range, ReportName};
+use tasks::seed::{self, SeedOptions};
+use tasks::source::Source;
+use tasks::Warehouse;
+use workflows::dag::{self, Dag};
+use workflows::{RunOptions, RunState, Runner, TaskKinds, TaskState};
+
+/// cutover loads an event-sourced MongoDB collection into a star-schema
+/// warehouse (SQLite, MySQL/MariaDB, PostgreSQL) from declarative DAG files:
+/// extract incrementally by a watermark, transform with Polars SQL, merge
+/// idempotently, and verify against the source.
+///
+/// With no configuration it reads the events file `.cutover/events.jsonl`
+/// and writes the SQLite warehouse `.cutover/warehouse.db`; `cutover demo`
+/// sets both up and runs everything.
+#[derive(Debug, Parser)]
+#[command(name = "cutover", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// The event source: an events file (mongoexport form, Extended JSON) or
+    /// a `mongodb://` URL.
+    #[arg(long, global = true, env = "CUTOVER_SOURCE_URL", default_value = ".cutover/events.jsonl")]
+    source_url: String,
+    /// The warehouse: `sqlite:PATH`, `mysql://...` (MariaDB too) or
+    /// `postgres://...`.
+    #[arg(long, global = true, env = "CUTOVER_WAREHOUSE_URL", default_value = "sqlite:.cutover/warehouse.db")]
+    warehouse_url: String,
+    /// The directory holding the DAG files.
+    #[arg(long, global = true, env = "CUTOVER_DAGS", default_value = "dags")]
+    dags: PathBuf,
+    /// Where runs keep their intermediate segment files.
+    #[arg(long, global = true, env = "CUTOVER_WORK_DIR", default_value = ".cutover/work")]
+    work_dir: PathBuf,
+    /// Log line format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log more (-v: debug, -vv: trace); `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect and check DAG files.
+    #[command(subcommand)]
+    Dags(DagsCommand),
+    /// Run DAGs now: tasks in dependency order, independent ones at once.
+    Run {
+        /// The DAGs to run, by name.
+        dags: Vec<String>,
+        /// Run every DAG in the DAG directory, in file-name order.
+        #[arg(long, conflicts_with = "dags")]
+        all: bool,
+        /// Show what would run and from which watermark, without running.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep the run's segment files after success.
+        #[arg(long)]
+        keep_work: bool,
+    },
+    /// List recorded runs, newest first.
+    Runs {
+        /// Only runs of this DAG.
+        #[arg(long)]
+        dag: Option<String>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Create or upgrade the warehouse schema (also done before every run).
+    Migrate,
+    /// Write a deterministic synthetic events file following the event model.
+    Seed {
+        /// Documents to write, dirt included.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Random seed: the same seed gives the same file.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Days the events span, from 2026-01-05.
+        #[arg(long, default_value_t = 14)]
+        days: u32,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seed an events file, run every DAG into a fresh SQLite warehouse and
+    /// print the views_daily report. Needs no server.
+    Demo {
+        /// Documents to generate.
+        #[arg(long, default_value_t = 20_000)]
+        events: u64,
+        /// Where the demo's events file and warehouse go.
+        #[arg(long, default_value = ".cutover/demo")]
+        dir: PathBuf,
+    },
+    /// Print a legacy report from the warehouse.
+    Report {
+        /// The report: views_daily.
+        name: String,
+        /// Only events at or after this instant (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events before this instant (RFC 3339 or YYYY-MM-DD).
+        #[arg(long)]
+        to: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DagsCommand {
+    /// Check DAG files (default: every file in the DAG directory); exits
+    /// non-zero on any problem and lists them all.
+    Validate {
+        /// Files to check.
+        paths: Vec<PathBuf>,
+    },
+    /// List DAGs: name, data point, schedule and next run.
+    List,
+    /// Show a DAG's task graph and every resolved setting.
+    Show {
+        /// The DAG's name.
+        name: String,
+    },
+    /// List the task kinds DAG files can use.
+    Kinds,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+fn init_logs(g: &Global) {
+    let default = match g.verbose {
+        0 => "warn,cutover=info",
+        1 => "warn,workflows=info,tasks=info,cutover=debug",
+        _ => "info,workflows=debug,tasks=debug,cutover=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match g.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.global);
+    match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Dags(cmd) => dags_command(g, cmd),
+        Command::Run { dags, all, dry_run, keep_work } => {
+            let selected = select(g, &dags, all)?;
+            if dry_run {
+                dry_run_plan(g, &selected).await
+            } else {
+                run(g, &selected, keep_work, "manual").await
+            }
+        }
+        Command::Runs { dag, limit, format } => {
+            let wh = warehouse(g).await?;
+            let runs = wh.ledger().runs(dag.as_deref(), limit).await?;
+            match format {
+                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+                ListFormat::Table => {
+                    println!("{:<36}  {:<14}  {:<9}  {:<24}  {:>8}  {:>8}  {:>5}", "RUN", "DAG", "STATE", "STARTED", "READ", "WRITTEN", "QUAR");
+                    for r in runs {
+                        println!(
+                            "{:<36}  {:<14}  {:<9}  {:<24}  {:>8}  {:>8}  {:>5}",
+                            r.run_id, r.dag, r.state, r.started_at, r.rows_read, r.rows_written, r.rows_quarantined
+                        );
+                        if let Some(e) = r.error {
+                            println!("    error: {}", e.lines().next().unwrap_or_default());
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let wh = warehouse(g).await?;
+            println!("warehouse {} is migrated", wh.display_url);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed { events, seed, days, out } => {
+            let stats = write_seed(&out, events, seed, days)?;
+            println!(
+                "wrote {} events to {} ({} duplicates, {} invalid, {} unknown types, {} late)",
+                stats.written,
+                out.display(),
+                stats.duplicates,
+                stats.invalid,
+                stats.unknown_types,
+                stats.late
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { events, dir } => demo(g, events, &dir).await,
+        Command::Report { name, from, to, format } => {
+            let report = ReportName::from_name(&name).with_context(|| {
+                let names: Vec<&str> = ReportName::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown report `{name}`; the reports are {}", names.join(", "))
+            })?;
+            let range = Range { from_ms: from.as_deref().map(parse_instant).transpose()?, to_ms: to.as_deref().map(parse_instant).transpose()? };
+            let wh = warehouse(g).await?;
+            let rows = reports::from_warehouse(&wh, report, range).await?;
+            let format = match format {
+                ReportFormat::Table => Format::Table,
+                ReportFormat::Json => Format::Json,
+                ReportFormat::Csv => Format::Csv,
+            };
+            print!("{}", rows.render(format));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant into epoch ms.
+fn parse_instant(s: &str) -> Result<i64> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis());
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .with_context(|| format!("`{s}` is not a date (YYYY-MM-DD) or an RFC 3339 instant"))
+}
+
+fn load_dags(dir: &Path) -> Result<Vec<Dag<TaskKind>>> {
+    dag::load_dir::<TaskKind>(dir).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{} problem(s) in the DAG files in {}", errors.len(), dir.display())
+    })
+}
+
+fn select(g: &Global, names: &[String], all: bool) -> Result<Vec<Dag<TaskKind>>> {
+    let dags = load_dags(&g.dags)?;
+    if all {
+        return Ok(dags);
+    }
+    if names.is_empty() {
+        bail!("name the DAGs to run, or pass --all");
+    }
+    names
+        .iter()
+        .map(|n| {
+            dags.iter().find(|d| &d.name == n).cloned().with_context(|| {
+                let known: Vec<&str> = dags.iter().map(|d| d.name.as_str()).collect();
+                match dag::did_you_mean(n, known.iter().copied()) {
+                    Some(h) => format!("no DAG named `{n}` in {} (did you mean `{h}`?)", g.dags.display()),
+                    None => format!("no DAG named `{n}` in {}; there are: {}", g.dags.display(), known.join(", ")),
+                }
+            })
+        })
+        .collect()
+}
+
+async fn warehouse(g: &Global) -> Result<Warehouse> {
+    let wh = Warehouse::connect(&g.warehouse_url).await?;
+    wh.migrate().await?;
+    Ok(wh)
+}
+
+async fn env(g: &Global) -> Result<Env> {
+    let source = Source::open(&g.source_url).await?;
+    if let Source::File(path) = &source {
+        if !path.exists() {
+            bail!(
+                "the events file {} does not exist; set CUTOVER_SOURCE_URL (a file or mongodb:// URL), or create one with `cutover seed --out {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(Env { source, warehouse: warehouse(g).await? })
+}
+
+async fn run(g: &Global, dags: &[Dag<TaskKind>], keep_work: bool, trigger: &str) -> Result<ExitCode> {
+    let env = env(g).await?;
+    let runner = Runner::new(env.warehouse.ledger());
+    let opts = RunOptions { work_root: g.work_dir.clone(), trigger: trigger.into(), keep_work, ..RunOptions::default() };
+    let mut failed = 0;
+    for dag in dags {
+        let summary = runner.run(dag, build_tasks(dag, &env), &opts).await?;
+        println!("{} run {}: {}", dag.name, summary.run_id, summary.state.name());
+        for (id, state) in &summary.tasks {
+            match state {
+                TaskState::Succeeded { attempt, report } => {
+                    let retried = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                    println!("  {id:<22} ok{retried}: {}", report.summary);
+                }
+                TaskState::Failed { attempt, error, .. } => println!("  {id:<22} FAILED after {attempt} attempt(s): {error}"),
+                TaskState::Skipped { because } => println!("  {id:<22} skipped ({because} did not succeed)"),
+                other => println!("  {id:<22} {}", other.name()),
+            }
+        }
+        if matches!(summary.state, RunState::Failed { .. }) {
+            failed += 1;
+            println!("  work files kept in {}", summary.work_dir.display());
+        }
+    }
+    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+async fn dry_run_plan(g: &Global, dags: &[Dag<TaskKind>]) -> Result<ExitCode> {
+    let wh = Warehouse::connect(&g.warehouse_url).await?;
+    for dag in dags {
+        println!("{} (dry run: nothing is read or written)", dag.name);
+        for (i, wave) in dag.waves().iter().enumerate() {
+            for t in wave {
+                let mut line = format!("  step {}: {} [{}]", i + 1, t.id, t.kind.kind_name());
+                if let TaskKind::ExtractMongo(c) = &t.kind {
+                    // Without migrations there is no watermark table yet.
+                    let w = wh.watermark(&dag.name, &t.id).await.ok().flatten();
+                    let from = c.since(w).map_or_else(|| "the beginning".to_owned(), reports::format_ms);
+                    line.push_str(&format!(" would read {} from {from}", c.types.join(", ")));
+                }
+                if !t.depends_on.is_empty() {
+                    line.push_str(&format!(" after {}", t.depends_on.join(", ")));
+                }
+                println!("{line}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dags_command(g: &Global, cmd: DagsCommand) -> Result<ExitCode> {
+    match cmd {
+        DagsCommand::Validate { paths } => {
+            let result = if paths.is_empty() {
+                dag::load_dir::<TaskKind>(&g.dags)
+            } else {
+                dag::load_files::<TaskKind>(&paths)
+            };
+            match result {
+                Ok(dags) => {
+                    for d in &dags {
+                        println!("ok  {} ({}): {} tasks", d.file.display(), d.name, d.tasks.len());
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        println!("{e}");
+                    }
+                    eprintln!("{} problem(s)", errors.len());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        DagsCommand::List => {
+            let dags = load_dags(&g.dags)?;
+            println!("{:<16}  {:<12}  {:<32}  {}", "NAME", "DATA POINT", "SCHEDULE", "NEXT RUN");
+            for d in dags {
+                let (schedule, next) = match &d.schedule {
+                    Some(s) => (
+                        format!("{} ({})", s.cron, s.timezone),
+                        s.next_after(Utc::now()).map_or_else(|| "never".into(), |t| reports::format_ms(t.timestamp_millis())),
+                    ),
+                    None => ("ad hoc".into(), "-".into()),
+                };
+                println!("{:<16}  {:<12}  {:<32}  {}", d.name, d.data_point, schedule, next);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DagsCommand::Show { name } => {
+            let dag = select(g, &[name], false)?.remove(0);
+            println!("{} ({})", dag.name, dag.file.display());
+            if !dag.description.is_empty() {
+                println!("  {}", dag.description.trim());
+            }
+            println!("  data point: {}", dag.data_point);
+            match &dag.schedule {
+                Some(s) => println!("  schedule: {} in {}", s.cron, s.timezone),
+                None => println!("  schedule: none (ad hoc)"),
+            }
+            println!("\ntask graph:");
+            for (i, wave) in dag.waves().iter().enumerate() {
+                let ids: Vec<&str> = wave.iter().map(|t| t.id.as_str()).collect();
+                println!("  step {}: {}", i + 1, ids.join(", "));
+            }
+            for t in &dag.tasks {
+                println!("\n[{}]", t.id);
+                let mut table = toml::Table::try_from(t).context("rendering the task")?;
+                if let Some(toml::Value::Table(kind)) = table.remove("kind") {
+                    table.extend(kind);
+                }
+                print!("{}", toml::to_string_pretty(&table).context("rendering the task")?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DagsCommand::Kinds => {
+            for k in TaskKind::catalog() {
+                println!("{:<18} {}", k.name, k.summary);
+                println!("{:<18} settings: {}", "", (k.fields)().join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn write_seed(out: &Path, events: u64, seed: u64, days: u32) -> Result<seed::SeedStats> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = out.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let opts = SeedOptions { events, seed, days, ..SeedOptions::default() };
+    let stats = seed::generate(&opts, std::io::BufWriter::new(file)).context("writing events")?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(stats)
+}
+
+async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
+    let events_file = dir.join("events.jsonl");
+    let db = dir.join("warehouse.db");
+    for stale in [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
+        let _ = std::fs::remove_file(stale);
+    }
+    let stats = write_seed(&events_file, events, 7, 14)?;
+    println!(
+        "seeded {} events into {} ({} duplicates, {} invalid, {} unknown types, {} late)\n",
+        stats.written,
+        events_file.display(),
+        stats.duplicates,
+        stats.invalid,
+        stats.unknown_types,
+        stats.late
+    );
+    let g = Global {
+        source_url: events_file.display().to_string(),
+        warehouse_url: format!("sqlite:{}", db.display()),
+        dags: g.dags.clone(),
+        work_dir: dir.join("work"),
+        log_format: g.log_format,
+        verbose: g.verbose,
+    };
+    let dags = load_dags(&g.dags)?;
+    let code = run(&g, &dags, false, "demo").await?;
+    let wh = warehouse(&g).await?;
+    let report = reports::from_warehouse(&wh, ReportName::ViewsDaily, Range::default()).await?;
+    let shown = reports::Report { columns: report.columns.clone(), rows: report.rows.iter().take(15).cloned().collect() };
+    println!("\nviews_daily (first {} of {} rows):", shown.rows.len(), report.rows.len());
+    print!("{}", shown.render(Format::Table));
+    println!("\nThe warehouse is the SQLite file {}. Explore it with:", db.display());
+    println!("  CUTOVER_WAREHOUSE_URL=sqlite:{} cutover report views_daily --format json", db.display());
+    println!("  CUTOVER_WAREHOUSE_URL=sqlite:{} cutover runs", db.display());
+    println!("  sqlite3 {} 'SELECT COUNT(*) FROM fact_views'", db.display());
+    Ok(code)
+}

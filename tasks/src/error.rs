@@ -1,0 +1,63 @@
+//! Turning driver errors into task errors: retryable or fatal by the error's
+//! type and code, never by its message.
+
+use workflows::TaskError;
+
+/// Whether a database error may pass on its own: a connection or pool
+/// problem, a deadlock, a lock or busy timeout.
+pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // MySQL/MariaDB: lock wait timeout, deadlock, server gone / lost.
+            Some("1205" | "1213" | "2006" | "2013")
+            // PostgreSQL: serialization failure, deadlock, connection exceptions,
+            // admin shutdown, cannot connect now.
+            | Some("40001" | "40P01" | "08000" | "08003" | "08006" | "57P01" | "57P03")
+            // SQLite: busy, locked.
+            | Some("5" | "6" | "517" | "262")
+        ),
+        _ => false,
+    }
+}
+
+/// A task error from a database error, with `what` saying what was being done.
+pub fn from_sqlx(what: impl Into<String>, e: sqlx::Error) -> TaskError {
+    let retryable = sqlx_retryable(&e);
+    let err = Context { what: what.into(), source: Box::new(e) };
+    if retryable {
+        TaskError::Retryable(Box::new(err))
+    } else {
+        TaskError::Fatal(Box::new(err))
+    }
+}
+
+/// A task error from an I/O error: interruptions and timeouts are retryable.
+pub fn from_io(what: impl Into<String>, e: std::io::Error) -> TaskError {
+    use std::io::ErrorKind::*;
+    let retryable = matches!(e.kind(), Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted);
+    let err = Context { what: what.into(), source: Box::new(e) };
+    if retryable {
+        TaskError::Retryable(Box::new(err))
+    } else {
+        TaskError::Fatal(Box::new(err))
+    }
+}
+
+/// An error with a line of context in front of its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct Context {
+    what: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl Context {
+    /// Wraps `source` with `what`.
+    pub fn new(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self { what: what.into(), source: Box::new(source) }
+    }
+}

@@ -1,0 +1,3 @@
+//! Extract kinds: read source documents into typed segments.
+
+pub mod mongo;

@@ -1,0 +1,377 @@
+//! `extract.mongo`: reads the events of some types from the event
+//! collection (or the embedded events file), incrementally from the
+//! committed watermark minus a lookback window, checks every document against
+//! the declared columns, quarantines the invalid ones with their reason and
+//! writes the rest as typed segments for the transform.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bson::{Bson, Document};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use workflows::{SettingProblem, Task, TaskContext, TaskError, TaskReport};
+
+use crate::error::{from_io, from_sqlx};
+use crate::schema::{read_row, ColumnType, Columns, Value};
+use crate::segment::{self, Meta, Watermark};
+use crate::source::{Item, Query, Source};
+use crate::warehouse::Warehouse;
+
+/// The settings of an `extract.mongo` task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The MongoDB database holding the events.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// The collection holding the events.
+    #[serde(default = "default_collection")]
+    pub collection: String,
+    /// The event types to read; others are not read.
+    pub types: Vec<String>,
+    /// The field holding the event type.
+    #[serde(default = "default_type_field")]
+    pub type_field: String,
+    /// The field holding the event time, a BSON date; the watermark follows it.
+    #[serde(default = "default_ts_field")]
+    pub ts_field: String,
+    /// The column that identifies an event; duplicates of it are one event.
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// How far before the watermark each run reads again, to pick up events
+    /// that arrived late, e.g. `2h`.
+    #[serde(default = "default_lookback", with = "humantime_serde")]
+    pub lookback: Duration,
+    /// Rows per segment, and documents per MongoDB round trip.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: NonZeroU32,
+    /// The columns to read, by name: path, type and constraints.
+    pub columns: Columns,
+}
+
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration such as `30s`, `5m` or `2h`: {e}"))
+        })
+    }
+}
+
+fn default_database() -> String {
+    "app".into()
+}
+fn default_collection() -> String {
+    "events".into()
+}
+fn default_type_field() -> String {
+    "type".into()
+}
+fn default_ts_field() -> String {
+    "ts".into()
+}
+fn default_key() -> String {
+    "event_id".into()
+}
+fn default_lookback() -> Duration {
+    Duration::ZERO
+}
+fn default_batch_size() -> NonZeroU32 {
+    NonZeroU32::new(20_000).expect("non-zero")
+}
+
+impl Config {
+    /// Checks without I/O.
+    pub fn check(&self) -> Vec<SettingProblem> {
+        let mut out = Vec::new();
+        if self.types.is_empty() {
+            out.push(SettingProblem::field("types", "lists no event type"));
+        }
+        if self.columns.is_empty() {
+            out.push(SettingProblem::field("columns", "declares no column"));
+        }
+        if !self.columns.keys().any(|c| c.as_str() == self.key) {
+            out.push(SettingProblem::field("key", format!("`{}` is not one of the columns", self.key)));
+        }
+        let ts_col = self
+            .columns
+            .values()
+            .any(|c| c.ty == ColumnType::Timestamp && matches!(&c.path, crate::schema::Paths::One(p) if *p == self.ts_field));
+        if !ts_col {
+            out.push(SettingProblem::field(
+                "columns",
+                format!("no column of type timestamp reads `{}`, the ts_field", self.ts_field),
+            ));
+        }
+        out
+    }
+
+    /// The name of the timestamp column that reads `ts_field`.
+    pub fn ts_column(&self) -> Option<&str> {
+        self.columns.iter().find_map(|(name, c)| {
+            (c.ty == ColumnType::Timestamp && matches!(&c.path, crate::schema::Paths::One(p) if *p == self.ts_field))
+                .then_some(name.as_str())
+        })
+    }
+
+    /// The source query from `since_ms`.
+    pub fn query(&self, since_ms: Option<i64>, until_ms: Option<i64>) -> Query {
+        Query {
+            database: self.database.clone(),
+            collection: self.collection.clone(),
+            type_field: self.type_field.clone(),
+            types: self.types.clone(),
+            ts_field: self.ts_field.clone(),
+            since_ms,
+            until_ms,
+            batch_size: self.batch_size.get(),
+        }
+    }
+
+    /// Where the next run starts reading: the watermark minus the lookback.
+    pub fn since(&self, watermark: Option<i64>) -> Option<i64> {
+        watermark.map(|w| w - self.lookback.as_millis() as i64)
+    }
+}
+
+/// A document set aside as invalid.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// A stable id: the `_id`, or a hash of the raw text.
+    pub doc_id: String,
+    /// The event id, when readable.
+    pub event_id: Option<String>,
+    /// The event type, when readable.
+    pub event_type: Option<String>,
+    /// Why it is invalid.
+    pub reason: String,
+    /// The document as relaxed Extended JSON, or the raw line.
+    pub raw: String,
+}
+
+impl Rejected {
+    fn from_doc(doc: &Document, cfg: &Config, reason: String) -> Self {
+        let raw = Bson::Document(doc.clone()).into_relaxed_extjson().to_string();
+        let doc_id = match doc.get("_id") {
+            Some(Bson::ObjectId(o)) => o.to_hex(),
+            Some(other) => short_hash(&other.to_string()),
+            None => short_hash(&raw),
+        };
+        Self {
+            doc_id,
+            event_id: doc.get_str(&cfg.key).ok().map(str::to_owned),
+            event_type: doc.get_str(&cfg.type_field).ok().map(str::to_owned),
+            reason,
+            raw,
+        }
+    }
+}
+
+/// A stable short hash of a text (FNV-1a, 64 bits, hex).
+pub fn short_hash(s: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("h{h:016x}")
+}
+
+/// Writes quarantined documents; a document already quarantined by this DAG
+/// and task is left as it is.
+///
+/// # Errors
+/// The write failed.
+pub async fn quarantine(
+    wh: &Warehouse,
+    dag: &str,
+    task: &str,
+    run_id: &str,
+    rejected: &[Rejected],
+) -> Result<(), sqlx::Error> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let b = wh.backend;
+    let now = workflows::ledger::timestamp(chrono::Utc::now());
+    for chunk in rejected.chunks(500) {
+        let mut sql = String::from(
+            "INSERT INTO cutover_quarantine (dag, task, doc_id, event_id, event_type, reason, raw, run_id, quarantined_at) VALUES ",
+        );
+        for (i, _) in chunk.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            sql.push_str(&b.params(i * 9 + 1, 9));
+            sql.push(')');
+        }
+        sql.push_str(match b {
+            workflows::Backend::MySql => " ON DUPLICATE KEY UPDATE doc_id = doc_id",
+            _ => " ON CONFLICT (dag, task, doc_id) DO NOTHING",
+        });
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            q = q
+                .bind(dag)
+                .bind(task)
+                .bind(r.doc_id.clone())
+                .bind(r.event_id.clone())
+                .bind(r.event_type.clone())
+                .bind(r.reason.clone())
+                .bind(r.raw.clone())
+                .bind(run_id)
+                .bind(now.clone());
+        }
+        q.execute(&wh.pool).await?;
+    }
+    Ok(())
+}
+
+/// The task.
+pub struct ExtractMongo {
+    /// Its settings.
+    pub config: Config,
+    /// Where the events are.
+    pub source: Source,
+    /// Where watermarks and quarantine are.
+    pub warehouse: Warehouse,
+    /// Read only events before this instant (epoch ms), for backfills.
+    pub until_ms: Option<i64>,
+    /// Ignore the watermark and read from this instant (epoch ms).
+    pub from_ms: Option<i64>,
+}
+
+/// What a pass over the source found.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// Documents read.
+    pub read: u64,
+    /// Valid rows.
+    pub rows: u64,
+    /// Invalid documents.
+    pub quarantined: u64,
+    /// The greatest timestamp seen.
+    pub max_ts: Option<i64>,
+}
+
+#[async_trait]
+impl Task for ExtractMongo {
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
+        let cfg = &self.config;
+        let watermark = self
+            .warehouse
+            .watermark(&ctx.dag, &ctx.task)
+            .await
+            .map_err(|e| from_sqlx("reading the watermark", e))?;
+        let since = self.from_ms.or_else(|| cfg.since(watermark));
+        let query = cfg.query(since, self.until_ms);
+        let out_dir = ctx.output_dir(&ctx.task);
+        let _ = std::fs::remove_dir_all(&out_dir);
+        std::fs::create_dir_all(&out_dir).map_err(|e| from_io("creating the output directory", e))?;
+
+        let columns: Vec<(String, ColumnType)> = cfg
+            .columns
+            .iter()
+            .map(|(n, c)| {
+                let ty = if c.ty == ColumnType::ObjectId { ColumnType::String } else { c.ty };
+                (n.as_str().to_owned(), ty)
+            })
+            .collect();
+        let ts_index = cfg
+            .columns
+            .keys()
+            .position(|c| Some(c.as_str()) == cfg.ts_column())
+            .ok_or_else(|| TaskError::fatal("no timestamp column"))?;
+        let ordered = self.source.is_ordered();
+        let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
+
+        let mut stream = self.source.stream(&query).await?;
+        let mut pass = Pass::default();
+        let mut rows: Vec<Vec<Value>> = Vec::with_capacity(cfg.batch_size.get() as usize);
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut seq = 0u32;
+        let mut flush = |rows: &mut Vec<Vec<Value>>, max_ts: Option<i64>, last: bool| -> Result<(), TaskError> {
+            if rows.is_empty() && !last {
+                return Ok(());
+            }
+            seq += 1;
+            let meta = Meta {
+                columns: columns.clone(),
+                rows: rows.len() as u64,
+                source_task: ctx.task.clone(),
+                // An ordered source's watermark may advance segment by segment;
+                // an unordered one's only when everything is committed.
+                watermark: if ordered || last { max_ts.map(|ts_ms| Watermark { ts_ms }) } else { None },
+            };
+            segment::write(&out_dir, seq, &meta, rows).map_err(|e| from_io("writing a segment", e))?;
+            rows.clear();
+            Ok(())
+        };
+        while let Some(item) = stream.next().await {
+            pass.read += 1;
+            progress.inc(1);
+            match item? {
+                Item::Doc(doc) => match read_row(&doc, &cfg.columns) {
+                    Ok(row) => {
+                        if let Value::Int(ts) = row[ts_index] {
+                            pass.max_ts = Some(pass.max_ts.map_or(ts, |m| m.max(ts)));
+                        }
+                        rows.push(row);
+                        pass.rows += 1;
+                        if rows.len() >= cfg.batch_size.get() as usize {
+                            flush(&mut rows, pass.max_ts, false)?;
+                        }
+                    }
+                    Err(reason) => rejected.push(Rejected::from_doc(&doc, cfg, reason)),
+                },
+                Item::Unreadable { raw, reason } => rejected.push(Rejected {
+                    doc_id: short_hash(&raw),
+                    event_id: None,
+                    event_type: None,
+                    reason,
+                    raw,
+                }),
+            }
+            if rejected.len() >= 1000 {
+                pass.quarantined += rejected.len() as u64;
+                quarantine(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
+                    .await
+                    .map_err(|e| from_sqlx("writing quarantine", e))?;
+                rejected.clear();
+            }
+        }
+        flush(&mut rows, pass.max_ts, true)?;
+        pass.quarantined += rejected.len() as u64;
+        quarantine(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
+            .await
+            .map_err(|e| from_sqlx("writing quarantine", e))?;
+        progress.finish_and_clear();
+        let from = since.map_or_else(|| "the beginning".to_owned(), crate::reports::format_ms);
+        Ok(TaskReport {
+            rows_read: pass.read,
+            rows_written: pass.rows,
+            rows_quarantined: pass.quarantined,
+            summary: format!(
+                "read {} documents from {from}: {} valid rows, {} quarantined",
+                pass.read, pass.rows, pass.quarantined
+            ),
+        })
+    }
+}
+
+/// Builds the task.
+pub fn build(config: Config, source: Source, warehouse: Warehouse) -> Arc<dyn Task> {
+    Arc::new(ExtractMongo { config, source, warehouse, until_ms: None, from_ms: None })
+}

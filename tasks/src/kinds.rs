@@ -1,0 +1,149 @@
+//! The registry of task kinds: one enum whose only `match`es hand each
+//! variant to its module. Validation, `cutover dags kinds` and errors all
+//! come from this table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_aux::serde_introspection::serde_introspect;
+use workflows::{Dag, KindInfo, SettingProblem, Task, TaskKinds};
+
+use crate::source::Source;
+use crate::warehouse::Warehouse;
+use crate::{extract, load, transform, verify};
+
+/// A task's kind and its parsed settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind")]
+pub enum TaskKind {
+    /// Reads events from MongoDB or the events file.
+    #[serde(rename = "extract.mongo")]
+    ExtractMongo(extract::mongo::Config),
+    /// Turns extracted rows into facts and dimensions with Polars SQL.
+    #[serde(rename = "transform.polars")]
+    TransformPolars(transform::polars::Config),
+    /// Merges transform outputs into warehouse tables.
+    #[serde(rename = "load.merge")]
+    LoadMerge(load::merge::Config),
+    /// Reconciles a fact table with the source.
+    #[serde(rename = "verify.reconcile")]
+    VerifyReconcile(verify::reconcile::Config),
+}
+
+static CATALOG: &[KindInfo] = &[
+    KindInfo {
+        name: "extract.mongo",
+        summary: "read events of some types from MongoDB (or the events file) since the watermark; quarantine invalid ones",
+        fields: || serde_introspect::<extract::mongo::Config>(),
+    },
+    KindInfo {
+        name: "transform.polars",
+        summary: "run Polars SQL over each extracted segment, one query per output table",
+        fields: || serde_introspect::<transform::polars::Config>(),
+    },
+    KindInfo {
+        name: "load.merge",
+        summary: "merge outputs into warehouse tables, one transaction per segment with the watermark",
+        fields: || serde_introspect::<load::merge::Config>(),
+    },
+    KindInfo {
+        name: "verify.reconcile",
+        summary: "check day by day that a fact table holds exactly the valid distinct source events",
+        fields: || serde_introspect::<verify::reconcile::Config>(),
+    },
+];
+
+fn parse_as<T: DeserializeOwned>(settings: toml::Table) -> Result<T, Vec<SettingProblem>> {
+    serde_path_to_error::deserialize(toml::Value::Table(settings)).map_err(|e| {
+        let path = e.path().to_string();
+        let field = (path != "." && !path.is_empty()).then_some(path);
+        vec![SettingProblem { field, message: e.into_inner().to_string().trim().to_owned() }]
+    })
+}
+
+impl TaskKinds for TaskKind {
+    fn catalog() -> &'static [KindInfo] {
+        CATALOG
+    }
+
+    fn parse(kind: &str, settings: toml::Table) -> Result<Self, Vec<SettingProblem>> {
+        Ok(match kind {
+            "extract.mongo" => Self::ExtractMongo(parse_as(settings)?),
+            "transform.polars" => Self::TransformPolars(parse_as(settings)?),
+            "load.merge" => Self::LoadMerge(parse_as(settings)?),
+            "verify.reconcile" => Self::VerifyReconcile(parse_as(settings)?),
+            other => {
+                return Err(vec![SettingProblem::field("kind", format!("unknown kind `{other}`"))]);
+            }
+        })
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match self {
+            Self::ExtractMongo(_) => "extract.mongo",
+            Self::TransformPolars(_) => "transform.polars",
+            Self::LoadMerge(_) => "load.merge",
+            Self::VerifyReconcile(_) => "verify.reconcile",
+        }
+    }
+
+    fn check(&self, depends_on: &[String], tasks: &[(&str, &Self)]) -> Vec<SettingProblem> {
+        match self {
+            Self::ExtractMongo(c) => c.check(),
+            Self::TransformPolars(c) => c.check(depends_on),
+            Self::LoadMerge(c) => c.check(depends_on),
+            Self::VerifyReconcile(c) => c.check(extract_config(tasks, &c.source)),
+        }
+    }
+}
+
+fn extract_config<'a>(tasks: &[(&str, &'a TaskKind)], id: &str) -> Option<&'a extract::mongo::Config> {
+    tasks.iter().find_map(|(tid, k)| match k {
+        TaskKind::ExtractMongo(c) if *tid == id => Some(c),
+        _ => None,
+    })
+}
+
+/// What tasks connect to.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The event source.
+    pub source: Source,
+    /// The warehouse.
+    pub warehouse: Warehouse,
+}
+
+/// Builds the implementation of every task of `dag`.
+pub fn build_tasks(dag: &Dag<TaskKind>, env: &Env) -> HashMap<String, Arc<dyn Task>> {
+    let all: Vec<(&str, &TaskKind)> = dag.tasks.iter().map(|t| (t.id.as_str(), &t.kind)).collect();
+    dag.tasks
+        .iter()
+        .map(|spec| {
+            let task: Arc<dyn Task> = match &spec.kind {
+                TaskKind::ExtractMongo(c) => extract::mongo::build(c.clone(), env.source.clone(), env.warehouse.clone()),
+                TaskKind::TransformPolars(c) => transform::polars::build(c.clone()),
+                TaskKind::LoadMerge(c) => load::merge::build(c.clone(), env.warehouse.clone()),
+                TaskKind::VerifyReconcile(c) => {
+                    let extract = extract_config(&all, &c.source).expect("checked when the DAG was loaded").clone();
+                    verify::reconcile::build(c.clone(), extract, env.source.clone(), env.warehouse.clone())
+                }
+            };
+            (spec.id.clone(), task)
+        })
+        .collect()
+}
+
+/// A progress counter on standard error; hidden when it is not a terminal.
+pub fn progress(label: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} {human_pos} rows ({per_sec}, {elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_prefix(label.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

@@ -1,0 +1,23 @@
+//! cutover's task kinds and what they share: the event sources, the
+//! warehouse connection, the segment files tasks hand to each other, the
+//! legacy and warehouse reports, and the synthetic event generator.
+//!
+//! Every kind is one module (`extract::mongo`, `transform::polars`,
+//! `load::merge`, `verify::reconcile`) with a config struct and one
+//! [`workflows::Task`] implementation; [`kinds::TaskKind`] lists them once.
+
+pub mod error;
+pub mod extract;
+pub mod kinds;
+pub mod load;
+pub mod reports;
+pub mod schema;
+pub mod seed;
+pub mod segment;
+pub mod source;
+pub mod transform;
+pub mod verify;
+pub mod warehouse;
+
+pub use kinds::{build_tasks, Env, TaskKind};
+pub use warehouse::Warehouse;

@@ -1,0 +1,361 @@
+//! `load.merge`: merges a transform's outputs into warehouse tables, segment
+//! by segment. Each segment is one transaction holding the rows of every
+//! target and the watermark the segment completes, so a crash leaves either
+//! all of a segment or none of it, and a rerun merges the same rows again to
+//! the same result. Rows go in multi-row statements, never one per round
+//! trip.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::Any;
+use workflows::{Backend, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport};
+
+use crate::error::{from_io, from_sqlx};
+use crate::schema::{ColumnType, Value};
+use crate::segment;
+use crate::transform::polars::output_dir;
+use crate::warehouse::{advance_watermark, Warehouse};
+
+/// The settings of a `load.merge` task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The transform task whose outputs are loaded; one of `depends_on`.
+    pub input: String,
+    /// Where each output goes.
+    pub targets: Vec<Target>,
+}
+
+/// One output merged into one table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// The transform output.
+    pub output: SqlIdent,
+    /// The table; the output's name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<SqlIdent>,
+    /// The columns of the table's primary or unique key.
+    pub key: Vec<SqlIdent>,
+    /// How a row whose key is already there is merged.
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// For `latest`: the column whose greater value wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<SqlIdent>,
+}
+
+impl Target {
+    /// The table loaded.
+    pub fn table(&self) -> &SqlIdent {
+        self.table.as_ref().unwrap_or(&self.output)
+    }
+}
+
+/// How rows merge with rows of the same key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Keep the row already there (facts at event grain, static dimensions).
+    #[default]
+    InsertNew,
+    /// Replace the row when the new `version` is greater (type 1 dimensions).
+    Latest,
+    /// Fill the columns still null from the new row (accumulating snapshots).
+    Accumulate,
+}
+
+impl Config {
+    /// Checks without I/O.
+    pub fn check(&self, depends_on: &[String]) -> Vec<SettingProblem> {
+        let mut out = Vec::new();
+        if !depends_on.contains(&self.input) {
+            out.push(SettingProblem::field("input", format!("`{}` is not one of this task's depends_on", self.input)));
+        }
+        if self.targets.is_empty() {
+            out.push(SettingProblem::field("targets", "declares no target"));
+        }
+        let mut tables = BTreeSet::new();
+        for (i, t) in self.targets.iter().enumerate() {
+            if t.key.is_empty() {
+                out.push(SettingProblem::field(format!("targets[{i}].key"), "names no column"));
+            }
+            if !tables.insert(t.table().clone()) {
+                out.push(SettingProblem::field(format!("targets[{i}].table"), format!("`{}` is loaded twice", t.table())));
+            }
+            match (t.strategy, &t.version) {
+                (Strategy::Latest, None) => {
+                    out.push(SettingProblem::field(format!("targets[{i}].version"), "is required by strategy `latest`"))
+                }
+                (Strategy::InsertNew | Strategy::Accumulate, Some(_)) => out.push(SettingProblem::field(
+                    format!("targets[{i}].version"),
+                    "is used only by strategy `latest`",
+                )),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Builds the merge statement for `rows` rows of `columns` into a target.
+pub fn merge_sql(backend: Backend, target: &Target, columns: &[String], rows: usize) -> String {
+    let q = |c: &str| backend.quote(c);
+    let table = q(target.table().as_str());
+    let cols = columns.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+    let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&backend.params(r * columns.len() + 1, columns.len()));
+        sql.push(')');
+    }
+    let keys: Vec<&str> = target.key.iter().map(SqlIdent::as_str).collect();
+    let rest: Vec<&String> = columns.iter().filter(|c| !keys.contains(&c.as_str())).collect();
+    let key_list = keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+    match (backend, target.strategy) {
+        (Backend::MySql, Strategy::InsertNew) => {
+            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {k} = {k}", k = q(keys[0])));
+        }
+        (Backend::MySql, Strategy::Latest) => {
+            let v = q(target.version.as_ref().expect("checked").as_str());
+            let mut sets: Vec<String> = rest
+                .iter()
+                .filter(|c| q(c) != v)
+                .map(|c| format!("{c} = IF(VALUES({v}) > {v}, VALUES({c}), {c})", c = q(c)))
+                .collect();
+            sets.push(format!("{v} = GREATEST({v}, VALUES({v}))"));
+            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", ")));
+        }
+        (Backend::MySql, Strategy::Accumulate) => {
+            let sets: Vec<String> = rest.iter().map(|c| format!("{c} = COALESCE({c}, VALUES({c}))", c = q(c))).collect();
+            if sets.is_empty() {
+                sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {k} = {k}", k = q(keys[0])));
+            } else {
+                sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", ")));
+            }
+        }
+        (_, Strategy::InsertNew) => sql.push_str(&format!(" ON CONFLICT ({key_list}) DO NOTHING")),
+        (_, Strategy::Latest) => {
+            let v = q(target.version.as_ref().expect("checked").as_str());
+            let sets: Vec<String> = rest.iter().map(|c| format!("{c} = excluded.{c}", c = q(c))).collect();
+            sql.push_str(&format!(
+                " ON CONFLICT ({key_list}) DO UPDATE SET {} WHERE excluded.{v} > {table}.{v}",
+                sets.join(", ")
+            ));
+        }
+        (_, Strategy::Accumulate) => {
+            let sets: Vec<String> =
+                rest.iter().map(|c| format!("{c} = COALESCE({table}.{c}, excluded.{c})", c = q(c))).collect();
+            if sets.is_empty() {
+                sql.push_str(&format!(" ON CONFLICT ({key_list}) DO NOTHING"));
+            } else {
+                sql.push_str(&format!(" ON CONFLICT ({key_list}) DO UPDATE SET {}", sets.join(", ")));
+            }
+        }
+    }
+    sql
+}
+
+/// Removes rows whose key repeats within a batch, as the merge would: the
+/// first for `insert_new`, the greatest version for `latest`, the first
+/// non-null value of each column for `accumulate`.
+pub fn dedup(target: &Target, columns: &[String], rows: Vec<Vec<Value>>) -> Result<Vec<Vec<Value>>, String> {
+    let index = |name: &str| {
+        columns
+            .iter()
+            .position(|c| c == name)
+            .ok_or_else(|| format!("the output has no column `{name}` for table {}", target.table()))
+    };
+    let key_idx: Vec<usize> = target.key.iter().map(|k| index(k.as_str())).collect::<Result<_, _>>()?;
+    let version_idx = target.version.as_ref().map(|v| index(v.as_str())).transpose()?;
+    let mut pos: HashMap<Vec<String>, usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key: Vec<String> = key_idx.iter().map(|&i| format!("{:?}", row[i])).collect();
+        match pos.get(&key) {
+            None => {
+                pos.insert(key, out.len());
+                out.push(row);
+            }
+            Some(&at) => match target.strategy {
+                Strategy::InsertNew => {}
+                Strategy::Latest => {
+                    let v = version_idx.expect("checked");
+                    if greater(&row[v], &out[at][v]) {
+                        out[at] = row;
+                    }
+                }
+                Strategy::Accumulate => {
+                    for (slot, new) in out[at].iter_mut().zip(row) {
+                        if *slot == Value::Null {
+                            *slot = new;
+                        }
+                    }
+                }
+            },
+        }
+    }
+    Ok(out)
+}
+
+fn greater(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => x > y,
+        (Value::Float(x), Value::Float(y)) => x > y,
+        (Value::Str(x), Value::Str(y)) => x > y,
+        (Value::Bool(x), Value::Bool(y)) => x > y,
+        (_, Value::Null) => *a != Value::Null,
+        _ => false,
+    }
+}
+
+fn bind<'q>(q: Query<'q, Any, AnyArguments<'q>>, ty: ColumnType, v: &Value) -> Query<'q, Any, AnyArguments<'q>> {
+    match ty {
+        ColumnType::String | ColumnType::ObjectId => q.bind(match v {
+            Value::Str(s) => Some(s.clone()),
+            _ => None,
+        }),
+        ColumnType::Int | ColumnType::Timestamp => q.bind(match v {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }),
+        ColumnType::Float => q.bind(match v {
+            Value::Float(f) => Some(*f),
+            Value::Int(i) => Some(*i as f64),
+            _ => None,
+        }),
+        ColumnType::Bool => q.bind(match v {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }),
+    }
+}
+
+/// The task.
+pub struct LoadMerge {
+    /// Its settings.
+    pub config: Config,
+    /// The warehouse.
+    pub warehouse: Warehouse,
+}
+
+#[async_trait]
+impl Task for LoadMerge {
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
+        let wh = &self.warehouse;
+        let in_dir = ctx.output_dir(&self.config.input);
+        // Segment numbers present in any target's output, in order.
+        let mut seqs = BTreeSet::new();
+        let mut listed = Vec::new();
+        for t in &self.config.targets {
+            let dir = output_dir(&in_dir, t.output.as_str());
+            let segs = segment::list(&dir).map_err(|e| from_io("listing segments", e))?;
+            seqs.extend(segs.iter().map(|(s, _)| *s));
+            listed.push((dir, segs.into_iter().collect::<HashMap<_, _>>()));
+        }
+        let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
+        let (mut offered, mut changed, mut committed) = (0u64, 0u64, 0u64);
+        for seq in seqs {
+            let mut tx = wh.pool.begin().await.map_err(|e| from_sqlx("starting a transaction", e))?;
+            let mut watermark = None;
+            for (t, (dir, segs)) in self.config.targets.iter().zip(&listed) {
+                let Some(meta) = segs.get(&seq) else { continue };
+                watermark = watermark.or(meta.watermark.map(|w| (meta.source_task.clone(), w)));
+                let rows = segment::read(dir, seq).map_err(|e| from_io("reading a segment", e))?;
+                offered += rows.len() as u64;
+                let names: Vec<String> = meta.columns.iter().map(|(n, _)| n.clone()).collect();
+                let rows = dedup(t, &names, rows).map_err(TaskError::fatal)?;
+                let per_stmt = (wh.backend.max_params() / names.len().max(1)).clamp(1, 2000);
+                for chunk in rows.chunks(per_stmt) {
+                    let sql = merge_sql(wh.backend, t, &names, chunk.len());
+                    let mut q = sqlx::query(&sql);
+                    for row in chunk {
+                        for ((_, ty), v) in meta.columns.iter().zip(row) {
+                            q = bind(q, *ty, v);
+                        }
+                    }
+                    let done = q
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| from_sqlx(format!("merging into {}", t.table()), e))?;
+                    changed += done.rows_affected();
+                    progress.inc(chunk.len() as u64);
+                }
+            }
+            if let Some((task, w)) = watermark {
+                advance_watermark(&mut tx, wh.backend, &ctx.dag, &task, w.ts_ms, &ctx.run_id)
+                    .await
+                    .map_err(|e| from_sqlx("advancing the watermark", e))?;
+            }
+            tx.commit().await.map_err(|e| from_sqlx("committing a segment", e))?;
+            committed += 1;
+        }
+        progress.finish_and_clear();
+        Ok(TaskReport {
+            rows_read: offered,
+            rows_written: changed,
+            rows_quarantined: 0,
+            summary: format!("{offered} rows merged in {committed} transactions, {changed} rows changed"),
+        })
+    }
+}
+
+/// Builds the task.
+pub fn build(config: Config, warehouse: Warehouse) -> Arc<dyn Task> {
+    Arc::new(LoadMerge { config, warehouse })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(strategy: Strategy, version: Option<&str>) -> Target {
+        Target {
+            output: SqlIdent::new("dim").unwrap(),
+            table: None,
+            key: vec![SqlIdent::new("id").unwrap()],
+            strategy,
+            version: version.map(|v| SqlIdent::new(v).unwrap()),
+        }
+    }
+
+    #[test]
+    fn statements_per_dialect() {
+        let cols = vec!["id".to_owned(), "title".to_owned(), "ver".to_owned()];
+        let t = target(Strategy::Latest, Some("ver"));
+        assert_eq!(
+            merge_sql(Backend::Postgres, &t, &cols, 2),
+            "INSERT INTO \"dim\" (\"id\", \"title\", \"ver\") VALUES ($1, $2, $3), ($4, $5, $6) ON CONFLICT (\"id\") DO UPDATE SET \"title\" = excluded.\"title\", \"ver\" = excluded.\"ver\" WHERE excluded.\"ver\" > \"dim\".\"ver\""
+        );
+        assert_eq!(
+            merge_sql(Backend::MySql, &t, &cols, 1),
+            "INSERT INTO `dim` (`id`, `title`, `ver`) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE `title` = IF(VALUES(`ver`) > `ver`, VALUES(`title`), `title`), `ver` = GREATEST(`ver`, VALUES(`ver`))"
+        );
+        let a = target(Strategy::Accumulate, None);
+        assert!(merge_sql(Backend::Sqlite, &a, &cols, 1).ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"title\" = COALESCE(\"dim\".\"title\", excluded.\"title\"), \"ver\" = COALESCE(\"dim\".\"ver\", excluded.\"ver\")"));
+    }
+
+    #[test]
+    fn dedup_follows_the_strategy() {
+        let cols = vec!["id".to_owned(), "v".to_owned(), "x".to_owned()];
+        let rows = vec![
+            vec![Value::Str("a".into()), Value::Int(1), Value::Null],
+            vec![Value::Str("a".into()), Value::Int(3), Value::Str("late".into())],
+            vec![Value::Str("a".into()), Value::Int(2), Value::Str("mid".into())],
+        ];
+        let first = dedup(&target(Strategy::InsertNew, None), &cols, rows.clone()).unwrap();
+        assert_eq!(first, vec![rows[0].clone()]);
+        let latest = dedup(&target(Strategy::Latest, Some("v")), &cols, rows.clone()).unwrap();
+        assert_eq!(latest, vec![rows[1].clone()]);
+        let acc = dedup(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
+        assert_eq!(acc, vec![vec![Value::Str("a".into()), Value::Int(1), Value::Str("late".into())]]);
+    }
+}

@@ -1,0 +1,3 @@
+//! Load kinds: write transform outputs into warehouse tables.
+
+pub mod merge;

@@ -1,0 +1,3 @@
+//! Transform kinds: turn extracted segments into fact and dimension rows.
+
+pub mod polars;

@@ -1,0 +1,3 @@
+//! Verify kinds: prove the warehouse agrees with the source.
+
+pub mod reconcile;

@@ -1,0 +1,208 @@
+//! `verify.reconcile`: compares a fact table with the source. It reads the
+//! source again through the extract's own columns and checks, day by day,
+//! that the table holds exactly one row per valid distinct event up to the
+//! committed watermark; on a difference it drills down to the events that
+//! differ and fails the run with them.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use workflows::{SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport};
+
+use crate::error::from_sqlx;
+use crate::extract::mongo::Config as ExtractConfig;
+use crate::schema::{read_row, Value};
+use crate::source::{Item, Source};
+use crate::warehouse::Warehouse;
+
+/// The settings of a `verify.reconcile` task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The `extract.mongo` task whose source and columns define the expected
+    /// events.
+    pub source: String,
+    /// The fact table checked.
+    pub table: SqlIdent,
+    /// The table's event key column.
+    #[serde(default = "default_key")]
+    pub key: SqlIdent,
+    /// The table's timestamp column (epoch ms).
+    #[serde(default = "default_ts")]
+    pub ts: SqlIdent,
+    /// Differing events listed per day at most.
+    #[serde(default = "default_show")]
+    pub show: usize,
+}
+
+fn default_key() -> SqlIdent {
+    SqlIdent::new("event_id").expect("valid")
+}
+fn default_ts() -> SqlIdent {
+    SqlIdent::new("ts_ms").expect("valid")
+}
+fn default_show() -> usize {
+    10
+}
+
+impl Config {
+    /// Checks without I/O; `extract` is the source task's settings if it is
+    /// an `extract.mongo` task of the DAG.
+    pub fn check(&self, extract: Option<&ExtractConfig>) -> Vec<SettingProblem> {
+        match extract {
+            Some(_) => Vec::new(),
+            None => vec![SettingProblem::field("source", format!("`{}` is not an extract.mongo task of this DAG", self.source))],
+        }
+    }
+}
+
+/// The day (`YYYY-MM-DD`, UTC) of an epoch-ms instant.
+pub fn day_of(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| "invalid".into(), |t| t.format("%Y-%m-%d").to_string())
+}
+
+/// The task.
+pub struct Reconcile {
+    /// Its settings.
+    pub config: Config,
+    /// The source task's settings.
+    pub extract: ExtractConfig,
+    /// The source.
+    pub source: Source,
+    /// The warehouse.
+    pub warehouse: Warehouse,
+}
+
+impl Reconcile {
+    /// Distinct valid event keys per day in the source, before `until_ms`.
+    async fn source_keys(&self, until_ms: i64) -> Result<(u64, BTreeMap<String, HashSet<String>>), TaskError> {
+        let cfg = &self.extract;
+        let key_idx = cfg.columns.keys().position(|c| c.as_str() == cfg.key).ok_or_else(|| TaskError::fatal("no key column"))?;
+        let ts_idx = cfg
+            .columns
+            .keys()
+            .position(|c| Some(c.as_str()) == cfg.ts_column())
+            .ok_or_else(|| TaskError::fatal("no timestamp column"))?;
+        let mut stream = self.source.stream(&cfg.query(None, Some(until_ms))).await?;
+        let mut days: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        let mut read = 0;
+        while let Some(item) = stream.next().await {
+            read += 1;
+            let Item::Doc(doc) = item? else { continue };
+            let Ok(row) = read_row(&doc, &cfg.columns) else { continue };
+            if let (Value::Str(key), Value::Int(ts)) = (&row[key_idx], &row[ts_idx]) {
+                days.entry(day_of(*ts)).or_default().insert(key.clone());
+            }
+        }
+        Ok((read, days))
+    }
+
+    async fn table_keys(&self, until_ms: i64, day: Option<&str>) -> Result<Vec<(String, i64)>, TaskError> {
+        let wh = &self.warehouse;
+        let b = wh.backend;
+        let sql = format!(
+            "SELECT {k}, {t} FROM {tbl} WHERE {t} < {p}",
+            k = wh.q(self.config.key.as_str()),
+            t = wh.q(self.config.ts.as_str()),
+            tbl = wh.q(self.config.table.as_str()),
+            p = b.param(1)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(until_ms)
+            .fetch_all(&wh.pool)
+            .await
+            .map_err(|e| from_sqlx(format!("reading {}", self.config.table), e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let key: String = r.try_get(0).map_err(|e| from_sqlx("reading a key", e))?;
+            let ts: i64 = r.try_get(1).map_err(|e| from_sqlx("reading a timestamp", e))?;
+            if day.is_none_or(|d| day_of(ts) == d) {
+                out.push((key, ts));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Task for Reconcile {
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
+        let Some(watermark) = self
+            .warehouse
+            .watermark(&ctx.dag, &self.config.source)
+            .await
+            .map_err(|e| from_sqlx("reading the watermark", e))?
+        else {
+            return Ok(TaskReport { summary: "nothing loaded yet; nothing to compare".into(), ..TaskReport::default() });
+        };
+        let until = watermark + 1;
+        let (read, source) = self.source_keys(until).await?;
+        let table = self.table_keys(until, None).await?;
+        let mut table_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut duplicates = 0u64;
+        for (key, ts) in &table {
+            if !table_days.entry(day_of(*ts)).or_default().insert(key.clone()) {
+                duplicates += 1;
+            }
+        }
+        let all_days: BTreeSet<&String> = source.keys().chain(table_days.keys()).collect();
+        let mut problems = Vec::new();
+        let expected: usize = source.values().map(HashSet::len).sum();
+        for day in all_days {
+            let empty_s = HashSet::new();
+            let empty_t = BTreeSet::new();
+            let s = source.get(day).unwrap_or(&empty_s);
+            let t = table_days.get(day).unwrap_or(&empty_t);
+            if s.len() == t.len() && t.iter().all(|k| s.contains(k)) {
+                continue;
+            }
+            let mut missing: Vec<&String> = s.iter().filter(|k| !t.contains(*k)).collect();
+            missing.sort();
+            let extra: Vec<&String> = t.iter().filter(|k| !s.contains(*k)).collect();
+            let show = |v: &[&String]| {
+                v.iter().take(self.config.show).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                    + if v.len() > self.config.show { ", ..." } else { "" }
+            };
+            let mut line = format!("{day}: source {} events, {} {} rows", s.len(), self.config.table, t.len());
+            if !missing.is_empty() {
+                line.push_str(&format!("; missing from the table: {}", show(&missing)));
+            }
+            if !extra.is_empty() {
+                line.push_str(&format!("; not valid events in the source: {}", show(&extra)));
+            }
+            problems.push(line);
+        }
+        if duplicates > 0 {
+            problems.push(format!("{} holds {duplicates} duplicate keys", self.config.table));
+        }
+        if problems.is_empty() {
+            Ok(TaskReport {
+                rows_read: read + table.len() as u64,
+                rows_written: 0,
+                rows_quarantined: 0,
+                summary: format!(
+                    "{} matches the source: {expected} events over {} days up to {}",
+                    self.config.table,
+                    source.len(),
+                    crate::reports::format_ms(watermark)
+                ),
+            })
+        } else {
+            Err(TaskError::fatal(format!(
+                "{} differs from the source on {} day(s):\n  {}",
+                self.config.table,
+                problems.len(),
+                problems.join("\n  ")
+            )))
+        }
+    }
+}
+
+/// Builds the task.
+pub fn build(config: Config, extract: ExtractConfig, source: Source, warehouse: Warehouse) -> Arc<dyn Task> {
+    Arc::new(Reconcile { config, extract, source, warehouse })
+}

@@ -1,0 +1,203 @@
+//! The warehouse: one connection pool to SQLite, MySQL/MariaDB or
+//! PostgreSQL, its migrations, and the bookkeeping rows tasks write next to
+//! the data (watermarks, quarantine).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+use workflows::{Backend, Ledger};
+
+static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
+static MYSQL: Migrator = sqlx::migrate!("../migrations/mysql");
+static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// A warehouse could not be reached or prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    /// The URL names no supported database.
+    #[error("warehouse URL `{0}` is not sqlite:, mysql://, mariadb:// or postgres://")]
+    Scheme(String),
+    /// Connecting failed.
+    #[error("cannot connect to the warehouse at {url}")]
+    Connect {
+        /// The URL without its password.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("cannot migrate the warehouse")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("{0}")]
+    Query(String, #[source] sqlx::Error),
+}
+
+/// A connected warehouse.
+#[derive(Debug, Clone)]
+pub struct Warehouse {
+    /// The pool.
+    pub pool: AnyPool,
+    /// Which database family it is.
+    pub backend: Backend,
+    /// The URL with any password hidden, for messages.
+    pub display_url: String,
+}
+
+/// `url` with the password part of its authority replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let auth = &url[s + 3..at];
+            match auth.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &auth[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl Warehouse {
+    /// Connects to the warehouse at `url`. A SQLite file and its directory
+    /// are created when missing.
+    ///
+    /// # Errors
+    /// The scheme is unknown or the database cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, WarehouseError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url).ok_or_else(|| WarehouseError::Scheme(redact(url)))?;
+        let display_url = redact(url);
+        let mut url = url.to_owned();
+        if backend == Backend::Sqlite {
+            let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+            let path = path.split('?').next().unwrap_or_default().to_owned();
+            if !path.is_empty() && path != ":memory:" {
+                if let Some(dir) = std::path::Path::new(&path).parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+            }
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            }
+        }
+        let connect_error = |source| WarehouseError::Connect { url: display_url.clone(), source };
+        let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
+        // SQLite takes one writer at a time: one connection avoids busy
+        // errors between the ledger and a load's transaction.
+        let max = if backend == Backend::Sqlite { 1 } else { 8 };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(connect_error)?;
+        }
+        Ok(Self { pool, backend, display_url })
+    }
+
+    /// Applies the migrations of this backend that are not applied yet.
+    ///
+    /// # Errors
+    /// A migration failed.
+    pub async fn migrate(&self) -> Result<(), WarehouseError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE,
+            Backend::MySql => &MYSQL,
+            Backend::Postgres => &POSTGRES,
+        };
+        migrator.run(&self.pool).await.map_err(WarehouseError::Migrate)
+    }
+
+    /// The run ledger in this warehouse.
+    pub fn ledger(&self) -> Ledger {
+        Ledger::new(self.pool.clone(), self.backend)
+    }
+
+    /// Quotes an identifier for this backend.
+    pub fn q(&self, ident: &str) -> String {
+        self.backend.quote(ident)
+    }
+
+    /// The committed watermark (epoch ms) of an extract task.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn watermark(&self, dag: &str, task: &str) -> Result<Option<i64>, sqlx::Error> {
+        let b = self.backend;
+        let sql = format!(
+            "SELECT ts_ms FROM cutover_watermarks WHERE dag = {} AND task = {}",
+            b.param(1),
+            b.param(2)
+        );
+        let row = sqlx::query(&sql).bind(dag).bind(task).fetch_optional(&self.pool).await?;
+        row.map(|r| r.try_get::<i64, _>(0)).transpose()
+    }
+
+    /// Counts the rows of a table.
+    ///
+    /// # Errors
+    /// The query failed.
+    pub async fn count(&self, table: &str) -> Result<i64, sqlx::Error> {
+        let sql = format!("SELECT COUNT(*) FROM {}", self.q(table));
+        sqlx::query(&sql).fetch_one(&self.pool).await?.try_get::<i64, _>(0)
+    }
+}
+
+/// Writes or advances a watermark inside a transaction; it never moves back.
+///
+/// # Errors
+/// The write failed.
+pub async fn advance_watermark(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    dag: &str,
+    task: &str,
+    ts_ms: i64,
+    run_id: &str,
+) -> Result<(), sqlx::Error> {
+    let now = workflows::ledger::timestamp(chrono::Utc::now());
+    let p = |n| backend.param(n);
+    let upsert = match backend {
+        Backend::MySql => format!(
+            "INSERT INTO cutover_watermarks (dag, task, ts_ms, run_id, updated_at) VALUES ({}, {}, {}, {}, {}) \
+             ON DUPLICATE KEY UPDATE run_id = IF(VALUES(ts_ms) > ts_ms, VALUES(run_id), run_id), \
+             updated_at = IF(VALUES(ts_ms) > ts_ms, VALUES(updated_at), updated_at), \
+             ts_ms = GREATEST(ts_ms, VALUES(ts_ms))",
+            p(1), p(2), p(3), p(4), p(5)
+        ),
+        Backend::Sqlite | Backend::Postgres => format!(
+            "INSERT INTO cutover_watermarks (dag, task, ts_ms, run_id, updated_at) VALUES ({}, {}, {}, {}, {}) \
+             ON CONFLICT (dag, task) DO UPDATE SET ts_ms = excluded.ts_ms, run_id = excluded.run_id, updated_at = excluded.updated_at \
+             WHERE excluded.ts_ms > cutover_watermarks.ts_ms",
+            p(1), p(2), p(3), p(4), p(5)
+        ),
+    };
+    sqlx::query(&upsert)
+        .bind(dag)
+        .bind(task)
+        .bind(ts_ms)
+        .bind(run_id)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn hides_passwords() {
+        assert_eq!(redact("mysql://root:secret@db:3306/w"), "mysql://root:***@db:3306/w");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
+    }
+}

@@ -1,0 +1,310 @@
+//! The run ledger: every run and every task attempt, recorded in the
+//! warehouse in the tables `cutover_runs` and `cutover_task_attempts` (created
+//! by the migrations).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
+
+use crate::sql::Backend;
+use crate::state::{RunState, TaskState};
+
+/// A ledger read or write failed.
+#[derive(Debug, thiserror::Error)]
+#[error("run ledger: {what}")]
+pub struct LedgerError {
+    what: String,
+    #[source]
+    source: sqlx::Error,
+}
+
+impl LedgerError {
+    fn new(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
+        let what = what.into();
+        move |source| Self { what, source }
+    }
+}
+
+/// A run as the ledger holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// The run's id.
+    pub run_id: String,
+    /// The DAG's name.
+    pub dag: String,
+    /// What started it: `manual`, `schedule`, `backfill`, `demo`.
+    pub trigger: String,
+    /// The schedule tick it belongs to, for scheduled runs.
+    pub scheduled_at: Option<String>,
+    /// When it started (RFC 3339, UTC).
+    pub started_at: String,
+    /// When it ended.
+    pub ended_at: Option<String>,
+    /// `running`, `succeeded` or `failed`.
+    pub state: String,
+    /// Rows read by all its tasks.
+    pub rows_read: i64,
+    /// Rows written by all its tasks.
+    pub rows_written: i64,
+    /// Rows quarantined by all its tasks.
+    pub rows_quarantined: i64,
+    /// The first error, for failed runs.
+    pub error: Option<String>,
+}
+
+/// One task attempt as the ledger holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    /// The task's id.
+    pub task: String,
+    /// The attempt, from 1; 0 for a skipped task.
+    pub attempt: i64,
+    /// A [`TaskState`] name.
+    pub state: String,
+    /// When it started.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub ended_at: Option<String>,
+    /// Rows read.
+    pub rows_read: i64,
+    /// Rows written.
+    pub rows_written: i64,
+    /// Rows quarantined.
+    pub rows_quarantined: i64,
+    /// The error, or why it was skipped.
+    pub error: Option<String>,
+}
+
+/// Formats an instant the way the ledger stores it.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The ledger in one warehouse.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Ledger {
+    /// A ledger over a migrated warehouse.
+    pub fn new(pool: AnyPool, backend: Backend) -> Self {
+        Self { pool, backend }
+    }
+
+    /// The warehouse pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The warehouse backend.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Records the start of a run.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn begin_run(
+        &self,
+        run_id: &str,
+        dag: &str,
+        trigger: &str,
+        scheduled_at: Option<DateTime<Utc>>,
+        started_at: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        let sql = format!(
+            "INSERT INTO cutover_runs (run_id, dag, trigger_kind, scheduled_at, started_at, state, rows_read, rows_written, rows_quarantined) VALUES ({}, 0, 0, 0)",
+            self.backend.params(1, 6)
+        );
+        sqlx::query(&sql)
+            .bind(run_id)
+            .bind(dag)
+            .bind(trigger)
+            .bind(scheduled_at.map(timestamp))
+            .bind(timestamp(started_at))
+            .bind(RunState::Running.name())
+            .execute(&self.pool)
+            .await
+            .map_err(LedgerError::new(format!("recording the start of run {run_id}")))?;
+        Ok(())
+    }
+
+    /// Records a task's state for one attempt, inserting or replacing it.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn record_task(
+        &self,
+        run_id: &str,
+        task: &str,
+        state: &TaskState,
+        started_at: Option<DateTime<Utc>>,
+        ended_at: Option<DateTime<Utc>>,
+    ) -> Result<(), LedgerError> {
+        let (read, written, quarantined, summary, error) = match state {
+            TaskState::Succeeded { report, .. } => (
+                report.rows_read as i64,
+                report.rows_written as i64,
+                report.rows_quarantined as i64,
+                Some(report.summary.clone()),
+                None,
+            ),
+            TaskState::Failed { error, .. } => (0, 0, 0, None, Some(error.clone())),
+            TaskState::Skipped { because } => (0, 0, 0, None, Some(format!("skipped: {because} did not succeed"))),
+            TaskState::Pending | TaskState::Running { .. } => (0, 0, 0, None, None),
+        };
+        let retryable = matches!(state, TaskState::Failed { retryable: true, .. }) as i64;
+        let attempt = i64::from(state.attempt());
+        let del = format!(
+            "DELETE FROM cutover_task_attempts WHERE run_id = {} AND task = {} AND attempt = {}",
+            self.backend.param(1),
+            self.backend.param(2),
+            self.backend.param(3)
+        );
+        let ins = format!(
+            "INSERT INTO cutover_task_attempts (run_id, task, attempt, state, started_at, ended_at, rows_read, rows_written, rows_quarantined, summary, error, retryable) VALUES ({})",
+            self.backend.params(1, 12)
+        );
+        let what = format!("recording task {task} of run {run_id}");
+        let mut tx = self.pool.begin().await.map_err(LedgerError::new(what.clone()))?;
+        sqlx::query(&del)
+            .bind(run_id)
+            .bind(task)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await
+            .map_err(LedgerError::new(what.clone()))?;
+        sqlx::query(&ins)
+            .bind(run_id)
+            .bind(task)
+            .bind(attempt)
+            .bind(state.name())
+            .bind(started_at.map(timestamp))
+            .bind(ended_at.map(timestamp))
+            .bind(read)
+            .bind(written)
+            .bind(quarantined)
+            .bind(summary)
+            .bind(error)
+            .bind(retryable)
+            .execute(&mut *tx)
+            .await
+            .map_err(LedgerError::new(what.clone()))?;
+        tx.commit().await.map_err(LedgerError::new(what))?;
+        Ok(())
+    }
+
+    /// Records the end of a run with its totals.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn finish_run(
+        &self,
+        run_id: &str,
+        state: &RunState,
+        ended_at: DateTime<Utc>,
+        totals: (u64, u64, u64),
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let b = self.backend;
+        let sql = format!(
+            "UPDATE cutover_runs SET state = {}, ended_at = {}, rows_read = {}, rows_written = {}, rows_quarantined = {}, error = {} WHERE run_id = {}",
+            b.param(1),
+            b.param(2),
+            b.param(3),
+            b.param(4),
+            b.param(5),
+            b.param(6),
+            b.param(7)
+        );
+        sqlx::query(&sql)
+            .bind(state.name())
+            .bind(timestamp(ended_at))
+            .bind(totals.0 as i64)
+            .bind(totals.1 as i64)
+            .bind(totals.2 as i64)
+            .bind(error)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await
+            .map_err(LedgerError::new(format!("recording the end of run {run_id}")))?;
+        Ok(())
+    }
+
+    /// The latest runs, newest first, of one DAG or of all.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn runs(&self, dag: Option<&str>, limit: i64) -> Result<Vec<RunRecord>, LedgerError> {
+        let b = self.backend;
+        let filter = if dag.is_some() { format!("WHERE dag = {}", b.param(1)) } else { String::new() };
+        let limit_param = b.param(if dag.is_some() { 2 } else { 1 });
+        let sql = format!(
+            "SELECT run_id, dag, trigger_kind, scheduled_at, started_at, ended_at, state, rows_read, rows_written, rows_quarantined, error \
+             FROM cutover_runs {filter} ORDER BY started_at DESC, run_id DESC LIMIT {limit_param}"
+        );
+        let mut q = sqlx::query(&sql);
+        if let Some(dag) = dag {
+            q = q.bind(dag);
+        }
+        let rows = q
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(LedgerError::new("listing runs"))?;
+        rows.iter().map(run_record).collect::<Result<_, _>>().map_err(LedgerError::new("reading runs"))
+    }
+
+    /// The task attempts of one run, in the order they were recorded.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>, LedgerError> {
+        let sql = format!(
+            "SELECT task, attempt, state, started_at, ended_at, rows_read, rows_written, rows_quarantined, error \
+             FROM cutover_task_attempts WHERE run_id = {} ORDER BY started_at, task, attempt",
+            self.backend.param(1)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(run_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(LedgerError::new(format!("listing the tasks of run {run_id}")))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRecord {
+                    task: r.try_get("task")?,
+                    attempt: r.try_get("attempt")?,
+                    state: r.try_get("state")?,
+                    started_at: r.try_get("started_at")?,
+                    ended_at: r.try_get("ended_at")?,
+                    rows_read: r.try_get("rows_read")?,
+                    rows_written: r.try_get("rows_written")?,
+                    rows_quarantined: r.try_get("rows_quarantined")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(LedgerError::new("reading task attempts"))
+    }
+}
+
+fn run_record(r: &AnyRow) -> Result<RunRecord, sqlx::Error> {
+    Ok(RunRecord {
+        run_id: r.try_get("run_id")?,
+        dag: r.try_get("dag")?,
+        trigger: r.try_get("trigger_kind")?,
+        scheduled_at: r.try_get("scheduled_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        state: r.try_get("state")?,
+        rows_read: r.try_get("rows_read")?,
+        rows_written: r.try_get("rows_written")?,
+        rows_quarantined: r.try_get("rows_quarantined")?,
+        error: r.try_get("error")?,
+    })
+}

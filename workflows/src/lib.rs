@@ -1,0 +1,21 @@
+//! The cutover engine: DAG files and their validation, the runner, the run
+//! ledger and the SQL dialect helpers the ledger shares with the task kinds.
+//!
+//! This crate knows nothing of MongoDB, Polars or SQS. It sees the work a DAG
+//! does through one trait, [`task::Task`], and the kinds of task through one
+//! registry, [`task::TaskKinds`], both implemented by the `tasks` crate.
+
+pub mod dag;
+pub mod ledger;
+pub mod runner;
+pub mod schedule;
+pub mod sql;
+pub mod state;
+pub mod task;
+
+pub use dag::{Dag, DagError, TaskSpec};
+pub use ledger::Ledger;
+pub use runner::{RunOptions, RunSummary, Runner};
+pub use sql::{Backend, SqlIdent};
+pub use state::{RunState, TaskState};
+pub use task::{KindInfo, SettingProblem, Task, TaskContext, TaskError, TaskKinds, TaskReport};

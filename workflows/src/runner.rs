@@ -1,0 +1,357 @@
+//! The runner: executes one DAG run. Tasks start as soon as their
+//! dependencies have succeeded, independent ones at the same time; a failed
+//! attempt is retried with exponential backoff and jitter when its error is
+//! retryable; an attempt that outlives its timeout is cancelled and counts as
+//! a retryable failure; a task that finally fails marks every task that
+//! depends on it, directly or not, as skipped, and the run as failed. Every
+//! transition is written to the ledger.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::dag::{Dag, TaskSpec};
+use crate::ledger::{Ledger, LedgerError};
+use crate::state::{RunState, TaskState};
+use crate::task::{Task, TaskContext, TaskError, TaskReport};
+
+/// How a run is started.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where runs keep their intermediate files: `<work_root>/<dag>/<run id>/`.
+    pub work_root: PathBuf,
+    /// What started the run: `manual`, `schedule`, `backfill`, `demo`.
+    pub trigger: String,
+    /// The schedule tick the run belongs to.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// The most tasks of this run that may run at once.
+    pub max_parallel: usize,
+    /// Keep the run's work directory after a successful run.
+    pub keep_work: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            work_root: PathBuf::from(".cutover/work"),
+            trigger: "manual".into(),
+            scheduled_at: None,
+            max_parallel: 4,
+            keep_work: false,
+        }
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// The run's id.
+    pub run_id: String,
+    /// The DAG's name.
+    pub dag: String,
+    /// How the run ended.
+    pub state: RunState,
+    /// Every task's final state, in the DAG's dependency order.
+    pub tasks: Vec<(String, TaskState)>,
+    /// The run's work directory (removed after a successful run unless kept).
+    pub work_dir: PathBuf,
+}
+
+impl RunSummary {
+    /// Rows read, written and quarantined by all tasks.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        self.tasks.iter().fold((0, 0, 0), |acc, (_, s)| match s {
+            TaskState::Succeeded { report, .. } => (
+                acc.0 + report.rows_read,
+                acc.1 + report.rows_written,
+                acc.2 + report.rows_quarantined,
+            ),
+            _ => acc,
+        })
+    }
+}
+
+/// Runs DAGs, recording them in a ledger.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    ledger: Ledger,
+}
+
+impl Runner {
+    /// A runner that records into `ledger`.
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger }
+    }
+
+    /// The ledger it records into.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Runs `dag` once with the given task implementations, one per task id.
+    ///
+    /// # Errors
+    /// The ledger could not record the run, or a task has no implementation.
+    /// Task failures are not errors: they are in the summary's state.
+    pub async fn run<K>(
+        &self,
+        dag: &Dag<K>,
+        mut implementations: HashMap<String, Arc<dyn Task>>,
+        opts: &RunOptions,
+    ) -> Result<RunSummary, RunError> {
+        let run_id = new_run_id();
+        let work_dir = opts.work_root.join(&dag.name).join(&run_id);
+        let started_at = Utc::now();
+        self.ledger
+            .begin_run(&run_id, &dag.name, &opts.trigger, opts.scheduled_at, started_at)
+            .await?;
+        let span = tracing::info_span!("run", dag = %dag.name, run_id = %run_id);
+        let summary = self
+            .drive(dag, &mut implementations, opts, &run_id, &work_dir)
+            .instrument(span)
+            .await;
+        let summary = match summary {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self
+                    .ledger
+                    .finish_run(&run_id, &RunState::Failed { failed: vec![] }, Utc::now(), (0, 0, 0), Some(&e.to_string()))
+                    .await;
+                return Err(e);
+            }
+        };
+        let first_error = summary.tasks.iter().find_map(|(id, s)| match s {
+            TaskState::Failed { error, .. } => Some(format!("task {id}: {error}")),
+            _ => None,
+        });
+        self.ledger
+            .finish_run(&run_id, &summary.state, Utc::now(), summary.totals(), first_error.as_deref())
+            .await?;
+        if summary.state == RunState::Succeeded && !opts.keep_work {
+            let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        }
+        Ok(summary)
+    }
+
+    async fn drive<K>(
+        &self,
+        dag: &Dag<K>,
+        implementations: &mut HashMap<String, Arc<dyn Task>>,
+        opts: &RunOptions,
+        run_id: &str,
+        work_dir: &std::path::Path,
+    ) -> Result<RunSummary, RunError> {
+        tokio::fs::create_dir_all(work_dir)
+            .await
+            .map_err(|e| RunError::WorkDir(work_dir.to_path_buf(), e))?;
+        let mut states: HashMap<String, TaskState> =
+            dag.tasks.iter().map(|t| (t.id.clone(), TaskState::Pending)).collect();
+        let mut waiting: HashMap<&str, usize> =
+            dag.tasks.iter().map(|t| (t.id.as_str(), t.depends_on.len())).collect();
+        let permits = Arc::new(Semaphore::new(opts.max_parallel.max(1)));
+        let mut running: JoinSet<(String, TaskState)> = JoinSet::new();
+
+        let mut start = |spec: &TaskSpec<K>, running: &mut JoinSet<(String, TaskState)>| -> Result<(), RunError> {
+            let task = implementations
+                .remove(&spec.id)
+                .ok_or_else(|| RunError::NoImplementation(spec.id.clone()))?;
+            let attempt = Attempts {
+                ledger: self.ledger.clone(),
+                ctx: TaskContext {
+                    dag: dag.name.clone(),
+                    run_id: run_id.to_owned(),
+                    task: spec.id.clone(),
+                    attempt: 0,
+                    work_dir: work_dir.to_path_buf(),
+                },
+                retries: spec.retries,
+                backoff: spec.backoff,
+                max_backoff: spec.max_backoff,
+                timeout: spec.timeout,
+            };
+            let permits = permits.clone();
+            let span = tracing::info_span!("task", task = %spec.id);
+            running.spawn(
+                async move {
+                    let _permit = permits.acquire_owned().await;
+                    let id = attempt.ctx.task.clone();
+                    (id, attempt.run(task).await)
+                }
+                .instrument(span),
+            );
+            Ok(())
+        };
+
+        for spec in dag.tasks.iter().filter(|t| t.depends_on.is_empty()) {
+            start(spec, &mut running)?;
+        }
+        while let Some(joined) = running.join_next().await {
+            let (id, state) = joined.map_err(|e| RunError::Panicked(e.to_string()))?;
+            let succeeded = matches!(state, TaskState::Succeeded { .. });
+            states.insert(id.clone(), state);
+            let dependents = dag.tasks.iter().filter(|t| t.depends_on.contains(&id));
+            if succeeded {
+                for spec in dependents {
+                    let left = waiting.get_mut(spec.id.as_str()).expect("every task is counted");
+                    *left -= 1;
+                    if *left == 0 && matches!(states[&spec.id], TaskState::Pending) {
+                        start(spec, &mut running)?;
+                    }
+                }
+            } else {
+                self.skip_dependents(dag, &id, &mut states, run_id).await?;
+            }
+        }
+
+        let failed: Vec<String> = dag
+            .tasks
+            .iter()
+            .filter(|t| matches!(states[&t.id], TaskState::Failed { .. }))
+            .map(|t| t.id.clone())
+            .collect();
+        let state = if failed.is_empty() { RunState::Succeeded } else { RunState::Failed { failed } };
+        Ok(RunSummary {
+            run_id: run_id.to_owned(),
+            dag: dag.name.clone(),
+            state,
+            tasks: dag.tasks.iter().map(|t| (t.id.clone(), states[&t.id].clone())).collect(),
+            work_dir: work_dir.to_path_buf(),
+        })
+    }
+
+    /// Marks every pending task downstream of `failed` as skipped.
+    async fn skip_dependents<K>(
+        &self,
+        dag: &Dag<K>,
+        failed: &str,
+        states: &mut HashMap<String, TaskState>,
+        run_id: &str,
+    ) -> Result<(), LedgerError> {
+        let mut frontier = vec![failed.to_owned()];
+        while let Some(cause) = frontier.pop() {
+            for spec in dag.tasks.iter().filter(|t| t.depends_on.contains(&cause)) {
+                if matches!(states[&spec.id], TaskState::Pending) {
+                    let skipped = TaskState::Skipped { because: cause.clone() };
+                    tracing::warn!(task = %spec.id, because = %cause, "task skipped");
+                    self.ledger.record_task(run_id, &spec.id, &skipped, None, Some(Utc::now())).await?;
+                    states.insert(spec.id.clone(), skipped);
+                    frontier.push(spec.id.clone());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A run could not be carried out or recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The ledger could not be written.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The work directory could not be created.
+    #[error("cannot create the work directory {}", .0.display())]
+    WorkDir(PathBuf, #[source] std::io::Error),
+    /// A task of the DAG was given no implementation.
+    #[error("task {0} has no implementation")]
+    NoImplementation(String),
+    /// A task panicked.
+    #[error("a task panicked: {0}")]
+    Panicked(String),
+}
+
+/// The attempts of one task.
+struct Attempts {
+    ledger: Ledger,
+    ctx: TaskContext,
+    retries: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+    timeout: Duration,
+}
+
+impl Attempts {
+    async fn run(mut self, task: Arc<dyn Task>) -> TaskState {
+        let mut attempt = 1;
+        loop {
+            self.ctx.attempt = attempt;
+            let started_at = Utc::now();
+            let running = TaskState::Running { attempt, started_at };
+            self.record(&running, Some(started_at), None).await;
+            tracing::info!(attempt, "task started");
+            let outcome = match tokio::time::timeout(self.timeout, task.run(&self.ctx)).await {
+                Ok(result) => result,
+                Err(_) => Err(TaskError::Retryable(
+                    format!("timed out after {}", humantime::format_duration(self.timeout)).into(),
+                )),
+            };
+            let ended_at = Utc::now();
+            let state = match outcome {
+                Ok(report) => {
+                    let state = running.succeed(report);
+                    if let TaskState::Succeeded { report: TaskReport { rows_read, rows_written, rows_quarantined, summary }, .. } = &state {
+                        tracing::info!(attempt, rows_read, rows_written, rows_quarantined, summary = %summary, "task succeeded");
+                    }
+                    self.record(&state, Some(started_at), Some(ended_at)).await;
+                    return state;
+                }
+                Err(e) => running.fail(e.chain(), e.is_retryable()),
+            };
+            self.record(&state, Some(started_at), Some(ended_at)).await;
+            let TaskState::Failed { retryable, error, .. } = &state else { unreachable!() };
+            if !*retryable || attempt > self.retries {
+                tracing::error!(attempt, retryable, error = %error, "task failed");
+                return state;
+            }
+            let delay = backoff_delay(self.backoff, self.max_backoff, attempt);
+            tracing::warn!(attempt, error = %error, retry_in_ms = delay.as_millis() as u64, "task attempt failed; retrying");
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    async fn record(&self, state: &TaskState, started: Option<DateTime<Utc>>, ended: Option<DateTime<Utc>>) {
+        if let Err(e) = self.ledger.record_task(&self.ctx.run_id, &self.ctx.task, state, started, ended).await {
+            tracing::error!(error = %e, "could not record the task in the ledger");
+        }
+    }
+}
+
+/// The delay before retry `attempt` (from 1): `backoff * 2^(attempt-1)`,
+/// capped at `max_backoff`, then scaled by a random factor in [0.5, 1.0] so
+/// that tasks failing together do not retry together.
+pub fn backoff_delay(backoff: Duration, max_backoff: Duration, attempt: u32) -> Duration {
+    let exp = backoff.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
+    let capped = exp.min(max_backoff);
+    capped.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+/// A new run id: time-ordered, unique across machines.
+fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let b = Duration::from_millis(100);
+        let max = Duration::from_millis(1000);
+        for _ in 0..50 {
+            let d1 = backoff_delay(b, max, 1);
+            assert!(d1 >= Duration::from_millis(50) && d1 <= b);
+            let d3 = backoff_delay(b, max, 3);
+            assert!(d3 >= Duration::from_millis(200) && d3 <= Duration::from_millis(400));
+            assert!(backoff_delay(b, max, 30) <= max);
+        }
+    }
+}

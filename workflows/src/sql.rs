@@ -1,0 +1,146 @@
+//! SQL identifiers from configuration and the few dialect differences the
+//! ledger and the task kinds share: quoting and bind-parameter syntax.
+//!
+//! Identifiers that come from DAG files are checked against a strict pattern
+//! when the file is loaded ([`SqlIdent`]) and quoted by one function
+//! ([`Backend::quote`]); values are always bound parameters.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A table or column name from configuration: ASCII letters, digits and `_`,
+/// not starting with a digit, at most 63 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct SqlIdent(String);
+
+impl SqlIdent {
+    /// Checks `name` against the identifier pattern.
+    ///
+    /// # Errors
+    /// A message saying why `name` is not a plain SQL name.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let mut chars = name.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if first_ok && rest_ok && name.len() <= 63 {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "`{name}` is not a plain SQL name (letters, digits and _, not starting with a digit, at most 63 characters)"
+            ))
+        }
+    }
+
+    /// The name as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SqlIdent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SqlIdent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SqlIdent::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The warehouse database family, chosen by the URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, the embedded default (`sqlite:`).
+    Sqlite,
+    /// MySQL or MariaDB (`mysql://`, `mariadb://`).
+    MySql,
+    /// PostgreSQL (`postgres://`, `postgresql://`).
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a database URL names, or `None` for an unknown scheme.
+    pub fn from_url(url: &str) -> Option<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Some(Self::Sqlite),
+            "mysql" | "mariadb" => Some(Self::MySql),
+            "postgres" | "postgresql" => Some(Self::Postgres),
+            _ => None,
+        }
+    }
+
+    /// A short lowercase name: `sqlite`, `mysql` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::MySql => "mysql",
+            Self::Postgres => "postgres",
+        }
+    }
+
+    /// Quotes an identifier that has passed [`SqlIdent`]'s check.
+    pub fn quote(self, ident: &str) -> String {
+        match self {
+            Self::MySql => format!("`{ident}`"),
+            Self::Sqlite | Self::Postgres => format!("\"{ident}\""),
+        }
+    }
+
+    /// The bind-parameter marker for the `n`th parameter (1-based).
+    pub fn param(self, n: usize) -> String {
+        match self {
+            Self::Postgres => format!("${n}"),
+            Self::Sqlite | Self::MySql => "?".to_owned(),
+        }
+    }
+
+    /// `count` comma-separated bind-parameter markers starting at `first`.
+    pub fn params(self, first: usize, count: usize) -> String {
+        (first..first + count)
+            .map(|n| self.param(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The most bind parameters one statement may carry.
+    pub fn max_params(self) -> usize {
+        match self {
+            Self::Sqlite => 32_000,
+            Self::MySql | Self::Postgres => 65_000,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        for ok in ["fact_views", "_x", "A1"] {
+            assert!(SqlIdent::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1abc", "a-b", "a b", "x;drop table y", "é", &"a".repeat(64)] {
+            assert!(SqlIdent::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dialects() {
+        assert_eq!(Backend::from_url("sqlite:x.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::from_url("mariadb://h/db"), Some(Backend::MySql));
+        assert_eq!(Backend::from_url("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(Backend::from_url("mongodb://h"), None);
+        assert_eq!(Backend::Postgres.params(2, 3), "$2, $3, $4");
+        assert_eq!(Backend::MySql.params(1, 2), "?, ?");
+        assert_eq!(Backend::MySql.quote("t"), "`t`");
+    }
+}
