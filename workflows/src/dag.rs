@@ -644,3 +644,7 @@ fn order<K>(p: &mut Problems<'_>, tasks: Vec<TaskSpec<K>>) -> Vec<TaskSpec<K>> {
     let mut slots: Vec<Option<TaskSpec<K>>> = tasks.into_iter().map(Some).collect();
     out.into_iter().filter_map(|i| slots[i].take()).collect()
 }
+
+#[cfg(test)]
+#[path = "dag_tests.rs"]
+mod tests;

@@ -355,3 +355,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod runner_tests;
