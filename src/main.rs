@@ -70,9 +70,10 @@ enum Command {
     /// Run DAGs now: tasks in dependency order, independent ones at once.
     Run {
         /// The DAGs to run, by name.
-        dags: Vec<String>,
+        #[arg(value_name = "DAG")]
+        names: Vec<String>,
         /// Run every DAG in the DAG directory, in file-name order.
-        #[arg(long, conflicts_with = "dags")]
+        #[arg(long, conflicts_with = "names")]
         all: bool,
         /// Show what would run and from which watermark, without running.
         #[arg(long)]
@@ -200,8 +201,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Dags(cmd) => dags_command(g, cmd),
-        Command::Run { dags, all, dry_run, keep_work } => {
-            let selected = select(g, &dags, all)?;
+        Command::Run { names, all, dry_run, keep_work } => {
+            let selected = select(g, &names, all)?;
             if dry_run {
                 dry_run_plan(g, &selected).await
             } else {

@@ -169,13 +169,13 @@ impl<W: Write> Gen<W> {
     /// Occasionally a broken document of a known type, or an unknown type.
     fn dirt(&mut self, ts: i64, session_id: &str) {
         let roll: f64 = self.rng.gen();
-        if roll < 0.004 {
+        if roll < 0.03 {
             let ty = *["presentation.deleted", "billing.invoice_paid", "experiment.assigned"].choose(&mut self.rng).expect("non-empty");
             let mut d = self.event(ty, ts);
             d.insert("payload", doc! { "note": "not part of the model" });
             self.stats.unknown_types += 1;
             self.push(d);
-        } else if roll < 0.009 {
+        } else if roll < 0.07 {
             let (pid, slides) = self.presentations.choose(&mut self.rng).cloned().expect("non-empty");
             let mut d = self.event("slide.viewed", ts);
             d.insert("presentation_id", pid.clone());

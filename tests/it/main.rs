@@ -1,1 +1,9 @@
+//! Integration tests: the `cutover` binary against real warehouses.
+//!
+//! SQLite always runs. MariaDB/MySQL and PostgreSQL run when
+//! `CUTOVER_TEST_MYSQL_URL` / `CUTOVER_TEST_POSTGRES_URL` name a server
+//! (`tests/run.sh` sets them); each test makes its own database and drops it.
 
+mod cli;
+mod support;
+mod views;

@@ -103,12 +103,37 @@ impl Config {
     }
 }
 
-/// Builds the merge statement for `rows` rows of `columns` into a target.
-pub fn merge_sql(backend: Backend, target: &Target, columns: &[String], rows: usize) -> String {
+/// The staging table of a target, a temporary table shaped like it.
+fn staging(target: &Target) -> String {
+    format!("stg_{}", target.table())
+}
+
+/// Statements that create an empty staging table for `target` in the
+/// current transaction (dropping one a failed transaction left behind).
+pub fn staging_sql(backend: Backend, target: &Target) -> Vec<String> {
     let q = |c: &str| backend.quote(c);
-    let table = q(target.table().as_str());
+    let (table, stg) = (q(target.table().as_str()), q(&staging(target)));
+    match backend {
+        Backend::MySql => vec![
+            format!("DROP TEMPORARY TABLE IF EXISTS {stg}"),
+            format!("CREATE TEMPORARY TABLE {stg} LIKE {table}"),
+        ],
+        Backend::Postgres => vec![
+            format!("DROP TABLE IF EXISTS pg_temp.{stg}"),
+            format!("CREATE TEMP TABLE {stg} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"),
+        ],
+        Backend::Sqlite => vec![
+            format!("DROP TABLE IF EXISTS temp.{stg}"),
+            format!("CREATE TEMP TABLE {stg} AS SELECT * FROM main.{table} WHERE 0"),
+        ],
+    }
+}
+
+/// A multi-row insert of `rows` rows of `columns` into the staging table.
+pub fn stage_sql(backend: Backend, target: &Target, columns: &[String], rows: usize) -> String {
+    let q = |c: &str| backend.quote(c);
     let cols = columns.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
-    let mut sql = format!("INSERT INTO {table} ({cols}) VALUES ");
+    let mut sql = format!("INSERT INTO {} ({cols}) VALUES ", q(&staging(target)));
     for r in 0..rows {
         if r > 0 {
             sql.push_str(", ");
@@ -117,51 +142,68 @@ pub fn merge_sql(backend: Backend, target: &Target, columns: &[String], rows: us
         sql.push_str(&backend.params(r * columns.len() + 1, columns.len()));
         sql.push(')');
     }
-    let keys: Vec<&str> = target.key.iter().map(SqlIdent::as_str).collect();
-    let rest: Vec<&String> = columns.iter().filter(|c| !keys.contains(&c.as_str())).collect();
-    let key_list = keys.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
-    match (backend, target.strategy) {
-        (Backend::MySql, Strategy::InsertNew) => {
-            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {k} = {k}", k = q(keys[0])));
+    sql
+}
+
+/// The statements that merge the staging table into the target, following
+/// the target's strategy; their affected-row counts add up to the rows that
+/// changed.
+pub fn merge_sql(backend: Backend, target: &Target, columns: &[String]) -> Vec<String> {
+    let q = |c: &str| backend.quote(c);
+    let (table, stg) = (q(target.table().as_str()), q(&staging(target)));
+    let keys: Vec<String> = target.key.iter().map(|k| q(k.as_str())).collect();
+    let rest: Vec<String> = columns
+        .iter()
+        .filter(|c| !target.key.iter().any(|k| k.as_str() == c.as_str()))
+        .map(|c| q(c))
+        .collect();
+    let cols = columns.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+    let s_cols = columns.iter().map(|c| format!("s.{}", q(c))).collect::<Vec<_>>().join(", ");
+    let join = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
+    let insert = format!(
+        "INSERT INTO {table} ({cols}) SELECT {s_cols} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {join})"
+    );
+    // UPDATE ... FROM (SQLite, PostgreSQL) or UPDATE ... JOIN (MySQL).
+    let update = |sets: Vec<String>, condition: String| -> String {
+        match backend {
+            Backend::MySql => {
+                let sets: Vec<String> = sets.iter().map(|s| format!("t.{s}")).collect();
+                format!("UPDATE {table} t JOIN {stg} s ON {join} SET {} WHERE {condition}", sets.join(", "))
+            }
+            Backend::Sqlite | Backend::Postgres => {
+                format!("UPDATE {table} AS t SET {} FROM {stg} AS s WHERE {join} AND ({condition})", sets.join(", "))
+            }
         }
-        (Backend::MySql, Strategy::Latest) => {
+    };
+    match target.strategy {
+        Strategy::InsertNew => vec![insert],
+        Strategy::Latest => {
             let v = q(target.version.as_ref().expect("checked").as_str());
-            let mut sets: Vec<String> = rest
+            let sets = rest.iter().map(|c| format!("{c} = s.{c}")).collect();
+            vec![update(sets, format!("s.{v} > t.{v}")), insert]
+        }
+        Strategy::Accumulate if rest.is_empty() => vec![insert],
+        Strategy::Accumulate => {
+            let sets = rest.iter().map(|c| format!("{c} = COALESCE(t.{c}, s.{c})")).collect();
+            let fills = rest
                 .iter()
-                .filter(|c| q(c) != v)
-                .map(|c| format!("{c} = IF(VALUES({v}) > {v}, VALUES({c}), {c})", c = q(c)))
-                .collect();
-            sets.push(format!("{v} = GREATEST({v}, VALUES({v}))"));
-            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", ")));
-        }
-        (Backend::MySql, Strategy::Accumulate) => {
-            let sets: Vec<String> = rest.iter().map(|c| format!("{c} = COALESCE({c}, VALUES({c}))", c = q(c))).collect();
-            if sets.is_empty() {
-                sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {k} = {k}", k = q(keys[0])));
-            } else {
-                sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", ")));
-            }
-        }
-        (_, Strategy::InsertNew) => sql.push_str(&format!(" ON CONFLICT ({key_list}) DO NOTHING")),
-        (_, Strategy::Latest) => {
-            let v = q(target.version.as_ref().expect("checked").as_str());
-            let sets: Vec<String> = rest.iter().map(|c| format!("{c} = excluded.{c}", c = q(c))).collect();
-            sql.push_str(&format!(
-                " ON CONFLICT ({key_list}) DO UPDATE SET {} WHERE excluded.{v} > {table}.{v}",
-                sets.join(", ")
-            ));
-        }
-        (_, Strategy::Accumulate) => {
-            let sets: Vec<String> =
-                rest.iter().map(|c| format!("{c} = COALESCE({table}.{c}, excluded.{c})", c = q(c))).collect();
-            if sets.is_empty() {
-                sql.push_str(&format!(" ON CONFLICT ({key_list}) DO NOTHING"));
-            } else {
-                sql.push_str(&format!(" ON CONFLICT ({key_list}) DO UPDATE SET {}", sets.join(", ")));
-            }
+                .map(|c| format!("(t.{c} IS NULL AND s.{c} IS NOT NULL)"))
+                .collect::<Vec<_>>()
+                .join(" OR ");
+            vec![update(sets, fills), insert]
         }
     }
-    sql
+}
+
+/// Drops the staging table (MySQL and SQLite keep temporary tables until
+/// the connection closes; PostgreSQL's go at commit).
+fn unstage_sql(backend: Backend, target: &Target) -> Option<String> {
+    let stg = backend.quote(&staging(target));
+    match backend {
+        Backend::MySql => Some(format!("DROP TEMPORARY TABLE IF EXISTS {stg}")),
+        Backend::Sqlite => Some(format!("DROP TABLE IF EXISTS temp.{stg}")),
+        Backend::Postgres => None,
+    }
 }
 
 /// Removes rows whose key repeats within a batch, as the merge would: the
@@ -274,20 +316,42 @@ impl Task for LoadMerge {
                 let names: Vec<String> = meta.columns.iter().map(|(n, _)| n.clone()).collect();
                 let rows = dedup(t, &names, rows).map_err(TaskError::fatal)?;
                 let per_stmt = (wh.backend.max_params() / names.len().max(1)).clamp(1, 2000);
+                for sql in staging_sql(wh.backend, t) {
+                    sqlx::query(&sql)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| from_sqlx(format!("staging {}", t.table()), e))?;
+                }
                 for chunk in rows.chunks(per_stmt) {
-                    let sql = merge_sql(wh.backend, t, &names, chunk.len());
+                    let sql = stage_sql(wh.backend, t, &names, chunk.len());
                     let mut q = sqlx::query(&sql);
                     for row in chunk {
                         for ((_, ty), v) in meta.columns.iter().zip(row) {
                             q = bind(q, *ty, v);
                         }
                     }
-                    let done = q
+                    q.execute(&mut *tx).await.map_err(|e| from_sqlx(format!("staging rows for {}", t.table()), e))?;
+                    progress.inc(chunk.len() as u64);
+                }
+                for sql in merge_sql(wh.backend, t, &names) {
+                    let done = sqlx::query(&sql)
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| from_sqlx(format!("merging into {}", t.table()), e))?;
-                    changed += done.rows_affected();
-                    progress.inc(chunk.len() as u64);
+                    changed += if wh.backend == Backend::Sqlite {
+                        // sqlx reports SQLite's change count of the last
+                        // statement that changed rows, not of this one.
+                        let n: i64 = sqlx::query_scalar("SELECT changes()")
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(|e| from_sqlx("counting changes", e))?;
+                        n as u64
+                    } else {
+                        done.rows_affected()
+                    };
+                }
+                if let Some(sql) = unstage_sql(wh.backend, t) {
+                    sqlx::query(&sql).execute(&mut *tx).await.map_err(|e| from_sqlx("dropping staging", e))?;
                 }
             }
             if let Some((task, w)) = watermark {
@@ -332,15 +396,21 @@ mod tests {
         let cols = vec!["id".to_owned(), "title".to_owned(), "ver".to_owned()];
         let t = target(Strategy::Latest, Some("ver"));
         assert_eq!(
-            merge_sql(Backend::Postgres, &t, &cols, 2),
-            "INSERT INTO \"dim\" (\"id\", \"title\", \"ver\") VALUES ($1, $2, $3), ($4, $5, $6) ON CONFLICT (\"id\") DO UPDATE SET \"title\" = excluded.\"title\", \"ver\" = excluded.\"ver\" WHERE excluded.\"ver\" > \"dim\".\"ver\""
+            merge_sql(Backend::Postgres, &t, &cols),
+            [
+                "UPDATE \"dim\" AS t SET \"title\" = s.\"title\", \"ver\" = s.\"ver\" FROM \"stg_dim\" AS s WHERE t.\"id\" = s.\"id\" AND (s.\"ver\" > t.\"ver\")",
+                "INSERT INTO \"dim\" (\"id\", \"title\", \"ver\") SELECT s.\"id\", s.\"title\", s.\"ver\" FROM \"stg_dim\" s WHERE NOT EXISTS (SELECT 1 FROM \"dim\" t WHERE t.\"id\" = s.\"id\")",
+            ]
         );
         assert_eq!(
-            merge_sql(Backend::MySql, &t, &cols, 1),
-            "INSERT INTO `dim` (`id`, `title`, `ver`) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE `title` = IF(VALUES(`ver`) > `ver`, VALUES(`title`), `title`), `ver` = GREATEST(`ver`, VALUES(`ver`))"
+            merge_sql(Backend::MySql, &t, &cols)[0],
+            "UPDATE `dim` t JOIN `stg_dim` s ON t.`id` = s.`id` SET t.`title` = s.`title`, t.`ver` = s.`ver` WHERE s.`ver` > t.`ver`"
         );
         let a = target(Strategy::Accumulate, None);
-        assert!(merge_sql(Backend::Sqlite, &a, &cols, 1).ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"title\" = COALESCE(\"dim\".\"title\", excluded.\"title\"), \"ver\" = COALESCE(\"dim\".\"ver\", excluded.\"ver\")"));
+        assert!(merge_sql(Backend::Sqlite, &a, &cols)[0].ends_with(
+            "AND ((t.\"title\" IS NULL AND s.\"title\" IS NOT NULL) OR (t.\"ver\" IS NULL AND s.\"ver\" IS NOT NULL))"
+        ));
+        assert_eq!(stage_sql(Backend::MySql, &a, &cols, 2), "INSERT INTO `stg_dim` (`id`, `title`, `ver`) VALUES (?, ?, ?), (?, ?, ?)");
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! Shared test helpers: warehouses per backend, running the binary, and an
+//! independent reading of events files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+/// A warehouse made for one test; dropped when the test ends.
+pub struct TestWarehouse {
+    pub url: String,
+    pub name: &'static str,
+    _dir: Option<tempfile::TempDir>,
+    drop_sql: Option<(String, String)>,
+}
+
+impl Drop for TestWarehouse {
+    fn drop(&mut self) {
+        if let Some((admin_url, sql)) = self.drop_sql.take() {
+            // Best effort, on a fresh runtime: the test's own may be gone.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    sqlx::any::install_default_drivers();
+                    if let Ok(pool) = AnyPoolOptions::new().max_connections(1).connect(&admin_url).await {
+                        let _ = sqlx::query(&sql).execute(&pool).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap_or_default())
+}
+
+/// Every warehouse backend available to this test run.
+pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
+    sqlx::any::install_default_drivers();
+    let mut out = Vec::new();
+    let dir = tempfile::tempdir()?;
+    out.push(TestWarehouse {
+        url: format!("sqlite:{}", dir.path().join("w.db").display()),
+        name: "sqlite",
+        _dir: Some(dir),
+        drop_sql: None,
+    });
+    if let Ok(admin) = std::env::var("CUTOVER_TEST_MYSQL_URL") {
+        let db = unique("cutover_t");
+        let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await.context("connecting to MySQL")?;
+        sqlx::query(&format!("CREATE DATABASE {db} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")).execute(&pool).await?;
+        out.push(TestWarehouse {
+            url: format!("{}/{db}", base(&admin)),
+            name: "mysql",
+            _dir: None,
+            drop_sql: Some((admin, format!("DROP DATABASE IF EXISTS {db}"))),
+        });
+    }
+    if let Ok(admin) = std::env::var("CUTOVER_TEST_POSTGRES_URL") {
+        let db = unique("cutover_t");
+        let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await.context("connecting to PostgreSQL")?;
+        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&pool).await?;
+        out.push(TestWarehouse {
+            url: format!("{}/{db}", base(&admin)),
+            name: "postgres",
+            _dir: None,
+            drop_sql: Some((admin, format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))),
+        });
+    }
+    Ok(out)
+}
+
+/// The URL without its database path.
+fn base(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => url[..after_scheme + i].to_owned(),
+        None => url.to_owned(),
+    }
+}
+
+/// Connects to a test warehouse.
+pub async fn pool(url: &str) -> Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    Ok(AnyPoolOptions::new().max_connections(2).connect(url).await?)
+}
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the `cutover` binary with a source and a warehouse.
+pub fn cutover(source: &Path, warehouse: &str, work: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .env("CUTOVER_SOURCE_URL", source)
+        .env("CUTOVER_WAREHOUSE_URL", warehouse)
+        .env("CUTOVER_WORK_DIR", work)
+        .env("CUTOVER_DAGS", root().join("dags"))
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the cutover binary runs")
+}
+
+/// Asserts the command succeeded and returns its standard output.
+pub fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "cutover failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Writes a seeded events file.
+pub fn seed(dir: &Path, events: u64, seed: u64) -> PathBuf {
+    let path = dir.join("events.jsonl");
+    ok(Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["seed", "--events", &events.to_string(), "--seed", &seed.to_string(), "--out"])
+        .arg(&path)
+        .output()
+        .unwrap());
+    path
+}
+
+/// One source document, read independently of cutover's own code.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub id: String,
+    pub json: Value,
+}
+
+impl RawEvent {
+    pub fn str(&self, path: &str) -> Option<&str> {
+        self.get(path)?.as_str()
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Value> {
+        path.split('.').try_fold(&self.json, |v, p| v.get(p))
+    }
+
+    /// `Some(None)` for present-and-null or missing, `Some(Some(s))` for a
+    /// string, `None` for anything else.
+    pub fn nullable_str(&self, path: &str) -> Option<Option<&str>> {
+        match self.get(path) {
+            None | Some(Value::Null) => Some(None),
+            Some(Value::String(s)) => Some(Some(s)),
+            Some(_) => None,
+        }
+    }
+
+    /// `ts` in epoch ms from relaxed or canonical Extended JSON.
+    pub fn ts_ms(&self) -> Option<i64> {
+        let date = self.get("ts")?.get("$date")?;
+        match date {
+            Value::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
+            Value::Object(o) => o.get("$numberLong")?.as_str()?.parse().ok(),
+            _ => None,
+        }
+    }
+
+    pub fn day(&self) -> Option<String> {
+        chrono::DateTime::from_timestamp_millis(self.ts_ms()?).map(|t| t.format("%Y-%m-%d").to_string())
+    }
+}
+
+/// Reads an events file with serde_json only.
+pub fn read_events(path: &Path) -> Vec<RawEvent> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let json: Value = serde_json::from_str(l).unwrap();
+            let id = json["_id"]["$oid"].as_str().unwrap().to_owned();
+            RawEvent { id, json }
+        })
+        .collect()
+}
+
+/// All rows of a table, each rendered as text, sorted: a snapshot to compare.
+pub async fn snapshot(pool: &AnyPool, table: &str, columns: &[&str]) -> Result<Vec<String>> {
+    let sql = format!("SELECT {} FROM {table}", columns.join(", "));
+    let rows = sqlx::query(&sql).fetch_all(pool).await?;
+    let mut out: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            (0..columns.len())
+                .map(|i| {
+                    r.try_get::<Option<String>, _>(i)
+                        .map(|v| format!("{v:?}"))
+                        .or_else(|_| r.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
+                        .or_else(|_| r.try_get::<Option<f64>, _>(i).map(|v| format!("{v:?}")))
+                        .unwrap_or_else(|e| format!("<{e}>"))
+                })
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// A count from the warehouse.
+pub async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
+    Ok(sqlx::query(sql).fetch_one(pool).await?.try_get::<i64, _>(0)?)
+}
