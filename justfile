@@ -1,0 +1,45 @@
+# Everyday cutover work. `just --list` shows the recipes.
+# Configuration comes from the environment: CUTOVER_SOURCE_URL,
+# CUTOVER_WAREHOUSE_URL (see the README).
+
+cutover := "cargo run --release --quiet --"
+
+# Seed a demo events file, run every DAG into a fresh SQLite warehouse, print a report.
+demo:
+    {{cutover}} demo
+
+# Run the whole test suite (starts MariaDB and PostgreSQL when they are down).
+test *args:
+    bash tests/run.sh {{args}}
+
+# Run one DAG now, e.g. `just run views`.
+run dag:
+    {{cutover}} run {{dag}}
+
+# Run every DAG now.
+run-all:
+    {{cutover}} run --all
+
+# Show what a DAG would read, without running it.
+plan dag:
+    {{cutover}} run {{dag}} --dry-run
+
+# Check every DAG file.
+validate:
+    {{cutover}} dags validate
+
+# Write a synthetic events file, e.g. `just seed 100000 .cutover/events.jsonl`.
+seed events="10000" out=".cutover/events.jsonl":
+    {{cutover}} seed --events {{events}} --out {{out}}
+
+# Print a report, e.g. `just report views_daily --format json`.
+report name *args:
+    {{cutover}} report {{name}} {{args}}
+
+# The latest runs.
+runs *args:
+    {{cutover}} runs {{args}}
+
+# Create or upgrade the warehouse schema.
+migrate:
+    {{cutover}} migrate
