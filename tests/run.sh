@@ -5,8 +5,13 @@
 #
 #   bash tests/run.sh [extra cargo test arguments]
 #
-# Server addresses can be overridden with CUTOVER_TEST_MYSQL_URL and
-# CUTOVER_TEST_POSTGRES_URL; set either to "skip" to leave that backend out.
+# It also installs the MongoDB wire-protocol server nx-27017 (from PyPI, into
+# the virtualenv .cutover/venv) and starts it on 127.0.0.1:27217 unless
+# CUTOVER_TEST_MONGO_URL names another server.
+#
+# Server addresses can be overridden with CUTOVER_TEST_MYSQL_URL,
+# CUTOVER_TEST_POSTGRES_URL and CUTOVER_TEST_MONGO_URL; set one to "skip" to
+# leave that server out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +48,28 @@ elif [[ "$CUTOVER_TEST_POSTGRES_URL" == *"127.0.0.1:5432"* ]] && ! port_open 543
   wait_port 5432 PostgreSQL
 fi
 
+NX_VERSION=0.8.1
+NX_PORT=27217
+if [[ -z "${CUTOVER_TEST_MONGO_URL:-}" ]]; then
+  export CUTOVER_TEST_MONGO_URL="mongodb://127.0.0.1:$NX_PORT/?directConnection=true"
+  if ! port_open "$NX_PORT"; then
+    venv=.cutover/venv
+    if ! "$venv/bin/nx-27017" --help >/dev/null 2>&1; then
+      say "installing nx-27017 $NX_VERSION into $venv"
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install --quiet --disable-pip-version-check "nx-27017==$NX_VERSION"
+    fi
+    say "starting nx-27017 on 127.0.0.1:$NX_PORT"
+    mkdir -p .cutover
+    nohup "$venv/bin/nx-27017" --data-dir memory --host 127.0.0.1 -p "$NX_PORT" >.cutover/nx-27017.log 2>&1 &
+    wait_port "$NX_PORT" nx-27017
+  fi
+fi
+if [[ "$CUTOVER_TEST_MONGO_URL" == "skip" ]]; then
+  unset CUTOVER_TEST_MONGO_URL
+fi
+
+say "sources: events file${CUTOVER_TEST_MONGO_URL:+, mongodb}"
 say "warehouses: sqlite${CUTOVER_TEST_MYSQL_URL:+, mysql}${CUTOVER_TEST_POSTGRES_URL:+, postgres}"
 say "cargo test --workspace"
 cargo test --workspace --locked "$@"

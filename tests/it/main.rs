@@ -3,7 +3,9 @@
 //! SQLite always runs. MariaDB/MySQL and PostgreSQL run when
 //! `CUTOVER_TEST_MYSQL_URL` / `CUTOVER_TEST_POSTGRES_URL` name a server
 //! (`tests/run.sh` sets them); each test makes its own database and drops it.
+//! MongoDB tests run when `CUTOVER_TEST_MONGO_URL` names a server.
 
 mod cli;
+mod mongo;
 mod support;
 mod views;

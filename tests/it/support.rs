@@ -108,6 +108,31 @@ pub fn cutover(source: &Path, warehouse: &str, work: &Path, args: &[&str]) -> Ou
         .expect("the cutover binary runs")
 }
 
+/// Runs the `cutover` binary with a source URL and a DAG directory.
+pub fn cutover_with(source: &str, warehouse: &str, work: &Path, dags: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .env("CUTOVER_SOURCE_URL", source)
+        .env("CUTOVER_WAREHOUSE_URL", warehouse)
+        .env("CUTOVER_WORK_DIR", work)
+        .env("CUTOVER_DAGS", dags)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the cutover binary runs")
+}
+
+/// A copy of the shipped DAGs reading MongoDB database `db`.
+pub fn dags_for_database(dir: &Path, db: &str) -> Result<PathBuf> {
+    let out = dir.join("dags");
+    std::fs::create_dir_all(&out)?;
+    for entry in std::fs::read_dir(root().join("dags"))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?.replace("database = \"app\"", &format!("database = \"{db}\""));
+        std::fs::write(out.join(path.file_name().unwrap()), text)?;
+    }
+    Ok(out)
+}
+
 /// Asserts the command succeeded and returns its standard output.
 pub fn ok(out: Output) -> String {
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

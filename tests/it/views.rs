@@ -10,7 +10,7 @@ use crate::support::{self, count, cutover, ok, read_events, snapshot, RawEvent};
 
 /// The views_daily report computed straight from the file: valid
 /// `presentation.viewed` documents, once per `event_id`.
-fn expected_views_daily(events: &[RawEvent]) -> (Value, usize) {
+pub fn expected_views_daily(events: &[RawEvent]) -> (Value, usize) {
     let mut seen = HashSet::new();
     let mut groups: BTreeMap<(String, String), (i64, BTreeSet<String>)> = BTreeMap::new();
     let mut invalid = BTreeSet::new();
