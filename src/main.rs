@@ -434,12 +434,13 @@ fn dags_command(g: &Global, cmd: DagsCommand) -> Result<ExitCode> {
                 println!("  step {}: {}", i + 1, ids.join(", "));
             }
             for t in &dag.tasks {
-                println!("\n[{}]", t.id);
                 let mut table = toml::Table::try_from(t).context("rendering the task")?;
                 if let Some(toml::Value::Table(kind)) = table.remove("kind") {
                     table.extend(kind);
                 }
-                print!("{}", toml::to_string_pretty(&table).context("rendering the task")?);
+                let mut wrapper = toml::Table::new();
+                wrapper.insert(t.id.clone(), toml::Value::Table(table));
+                print!("\n{}", toml::to_string_pretty(&wrapper).context("rendering the task")?);
             }
             Ok(ExitCode::SUCCESS)
         }

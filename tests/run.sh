@@ -72,4 +72,14 @@ fi
 say "sources: events file${CUTOVER_TEST_MONGO_URL:+, mongodb}"
 say "warehouses: sqlite${CUTOVER_TEST_MYSQL_URL:+, mysql}${CUTOVER_TEST_POSTGRES_URL:+, postgres}"
 say "cargo test --workspace"
-cargo test --workspace --locked "$@"
+log=$(mktemp)
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
+rm -f "$log"
+echo
+echo "summary: $passed passed, $failed failed"
+exit "$status"
