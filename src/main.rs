@@ -186,6 +186,14 @@ fn init_logs(g: &Global) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Exit quietly when the reader of standard output goes away
+    // (`cutover report ... | head`), as command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any other
+    // thread of ours writes to a pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logs(&cli.global);
     match dispatch(cli).await {
