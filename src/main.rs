@@ -36,17 +36,32 @@ struct Cli {
 struct Global {
     /// The event source: an events file (mongoexport form, Extended JSON) or
     /// a `mongodb://` URL.
-    #[arg(long, global = true, env = "CUTOVER_SOURCE_URL", default_value = ".cutover/events.jsonl")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_SOURCE_URL",
+        default_value = ".cutover/events.jsonl"
+    )]
     source_url: String,
     /// The warehouse: `sqlite:PATH`, `mysql://...` (MariaDB too) or
     /// `postgres://...`.
-    #[arg(long, global = true, env = "CUTOVER_WAREHOUSE_URL", default_value = "sqlite:.cutover/warehouse.db")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_WAREHOUSE_URL",
+        default_value = "sqlite:.cutover/warehouse.db"
+    )]
     warehouse_url: String,
     /// The directory holding the DAG files.
     #[arg(long, global = true, env = "CUTOVER_DAGS", default_value = "dags")]
     dags: PathBuf,
     /// Where runs keep their intermediate segment files.
-    #[arg(long, global = true, env = "CUTOVER_WORK_DIR", default_value = ".cutover/work")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUTOVER_WORK_DIR",
+        default_value = ".cutover/work"
+    )]
     work_dir: PathBuf,
     /// Log line format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -177,7 +192,9 @@ fn init_logs(g: &Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match g.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -209,7 +226,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Dags(cmd) => dags_command(g, cmd),
-        Command::Run { names, all, dry_run, keep_work } => {
+        Command::Run {
+            names,
+            all,
+            dry_run,
+            keep_work,
+        } => {
             let selected = select(g, &names, all)?;
             if dry_run {
                 dry_run_plan(g, &selected).await
@@ -223,11 +245,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             match format {
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
                 ListFormat::Table => {
-                    println!("{:<36}  {:<14}  {:<9}  {:<24}  {:>8}  {:>8}  {:>5}", "RUN", "DAG", "STATE", "STARTED", "READ", "WRITTEN", "QUAR");
+                    println!(
+                        "{:<36}  {:<14}  {:<9}  {:<24}  {:>8}  {:>8}  {:>5}",
+                        "RUN", "DAG", "STATE", "STARTED", "READ", "WRITTEN", "QUAR"
+                    );
                     for r in runs {
                         println!(
                             "{:<36}  {:<14}  {:<9}  {:<24}  {:>8}  {:>8}  {:>5}",
-                            r.run_id, r.dag, r.state, r.started_at, r.rows_read, r.rows_written, r.rows_quarantined
+                            r.run_id,
+                            r.dag,
+                            r.state,
+                            r.started_at,
+                            r.rows_read,
+                            r.rows_written,
+                            r.rows_quarantined
                         );
                         if let Some(e) = r.error {
                             println!("    error: {}", e.lines().next().unwrap_or_default());
@@ -242,7 +273,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             println!("warehouse {} is migrated", wh.display_url);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Seed { events, seed, days, out } => {
+        Command::Seed {
+            events,
+            seed,
+            days,
+            out,
+        } => {
             let stats = write_seed(&out, events, seed, days)?;
             println!(
                 "wrote {} events to {} ({} duplicates, {} invalid, {} unknown types, {} late)",
@@ -256,12 +292,23 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { events, dir } => demo(g, events, &dir).await,
-        Command::Report { name, from, to, format } => {
+        Command::Report {
+            name,
+            from,
+            to,
+            format,
+        } => {
             let report = ReportName::from_name(&name).with_context(|| {
                 let names: Vec<&str> = ReportName::ALL.iter().map(|(n, _)| *n).collect();
-                format!("unknown report `{name}`; the reports are {}", names.join(", "))
+                format!(
+                    "unknown report `{name}`; the reports are {}",
+                    names.join(", ")
+                )
             })?;
-            let range = Range { from_ms: from.as_deref().map(parse_instant).transpose()?, to_ms: to.as_deref().map(parse_instant).transpose()? };
+            let range = Range {
+                from_ms: from.as_deref().map(parse_instant).transpose()?,
+                to_ms: to.as_deref().map(parse_instant).transpose()?,
+            };
             let wh = warehouse(g).await?;
             let rows = reports::from_warehouse(&wh, report, range).await?;
             let format = match format {
@@ -278,7 +325,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant into epoch ms.
 fn parse_instant(s: &str) -> Result<i64> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis());
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight")
+            .and_utc()
+            .timestamp_millis());
     }
     chrono::DateTime::parse_from_rfc3339(s)
         .map(|t| t.timestamp_millis())
@@ -290,7 +341,11 @@ fn load_dags(dir: &Path) -> Result<Vec<Dag<TaskKind>>> {
         for e in &errors {
             eprintln!("{e}");
         }
-        anyhow::anyhow!("{} problem(s) in the DAG files in {}", errors.len(), dir.display())
+        anyhow::anyhow!(
+            "{} problem(s) in the DAG files in {}",
+            errors.len(),
+            dir.display()
+        )
     })
 }
 
@@ -305,13 +360,23 @@ fn select(g: &Global, names: &[String], all: bool) -> Result<Vec<Dag<TaskKind>>>
     names
         .iter()
         .map(|n| {
-            dags.iter().find(|d| &d.name == n).cloned().with_context(|| {
-                let known: Vec<&str> = dags.iter().map(|d| d.name.as_str()).collect();
-                match dag::did_you_mean(n, known.iter().copied()) {
-                    Some(h) => format!("no DAG named `{n}` in {} (did you mean `{h}`?)", g.dags.display()),
-                    None => format!("no DAG named `{n}` in {}; there are: {}", g.dags.display(), known.join(", ")),
-                }
-            })
+            dags.iter()
+                .find(|d| &d.name == n)
+                .cloned()
+                .with_context(|| {
+                    let known: Vec<&str> = dags.iter().map(|d| d.name.as_str()).collect();
+                    match dag::did_you_mean(n, known.iter().copied()) {
+                        Some(h) => format!(
+                            "no DAG named `{n}` in {} (did you mean `{h}`?)",
+                            g.dags.display()
+                        ),
+                        None => format!(
+                            "no DAG named `{n}` in {}; there are: {}",
+                            g.dags.display(),
+                            known.join(", ")
+                        ),
+                    }
+                })
         })
         .collect()
 }
@@ -333,25 +398,51 @@ async fn env(g: &Global) -> Result<Env> {
             );
         }
     }
-    Ok(Env { source, warehouse: warehouse(g).await? })
+    Ok(Env {
+        source,
+        warehouse: warehouse(g).await?,
+    })
 }
 
-async fn run(g: &Global, dags: &[Dag<TaskKind>], keep_work: bool, trigger: &str) -> Result<ExitCode> {
+async fn run(
+    g: &Global,
+    dags: &[Dag<TaskKind>],
+    keep_work: bool,
+    trigger: &str,
+) -> Result<ExitCode> {
     let env = env(g).await?;
     let runner = Runner::new(env.warehouse.ledger());
-    let opts = RunOptions { work_root: g.work_dir.clone(), trigger: trigger.into(), keep_work, ..RunOptions::default() };
+    let opts = RunOptions {
+        work_root: g.work_dir.clone(),
+        trigger: trigger.into(),
+        keep_work,
+        ..RunOptions::default()
+    };
     let mut failed = 0;
     for dag in dags {
         let summary = runner.run(dag, build_tasks(dag, &env), &opts).await?;
-        println!("{} run {}: {}", dag.name, summary.run_id, summary.state.name());
+        println!(
+            "{} run {}: {}",
+            dag.name,
+            summary.run_id,
+            summary.state.name()
+        );
         for (id, state) in &summary.tasks {
             match state {
                 TaskState::Succeeded { attempt, report } => {
-                    let retried = if *attempt > 1 { format!(" (attempt {attempt})") } else { String::new() };
+                    let retried = if *attempt > 1 {
+                        format!(" (attempt {attempt})")
+                    } else {
+                        String::new()
+                    };
                     println!("  {id:<22} ok{retried}: {}", report.summary);
                 }
-                TaskState::Failed { attempt, error, .. } => println!("  {id:<22} FAILED after {attempt} attempt(s): {error}"),
-                TaskState::Skipped { because } => println!("  {id:<22} skipped ({because} did not succeed)"),
+                TaskState::Failed { attempt, error, .. } => {
+                    println!("  {id:<22} FAILED after {attempt} attempt(s): {error}")
+                }
+                TaskState::Skipped { because } => {
+                    println!("  {id:<22} skipped ({because} did not succeed)")
+                }
                 other => println!("  {id:<22} {}", other.name()),
             }
         }
@@ -360,7 +451,11 @@ async fn run(g: &Global, dags: &[Dag<TaskKind>], keep_work: bool, trigger: &str)
             println!("  work files kept in {}", summary.work_dir.display());
         }
     }
-    Ok(if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn dry_run_plan(g: &Global, dags: &[Dag<TaskKind>]) -> Result<ExitCode> {
@@ -373,7 +468,9 @@ async fn dry_run_plan(g: &Global, dags: &[Dag<TaskKind>]) -> Result<ExitCode> {
                 if let TaskKind::ExtractMongo(c) = &t.kind {
                     // Without migrations there is no watermark table yet.
                     let w = wh.watermark(&dag.name, &t.id).await.ok().flatten();
-                    let from = c.since(w).map_or_else(|| "the beginning".to_owned(), reports::format_ms);
+                    let from = c
+                        .since(w)
+                        .map_or_else(|| "the beginning".to_owned(), reports::format_ms);
                     line.push_str(&format!(" would read {} from {from}", c.types.join(", ")));
                 }
                 if !t.depends_on.is_empty() {
@@ -397,7 +494,12 @@ fn dags_command(g: &Global, cmd: DagsCommand) -> Result<ExitCode> {
             match result {
                 Ok(dags) => {
                     for d in &dags {
-                        println!("ok  {} ({}): {} tasks", d.file.display(), d.name, d.tasks.len());
+                        println!(
+                            "ok  {} ({}): {} tasks",
+                            d.file.display(),
+                            d.name,
+                            d.tasks.len()
+                        );
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -412,16 +514,25 @@ fn dags_command(g: &Global, cmd: DagsCommand) -> Result<ExitCode> {
         }
         DagsCommand::List => {
             let dags = load_dags(&g.dags)?;
-            println!("{:<16}  {:<12}  {:<32}  {}", "NAME", "DATA POINT", "SCHEDULE", "NEXT RUN");
+            println!(
+                "{:<16}  {:<12}  {:<32}  {}",
+                "NAME", "DATA POINT", "SCHEDULE", "NEXT RUN"
+            );
             for d in dags {
                 let (schedule, next) = match &d.schedule {
                     Some(s) => (
                         format!("{} ({})", s.cron, s.timezone),
-                        s.next_after(Utc::now()).map_or_else(|| "never".into(), |t| reports::format_ms(t.timestamp_millis())),
+                        s.next_after(Utc::now()).map_or_else(
+                            || "never".into(),
+                            |t| reports::format_ms(t.timestamp_millis()),
+                        ),
                     ),
                     None => ("ad hoc".into(), "-".into()),
                 };
-                println!("{:<16}  {:<12}  {:<32}  {}", d.name, d.data_point, schedule, next);
+                println!(
+                    "{:<16}  {:<12}  {:<32}  {}",
+                    d.name, d.data_point, schedule, next
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -448,7 +559,10 @@ fn dags_command(g: &Global, cmd: DagsCommand) -> Result<ExitCode> {
                 }
                 let mut wrapper = toml::Table::new();
                 wrapper.insert(t.id.clone(), toml::Value::Table(table));
-                print!("\n{}", toml::to_string_pretty(&wrapper).context("rendering the task")?);
+                print!(
+                    "\n{}",
+                    toml::to_string_pretty(&wrapper).context("rendering the task")?
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -467,8 +581,14 @@ fn write_seed(out: &Path, events: u64, seed: u64, days: u32) -> Result<seed::See
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let tmp = out.with_extension("tmp");
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let opts = SeedOptions { events, seed, days, ..SeedOptions::default() };
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let opts = SeedOptions {
+        events,
+        seed,
+        days,
+        ..SeedOptions::default()
+    };
     let stats = seed::generate(&opts, std::io::BufWriter::new(file)).context("writing events")?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(stats)
@@ -477,7 +597,11 @@ fn write_seed(out: &Path, events: u64, seed: u64, days: u32) -> Result<seed::See
 async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
     let events_file = dir.join("events.jsonl");
     let db = dir.join("warehouse.db");
-    for stale in [db.clone(), db.with_extension("db-wal"), db.with_extension("db-shm")] {
+    for stale in [
+        db.clone(),
+        db.with_extension("db-wal"),
+        db.with_extension("db-shm"),
+    ] {
         let _ = std::fs::remove_file(stale);
     }
     let stats = write_seed(&events_file, events, 7, 14)?;
@@ -502,12 +626,31 @@ async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
     let code = run(&g, &dags, false, "demo").await?;
     let wh = warehouse(&g).await?;
     let report = reports::from_warehouse(&wh, ReportName::ViewsDaily, Range::default()).await?;
-    let shown = reports::Report { columns: report.columns.clone(), rows: report.rows.iter().take(15).cloned().collect() };
-    println!("\nviews_daily (first {} of {} rows):", shown.rows.len(), report.rows.len());
+    let shown = reports::Report {
+        columns: report.columns.clone(),
+        rows: report.rows.iter().take(15).cloned().collect(),
+    };
+    println!(
+        "\nviews_daily (first {} of {} rows):",
+        shown.rows.len(),
+        report.rows.len()
+    );
     print!("{}", shown.render(Format::Table));
-    println!("\nThe warehouse is the SQLite file {}. Explore it with:", db.display());
-    println!("  CUTOVER_WAREHOUSE_URL=sqlite:{} cutover report views_daily --format json", db.display());
-    println!("  CUTOVER_WAREHOUSE_URL=sqlite:{} cutover runs", db.display());
-    println!("  sqlite3 {} 'SELECT COUNT(*) FROM fact_views'", db.display());
+    println!(
+        "\nThe warehouse is the SQLite file {}. Explore it with:",
+        db.display()
+    );
+    println!(
+        "  CUTOVER_WAREHOUSE_URL=sqlite:{} cutover report views_daily --format json",
+        db.display()
+    );
+    println!(
+        "  CUTOVER_WAREHOUSE_URL=sqlite:{} cutover runs",
+        db.display()
+    );
+    println!(
+        "  sqlite3 {} 'SELECT COUNT(*) FROM fact_views'",
+        db.display()
+    );
     Ok(code)
 }

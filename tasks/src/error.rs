@@ -7,7 +7,10 @@ use workflows::TaskError;
 /// problem, a deadlock, a lock or busy timeout.
 pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => matches!(
             db.code().as_deref(),
@@ -26,7 +29,10 @@ pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
 /// A task error from a database error, with `what` saying what was being done.
 pub fn from_sqlx(what: impl Into<String>, e: sqlx::Error) -> TaskError {
     let retryable = sqlx_retryable(&e);
-    let err = Context { what: what.into(), source: Box::new(e) };
+    let err = Context {
+        what: what.into(),
+        source: Box::new(e),
+    };
     if retryable {
         TaskError::Retryable(Box::new(err))
     } else {
@@ -37,8 +43,14 @@ pub fn from_sqlx(what: impl Into<String>, e: sqlx::Error) -> TaskError {
 /// A task error from an I/O error: interruptions and timeouts are retryable.
 pub fn from_io(what: impl Into<String>, e: std::io::Error) -> TaskError {
     use std::io::ErrorKind::*;
-    let retryable = matches!(e.kind(), Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted);
-    let err = Context { what: what.into(), source: Box::new(e) };
+    let retryable = matches!(
+        e.kind(),
+        Interrupted | TimedOut | WouldBlock | ConnectionReset | ConnectionAborted
+    );
+    let err = Context {
+        what: what.into(),
+        source: Box::new(e),
+    };
     if retryable {
         TaskError::Retryable(Box::new(err))
     } else {
@@ -57,7 +69,13 @@ pub struct Context {
 
 impl Context {
     /// Wraps `source` with `what`.
-    pub fn new(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self { what: what.into(), source: Box::new(source) }
+    pub fn new(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            what: what.into(),
+            source: Box::new(source),
+        }
     }
 }

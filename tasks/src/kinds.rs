@@ -60,7 +60,10 @@ fn parse_as<T: DeserializeOwned>(settings: toml::Table) -> Result<T, Vec<Setting
     serde_path_to_error::deserialize(toml::Value::Table(settings)).map_err(|e| {
         let path = e.path().to_string();
         let field = (path != "." && !path.is_empty()).then_some(path);
-        vec![SettingProblem { field, message: e.into_inner().to_string().trim().to_owned() }]
+        vec![SettingProblem {
+            field,
+            message: e.into_inner().to_string().trim().to_owned(),
+        }]
     })
 }
 
@@ -76,7 +79,10 @@ impl TaskKinds for TaskKind {
             "load.merge" => Self::LoadMerge(parse_as(settings)?),
             "verify.reconcile" => Self::VerifyReconcile(parse_as(settings)?),
             other => {
-                return Err(vec![SettingProblem::field("kind", format!("unknown kind `{other}`"))]);
+                return Err(vec![SettingProblem::field(
+                    "kind",
+                    format!("unknown kind `{other}`"),
+                )]);
             }
         })
     }
@@ -100,7 +106,10 @@ impl TaskKinds for TaskKind {
     }
 }
 
-fn extract_config<'a>(tasks: &[(&str, &'a TaskKind)], id: &str) -> Option<&'a extract::mongo::Config> {
+fn extract_config<'a>(
+    tasks: &[(&str, &'a TaskKind)],
+    id: &str,
+) -> Option<&'a extract::mongo::Config> {
     tasks.iter().find_map(|(tid, k)| match k {
         TaskKind::ExtractMongo(c) if *tid == id => Some(c),
         _ => None,
@@ -123,12 +132,21 @@ pub fn build_tasks(dag: &Dag<TaskKind>, env: &Env) -> HashMap<String, Arc<dyn Ta
         .iter()
         .map(|spec| {
             let task: Arc<dyn Task> = match &spec.kind {
-                TaskKind::ExtractMongo(c) => extract::mongo::build(c.clone(), env.source.clone(), env.warehouse.clone()),
+                TaskKind::ExtractMongo(c) => {
+                    extract::mongo::build(c.clone(), env.source.clone(), env.warehouse.clone())
+                }
                 TaskKind::TransformPolars(c) => transform::polars::build(c.clone()),
                 TaskKind::LoadMerge(c) => load::merge::build(c.clone(), env.warehouse.clone()),
                 TaskKind::VerifyReconcile(c) => {
-                    let extract = extract_config(&all, &c.source).expect("checked when the DAG was loaded").clone();
-                    verify::reconcile::build(c.clone(), extract, env.source.clone(), env.warehouse.clone())
+                    let extract = extract_config(&all, &c.source)
+                        .expect("checked when the DAG was loaded")
+                        .clone();
+                    verify::reconcile::build(
+                        c.clone(),
+                        extract,
+                        env.source.clone(),
+                        env.warehouse.clone(),
+                    )
                 }
             };
             (spec.id.clone(), task)

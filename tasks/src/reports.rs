@@ -24,7 +24,8 @@ pub enum ReportName {
 
 impl ReportName {
     /// Every report, by name.
-    pub const ALL: &'static [(&'static str, ReportName)] = &[("views_daily", ReportName::ViewsDaily)];
+    pub const ALL: &'static [(&'static str, ReportName)] =
+        &[("views_daily", ReportName::ViewsDaily)];
 
     /// The report named `name`.
     pub fn from_name(name: &str) -> Option<Self> {
@@ -33,7 +34,11 @@ impl ReportName {
 
     /// Its name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, r)| *r == self).map(|(n, _)| *n).expect("listed")
+        Self::ALL
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map(|(n, _)| *n)
+            .expect("listed")
     }
 }
 
@@ -57,21 +62,30 @@ pub struct Range {
 
 impl Range {
     fn bounds(self) -> (i64, i64) {
-        (self.from_ms.unwrap_or(i64::MIN / 2), self.to_ms.unwrap_or(i64::MAX / 2))
+        (
+            self.from_ms.unwrap_or(i64::MIN / 2),
+            self.to_ms.unwrap_or(i64::MAX / 2),
+        )
     }
 }
 
 /// Formats epoch ms as an RFC 3339 instant in UTC.
 pub fn format_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
 }
 
 /// Reads a report from the warehouse.
 ///
 /// # Errors
 /// The query failed.
-pub async fn from_warehouse(wh: &Warehouse, name: ReportName, range: Range) -> Result<Report, sqlx::Error> {
+pub async fn from_warehouse(
+    wh: &Warehouse,
+    name: ReportName,
+    range: Range,
+) -> Result<Report, sqlx::Error> {
     let b = wh.backend;
     let (from, to) = range.bounds();
     match name {
@@ -84,7 +98,11 @@ pub async fn from_warehouse(wh: &Warehouse, name: ReportName, range: Range) -> R
                 b.param(1),
                 b.param(2)
             );
-            let rows = sqlx::query(&sql).bind(from).bind(to).fetch_all(&wh.pool).await?;
+            let rows = sqlx::query(&sql)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&wh.pool)
+                .await?;
             let rows = rows
                 .iter()
                 .map(|r| {
@@ -96,7 +114,10 @@ pub async fn from_warehouse(wh: &Warehouse, name: ReportName, range: Range) -> R
                     ])
                 })
                 .collect::<Result<_, sqlx::Error>>()?;
-            Ok(Report { columns: vec!["day", "presentation_id", "views", "unique_viewers"], rows })
+            Ok(Report {
+                columns: vec!["day", "presentation_id", "views", "unique_viewers"],
+                rows,
+            })
         }
     }
 }
@@ -119,7 +140,13 @@ impl Report {
             self.rows
                 .iter()
                 .map(|r| {
-                    Json::Object(self.columns.iter().map(|c| (*c).to_owned()).zip(r.iter().cloned()).collect())
+                    Json::Object(
+                        self.columns
+                            .iter()
+                            .map(|c| (*c).to_owned())
+                            .zip(r.iter().cloned())
+                            .collect(),
+                    )
                 })
                 .collect(),
         )
@@ -133,7 +160,9 @@ impl Report {
             other => other.to_string(),
         };
         match format {
-            Format::Json => serde_json::to_string_pretty(&self.to_json()).unwrap_or_default() + "\n",
+            Format::Json => {
+                serde_json::to_string_pretty(&self.to_json()).unwrap_or_default() + "\n"
+            }
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(Vec::new());
                 let _ = w.write_record(&self.columns);
@@ -143,20 +172,44 @@ impl Report {
                 String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
             }
             Format::Table => {
-                let cells: Vec<Vec<String>> = self.rows.iter().map(|r| r.iter().map(cell).collect()).collect();
+                let cells: Vec<Vec<String>> = self
+                    .rows
+                    .iter()
+                    .map(|r| r.iter().map(cell).collect())
+                    .collect();
                 let widths: Vec<usize> = self
                     .columns
                     .iter()
                     .enumerate()
-                    .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.len()]).max().unwrap_or(0))
+                    .map(|(i, c)| {
+                        cells
+                            .iter()
+                            .map(|r| r[i].chars().count())
+                            .chain([c.len()])
+                            .max()
+                            .unwrap_or(0)
+                    })
                     .collect();
                 let mut out = String::new();
                 let line = |out: &mut String, vals: Vec<&str>| {
-                    let parts: Vec<String> = vals.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+                    let parts: Vec<String> = vals
+                        .iter()
+                        .zip(&widths)
+                        .map(|(v, w)| format!("{v:<w$}"))
+                        .collect();
                     let _ = writeln!(out, "{}", parts.join("  ").trim_end());
                 };
                 line(&mut out, self.columns.clone());
-                line(&mut out, widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect());
+                line(
+                    &mut out,
+                    widths
+                        .iter()
+                        .map(|w| "-".repeat(*w))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str)
+                        .collect(),
+                );
                 for r in &cells {
                     line(&mut out, r.iter().map(String::as_str).collect());
                 }

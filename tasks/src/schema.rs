@@ -51,16 +51,19 @@ pub enum Paths {
 }
 
 impl Paths {
-    fn iter(&self) -> impl Iterator<Item = &str> {
-        let v: Vec<&str> = match self {
-            Self::One(p) => vec![p.as_str()],
-            Self::Many(ps) => ps.iter().map(String::as_str).collect(),
-        };
-        v.into_iter()
+    fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(p) => std::slice::from_ref(p),
+            Self::Many(ps) => ps,
+        }
     }
 
     fn describe(&self) -> String {
-        self.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(" or ")
+        self.as_slice()
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(" or ")
     }
 }
 
@@ -115,7 +118,10 @@ pub fn read_column(doc: &Document, name: &str, spec: &ColumnSpec) -> Result<Valu
             return if spec.nullable {
                 Ok(Value::Null)
             } else {
-                Err(format!("column {name}: {} is missing", spec.path.describe()))
+                Err(format!(
+                    "column {name}: {} is missing",
+                    spec.path.describe()
+                ))
             };
         }
         Some(v) => v,
@@ -142,12 +148,18 @@ pub fn read_column(doc: &Document, name: &str, spec: &ColumnSpec) -> Result<Valu
     };
     if let (Some(min), Value::Int(i)) = (spec.min, &out) {
         if (*i as f64) < min {
-            return Err(format!("column {name}: {} is {i}, less than the minimum {min}", spec.path.describe()));
+            return Err(format!(
+                "column {name}: {} is {i}, less than the minimum {min}",
+                spec.path.describe()
+            ));
         }
     }
     if let (Some(min), Value::Float(f)) = (spec.min, &out) {
         if *f < min || f.is_nan() {
-            return Err(format!("column {name}: {} is {f}, less than the minimum {min}", spec.path.describe()));
+            return Err(format!(
+                "column {name}: {} is {f}, less than the minimum {min}",
+                spec.path.describe()
+            ));
         }
     }
     if let (Some(allowed), Value::Str(s)) = (&spec.one_of, &out) {
@@ -164,8 +176,11 @@ pub fn read_column(doc: &Document, name: &str, spec: &ColumnSpec) -> Result<Valu
 
 impl ColumnSpec {
     fn paths_lookup<'d>(&self, doc: &'d Document) -> Option<&'d Bson> {
-        self.path.iter().find_map(|p| lookup(doc, p).filter(|v| !matches!(v, Bson::Null)))
-            .or_else(|| self.path.iter().find_map(|p| lookup(doc, p)))
+        self.path
+            .as_slice()
+            .iter()
+            .find_map(|p| lookup(doc, p).filter(|v| !matches!(v, Bson::Null)))
+            .or_else(|| self.path.as_slice().iter().find_map(|p| lookup(doc, p)))
     }
 }
 
@@ -226,19 +241,33 @@ mod tests {
     use bson::doc;
 
     fn spec(path: &str, ty: ColumnType) -> ColumnSpec {
-        ColumnSpec { path: Paths::One(path.into()), ty, nullable: false, min: None, one_of: None }
+        ColumnSpec {
+            path: Paths::One(path.into()),
+            ty,
+            nullable: false,
+            min: None,
+            one_of: None,
+        }
     }
 
     #[test]
     fn reads_typed_values_and_rejects_wrong_ones() {
-        let d = doc! { "payload": { "slide": "3", "dwell_ms": -5, "dwellMs": 10 }, "user_id": null };
+        let d =
+            doc! { "payload": { "slide": "3", "dwell_ms": -5, "dwellMs": 10 }, "user_id": null };
         let err = read_column(&d, "slide", &spec("payload.slide", ColumnType::Int)).unwrap_err();
-        assert_eq!(err, "column slide: `payload.slide` is a string, expected int");
+        assert_eq!(
+            err,
+            "column slide: `payload.slide` is a string, expected int"
+        );
         let mut dwell = spec("payload.dwell_ms", ColumnType::Int);
         dwell.min = Some(0.0);
-        assert!(read_column(&d, "dwell_ms", &dwell).unwrap_err().contains("less than the minimum"));
+        assert!(read_column(&d, "dwell_ms", &dwell)
+            .unwrap_err()
+            .contains("less than the minimum"));
         let mut user = spec("user_id", ColumnType::String);
-        assert!(read_column(&d, "user_id", &user).unwrap_err().contains("missing"));
+        assert!(read_column(&d, "user_id", &user)
+            .unwrap_err()
+            .contains("missing"));
         user.nullable = true;
         assert_eq!(read_column(&d, "user_id", &user).unwrap(), Value::Null);
         let either = ColumnSpec {

@@ -31,7 +31,12 @@ pub struct SeedOptions {
 
 impl Default for SeedOptions {
     fn default() -> Self {
-        Self { events: 10_000, seed: 1, start_ms: 1_767_571_200_000, days: 14 } // 2026-01-05T00:00:00Z
+        Self {
+            events: 10_000,
+            seed: 1,
+            start_ms: 1_767_571_200_000,
+            days: 14,
+        } // 2026-01-05T00:00:00Z
     }
 }
 
@@ -54,10 +59,27 @@ const PLANS: &[&str] = &["free", "pro", "team"];
 const COUNTRIES: &[&str] = &["US", "DE", "FR", "GB", "JP", "BR", "IN", "ES", "NL", "SE"];
 const DEVICES: &[&str] = &["desktop", "mobile", "tablet"];
 const CHANNELS: &[&str] = &["email", "link", "slack", "embed"];
-const REFERRERS: &[&str] = &["https://news.example.com/", "https://search.example.org/?q=deck", "https://mail.example.net/"];
+const REFERRERS: &[&str] = &[
+    "https://news.example.com/",
+    "https://search.example.org/?q=deck",
+    "https://mail.example.net/",
+];
 const TITLE_WORDS: &[&str] = &[
-    "Quarterly", "Roadmap", "\"Launch\"", "Résumé", "Plan 🚀", "Q3 — review", "Team's", "数据", "Café ☕", "O'Brien", "<Draft>",
-    "Pitch", "Onboarding", "Kickoff 🎉", "Metrics",
+    "Quarterly",
+    "Roadmap",
+    "\"Launch\"",
+    "Résumé",
+    "Plan 🚀",
+    "Q3 — review",
+    "Team's",
+    "数据",
+    "Café ☕",
+    "O'Brien",
+    "<Draft>",
+    "Pitch",
+    "Onboarding",
+    "Kickoff 🎉",
+    "Metrics",
 ];
 
 /// An event waiting for its arrival.
@@ -99,7 +121,9 @@ struct Gen<W: Write> {
 impl<W: Write> Gen<W> {
     fn uuid(&mut self) -> String {
         let bytes: [u8; 16] = self.rng.gen();
-        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
     }
 
     fn event(&mut self, ty: &str, ts: i64) -> Document {
@@ -116,9 +140,16 @@ impl<W: Write> Gen<W> {
 
     /// Queues an event; some arrive late, some are stored twice.
     fn push(&mut self, doc: Document) {
-        let ts = doc.get_datetime("ts").map(|d| d.timestamp_millis()).unwrap_or(self.opts.start_ms);
+        let ts = doc
+            .get_datetime("ts")
+            .map(|d| d.timestamp_millis())
+            .unwrap_or(self.opts.start_ms);
         let late = self.rng.gen_bool(0.03);
-        let delay = if late { self.rng.gen_range(3_600_000..6 * 3_600_000) } else { 0 };
+        let delay = if late {
+            self.rng.gen_range(3_600_000..6 * 3_600_000)
+        } else {
+            0
+        };
         if self.rng.gen_bool(0.01) {
             let copy_delay = self.rng.gen_range(0..2 * 3_600_000);
             self.stats.duplicates += 1;
@@ -129,12 +160,20 @@ impl<W: Write> Gen<W> {
 
     fn queue(&mut self, arrival_ms: i64, doc: Document) {
         self.seq += 1;
-        self.heap.push(Reverse(Pending { arrival_ms, seq: self.seq, doc }));
+        self.heap.push(Reverse(Pending {
+            arrival_ms,
+            seq: self.seq,
+            doc,
+        }));
     }
 
     /// Writes every queued event that has arrived by `now_ms`.
     fn drain(&mut self, now_ms: i64) -> std::io::Result<bool> {
-        while self.heap.peek().is_some_and(|Reverse(p)| p.arrival_ms <= now_ms) {
+        while self
+            .heap
+            .peek()
+            .is_some_and(|Reverse(p)| p.arrival_ms <= now_ms)
+        {
             let Reverse(p) = self.heap.pop().expect("peeked");
             if !self.write(p)? {
                 return Ok(false);
@@ -170,21 +209,37 @@ impl<W: Write> Gen<W> {
     fn dirt(&mut self, ts: i64, session_id: &str) {
         let roll: f64 = self.rng.gen();
         if roll < 0.03 {
-            let ty = *["presentation.deleted", "billing.invoice_paid", "experiment.assigned"].choose(&mut self.rng).expect("non-empty");
+            let ty = *[
+                "presentation.deleted",
+                "billing.invoice_paid",
+                "experiment.assigned",
+            ]
+            .choose(&mut self.rng)
+            .expect("non-empty");
             let mut d = self.event(ty, ts);
             d.insert("payload", doc! { "note": "not part of the model" });
             self.stats.unknown_types += 1;
             self.push(d);
         } else if roll < 0.07 {
-            let (pid, slides) = self.presentations.choose(&mut self.rng).cloned().expect("non-empty");
+            let (pid, slides) = self
+                .presentations
+                .choose(&mut self.rng)
+                .cloned()
+                .expect("non-empty");
             let mut d = self.event("slide.viewed", ts);
             d.insert("presentation_id", pid.clone());
             d.insert("session_id", session_id);
             d.insert("user_id", Bson::Null);
             let slide = self.rng.gen_range(1..=slides) as i32;
             match self.rng.gen_range(0..5) {
-                0 => d.insert("payload", doc! { "slide": slide.to_string(), "dwell_ms": 1200 }),
-                1 => d.insert("payload", doc! { "slide": slide, "dwell_ms": -(self.rng.gen_range(1..5000) as i32) }),
+                0 => d.insert(
+                    "payload",
+                    doc! { "slide": slide.to_string(), "dwell_ms": 1200 },
+                ),
+                1 => d.insert(
+                    "payload",
+                    doc! { "slide": slide, "dwell_ms": -(self.rng.gen_range(1..5000) as i32) },
+                ),
                 2 => d.insert("payload", doc! { "dwell_ms": 900 }),
                 3 => {
                     d.remove("presentation_id");
@@ -195,7 +250,10 @@ impl<W: Write> Gen<W> {
                     v.insert("presentation_id", pid);
                     v.insert("session_id", session_id);
                     v.insert("user_id", Bson::Null);
-                    v.insert("payload", doc! { "device": "smartwatch", "referrer": Bson::Null });
+                    v.insert(
+                        "payload",
+                        doc! { "device": "smartwatch", "referrer": Bson::Null },
+                    );
                     d = v;
                     None
                 }
@@ -232,12 +290,20 @@ impl<W: Write> Gen<W> {
             let id = format!("p{:06}", i + 1);
             let slides = self.rng.gen_range(3..25u32);
             let ts = start + self.rng.gen_range(6 * 3_600_000..12 * 3_600_000);
-            let owner = self.users.choose(&mut self.rng).expect("non-empty").0.clone();
+            let owner = self
+                .users
+                .choose(&mut self.rng)
+                .expect("non-empty")
+                .0
+                .clone();
             let mut d = self.event("presentation.created", ts);
             d.insert("user_id", owner);
             d.insert("presentation_id", id.clone());
             let title = self.title();
-            d.insert("payload", doc! { "title": title, "slide_count": slides as i32 });
+            d.insert(
+                "payload",
+                doc! { "title": title, "slide_count": slides as i32 },
+            );
             self.push(d);
             self.presentations.push((id, slides));
         }
@@ -252,7 +318,9 @@ impl<W: Write> Gen<W> {
                 return Ok(());
             }
             self.session(clock);
-            if self.stats.written + self.heap.len() as u64 >= self.opts.events + 64 && self.heap.len() > 64 {
+            if self.stats.written + self.heap.len() as u64 >= self.opts.events + 64
+                && self.heap.len() > 64
+            {
                 // Enough queued: let it all arrive.
                 if !self.drain(i64::MAX)? {
                     return Ok(());
@@ -263,13 +331,26 @@ impl<W: Write> Gen<W> {
 
     fn title(&mut self) -> String {
         let k = self.rng.gen_range(1..4);
-        (0..k).map(|_| *TITLE_WORDS.choose(&mut self.rng).expect("non-empty")).collect::<Vec<_>>().join(" ")
+        (0..k)
+            .map(|_| *TITLE_WORDS.choose(&mut self.rng).expect("non-empty"))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn session(&mut self, start: i64) {
         let session_id = format!("s{}", &self.uuid()[..13]);
         let anonymous = self.rng.gen_bool(0.3);
-        let user = if anonymous { None } else { Some(self.users.choose(&mut self.rng).expect("non-empty").0.clone()) };
+        let user = if anonymous {
+            None
+        } else {
+            Some(
+                self.users
+                    .choose(&mut self.rng)
+                    .expect("non-empty")
+                    .0
+                    .clone(),
+            )
+        };
         let user_bson = user.clone().map_or(Bson::Null, Bson::String);
         let device = *DEVICES.choose(&mut self.rng).expect("non-empty");
         let mut t = start;
@@ -285,13 +366,20 @@ impl<W: Write> Gen<W> {
                 t += self.rng.gen_range(1_000..60_000);
                 let mut d = self.event("user.plan_changed", t);
                 d.insert("user_id", u.clone());
-                d.insert("payload", doc! { "plan": *PLANS.choose(&mut self.rng).expect("non-empty") });
+                d.insert(
+                    "payload",
+                    doc! { "plan": *PLANS.choose(&mut self.rng).expect("non-empty") },
+                );
                 self.push(d);
             }
         }
 
         for _ in 0..self.rng.gen_range(1..=3) {
-            let (pid, slides) = self.presentations.choose(&mut self.rng).cloned().expect("non-empty");
+            let (pid, slides) = self
+                .presentations
+                .choose(&mut self.rng)
+                .cloned()
+                .expect("non-empty");
             t += self.rng.gen_range(500..30_000);
             let mut d = self.event("presentation.viewed", t);
             d.insert("presentation_id", pid.clone());
@@ -328,7 +416,10 @@ impl<W: Write> Gen<W> {
                     let mut d = self.event("presentation.shared", t);
                     d.insert("presentation_id", pid.clone());
                     d.insert("user_id", u.clone());
-                    d.insert("payload", doc! { "channel": *CHANNELS.choose(&mut self.rng).expect("non-empty") });
+                    d.insert(
+                        "payload",
+                        doc! { "channel": *CHANNELS.choose(&mut self.rng).expect("non-empty") },
+                    );
                     self.push(d);
                 }
             }
@@ -387,7 +478,10 @@ mod tests {
 
     #[test]
     fn deterministic_and_dirty() {
-        let opts = SeedOptions { events: 5_000, ..SeedOptions::default() };
+        let opts = SeedOptions {
+            events: 5_000,
+            ..SeedOptions::default()
+        };
         let mut a = Vec::new();
         let stats = generate(&opts, &mut a).unwrap();
         let mut b = Vec::new();
@@ -395,9 +489,14 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(stats.written, 5_000);
         assert_eq!(a.iter().filter(|c| **c == b'\n').count(), 5_000);
-        assert!(stats.duplicates > 0 && stats.invalid > 0 && stats.unknown_types > 0 && stats.late > 0, "{stats:?}");
+        assert!(
+            stats.duplicates > 0 && stats.invalid > 0 && stats.unknown_types > 0 && stats.late > 0,
+            "{stats:?}"
+        );
         let text = String::from_utf8(a).unwrap();
-        assert!(text.contains("$numberLong") && text.contains("dwellMs") && text.contains("dwell_ms"));
+        assert!(
+            text.contains("$numberLong") && text.contains("dwellMs") && text.contains("dwell_ms")
+        );
         for line in text.lines() {
             crate::source::parse_line(line).unwrap();
         }

@@ -74,7 +74,10 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<(u32, Meta)>> {
     for entry in entries {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if let Some(seq) = name.strip_suffix(".meta.json").and_then(|s| s.parse::<u32>().ok()) {
+        if let Some(seq) = name
+            .strip_suffix(".meta.json")
+            .and_then(|s| s.parse::<u32>().ok())
+        {
             let meta: Meta = serde_json::from_slice(&fs::read(meta_path(dir, seq))?)?;
             out.push((seq, meta));
         }
@@ -104,7 +107,10 @@ mod tests {
     fn round_trip_and_incomplete_segments_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let meta = Meta {
-            columns: vec![("a".into(), ColumnType::Int), ("b".into(), ColumnType::String)],
+            columns: vec![
+                ("a".into(), ColumnType::Int),
+                ("b".into(), ColumnType::String),
+            ],
             rows: 2,
             source_task: "extract".into(),
             watermark: Some(Watermark { ts_ms: 7 }),

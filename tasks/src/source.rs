@@ -25,11 +25,18 @@ impl SourceError {
     /// Whether another attempt may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::File(_, e) => matches!(e.kind(), std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut),
-            Self::Mongo(_, e) => matches!(
-                *e.kind,
-                ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. }
-            ) || e.contains_label("RetryableReadError"),
+            Self::File(_, e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+            ),
+            Self::Mongo(_, e) => {
+                matches!(
+                    *e.kind,
+                    ErrorKind::Io(_)
+                        | ErrorKind::ServerSelection { .. }
+                        | ErrorKind::ConnectionPoolCleared { .. }
+                ) || e.contains_label("RetryableReadError")
+            }
         }
     }
 }
@@ -118,7 +125,10 @@ impl Source {
     ///
     /// # Errors
     /// The source cannot be opened or queried.
-    pub async fn stream(&self, q: &Query) -> Result<BoxStream<'static, Result<Item, SourceError>>, SourceError> {
+    pub async fn stream(
+        &self,
+        q: &Query,
+    ) -> Result<BoxStream<'static, Result<Item, SourceError>>, SourceError> {
         match self {
             Self::Mongo(client) => {
                 let mut filter = doc! { q.type_field.clone(): { "$in": q.types.clone() } };
@@ -139,14 +149,20 @@ impl Source {
                     .sort(doc! { q.ts_field.clone(): 1, "_id": 1 })
                     .batch_size(q.batch_size)
                     .await
-                    .map_err(|e| SourceError::Mongo(format!("find on {}.{}", q.database, q.collection), e))?;
+                    .map_err(|e| {
+                        SourceError::Mongo(format!("find on {}.{}", q.database, q.collection), e)
+                    })?;
                 let what = format!("reading {}.{}", q.database, q.collection);
                 Ok(cursor
-                    .map(move |r| r.map(Item::Doc).map_err(|e| SourceError::Mongo(what.clone(), e)))
+                    .map(move |r| {
+                        r.map(Item::Doc)
+                            .map_err(|e| SourceError::Mongo(what.clone(), e))
+                    })
                     .boxed())
             }
             Self::File(path) => {
-                let file = std::fs::File::open(path).map_err(|e| SourceError::File(path.clone(), e))?;
+                let file =
+                    std::fs::File::open(path).map_err(|e| SourceError::File(path.clone(), e))?;
                 let (tx, rx) = tokio::sync::mpsc::channel::<Result<Item, SourceError>>(1024);
                 let q = q.clone();
                 let path = path.clone();
@@ -168,7 +184,11 @@ impl Source {
                         }
                     }
                 });
-                Ok(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }).boxed())
+                Ok(futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
+                )
+                .boxed())
             }
         }
     }
@@ -179,7 +199,8 @@ impl Source {
 /// # Errors
 /// Why the line is not an Extended JSON document.
 pub fn parse_line(line: &str) -> Result<Document, String> {
-    let json: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     match Bson::try_from(json) {
         Ok(Bson::Document(d)) => Ok(d),
         Ok(_) => Err("not a JSON object".into()),
@@ -188,7 +209,8 @@ pub fn parse_line(line: &str) -> Result<Document, String> {
 }
 
 fn file_match(doc: &Document, q: &Query) -> bool {
-    let type_ok = matches!(doc.get(&q.type_field), Some(Bson::String(t)) if q.types.iter().any(|w| w == t));
+    let type_ok =
+        matches!(doc.get(&q.type_field), Some(Bson::String(t)) if q.types.iter().any(|w| w == t));
     if !type_ok {
         return false;
     }
@@ -212,7 +234,10 @@ mod tests {
         let a = parse_line(relaxed).unwrap();
         let b = parse_line(canonical).unwrap();
         assert_eq!(a, b);
-        assert_eq!(a.get_datetime("ts").unwrap().timestamp_millis(), 1_704_164_645_678);
+        assert_eq!(
+            a.get_datetime("ts").unwrap().timestamp_millis(),
+            1_704_164_645_678
+        );
         assert!(parse_line("{not json").unwrap_err().starts_with("not JSON"));
         assert!(parse_line("[1,2]").is_err());
     }

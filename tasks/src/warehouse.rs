@@ -82,10 +82,17 @@ impl Warehouse {
                 }
             }
             if !url.contains("mode=") {
-                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
             }
         }
-        let connect_error = |source| WarehouseError::Connect { url: display_url.clone(), source };
+        let connect_error = |source| WarehouseError::Connect {
+            url: display_url.clone(),
+            source,
+        };
         let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
         // SQLite takes one writer at a time: one connection avoids busy
         // errors between the ledger and a load's transaction.
@@ -97,9 +104,16 @@ impl Warehouse {
             .await
             .map_err(connect_error)?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(connect_error)?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(connect_error)?;
         }
-        Ok(Self { pool, backend, display_url })
+        Ok(Self {
+            pool,
+            backend,
+            display_url,
+        })
     }
 
     /// Applies the migrations of this backend that are not applied yet.
@@ -112,7 +126,10 @@ impl Warehouse {
             Backend::MySql => &MYSQL,
             Backend::Postgres => &POSTGRES,
         };
-        migrator.run(&self.pool).await.map_err(WarehouseError::Migrate)
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(WarehouseError::Migrate)
     }
 
     /// The run ledger in this warehouse.
@@ -136,7 +153,11 @@ impl Warehouse {
             b.param(1),
             b.param(2)
         );
-        let row = sqlx::query(&sql).bind(dag).bind(task).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(dag)
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| r.try_get::<i64, _>(0)).transpose()
     }
 
@@ -146,7 +167,10 @@ impl Warehouse {
     /// The query failed.
     pub async fn count(&self, table: &str) -> Result<i64, sqlx::Error> {
         let sql = format!("SELECT COUNT(*) FROM {}", self.q(table));
-        sqlx::query(&sql).fetch_one(&self.pool).await?.try_get::<i64, _>(0)
+        sqlx::query(&sql)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<i64, _>(0)
     }
 }
 
@@ -196,7 +220,10 @@ mod tests {
 
     #[test]
     fn hides_passwords() {
-        assert_eq!(redact("mysql://root:secret@db:3306/w"), "mysql://root:***@db:3306/w");
+        assert_eq!(
+            redact("mysql://root:secret@db:3306/w"),
+            "mysql://root:***@db:3306/w"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
     }

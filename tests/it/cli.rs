@@ -27,7 +27,12 @@ targets = [{ output = "fact views", key = ["event_id"] }]
 "#,
     )
     .unwrap();
-    let out = cutover(dir.path(), "sqlite::memory:", dir.path(), &["dags", "validate", bad.to_str().unwrap()]);
+    let out = cutover(
+        dir.path(),
+        "sqlite::memory:",
+        dir.path(),
+        &["dags", "validate", bad.to_str().unwrap()],
+    );
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let file = bad.display().to_string();
@@ -44,12 +49,33 @@ targets = [{ output = "fact views", key = ["event_id"] }]
 #[test]
 fn the_shipped_dags_are_valid_and_listed() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(cutover(dir.path(), "sqlite::memory:", dir.path(), &["dags", "validate"]));
+    let out = ok(cutover(
+        dir.path(),
+        "sqlite::memory:",
+        dir.path(),
+        &["dags", "validate"],
+    ));
     assert!(out.contains("(views)"), "{out}");
-    let list = ok(cutover(dir.path(), "sqlite::memory:", dir.path(), &["dags", "list"]));
-    assert!(list.contains("views") && list.contains("0 30 2 * * * (UTC)"), "{list}");
-    let show = ok(cutover(dir.path(), "sqlite::memory:", dir.path(), &["dags", "show", "views"]));
-    assert!(show.contains("step 1: extract_views") && show.contains("kind = \"load.merge\""), "{show}");
+    let list = ok(cutover(
+        dir.path(),
+        "sqlite::memory:",
+        dir.path(),
+        &["dags", "list"],
+    ));
+    assert!(
+        list.contains("views") && list.contains("0 30 2 * * * (UTC)"),
+        "{list}"
+    );
+    let show = ok(cutover(
+        dir.path(),
+        "sqlite::memory:",
+        dir.path(),
+        &["dags", "show", "views"],
+    ));
+    assert!(
+        show.contains("step 1: extract_views") && show.contains("kind = \"load.merge\""),
+        "{show}"
+    );
     assert!(root().join("dags/views.toml").exists());
 }
 
@@ -61,7 +87,10 @@ fn a_missing_events_file_is_a_clear_error() {
     let out = cutover(&missing, &wh, dir.path(), &["run", "views"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nope.jsonl does not exist") && err.contains("cutover seed"), "{err}");
+    assert!(
+        err.contains("nope.jsonl does not exist") && err.contains("cutover seed"),
+        "{err}"
+    );
     let out = cutover(&missing, &wh, dir.path(), &["run", "vews"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("did you mean `views`?"));
 }

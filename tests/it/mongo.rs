@@ -16,10 +16,12 @@ async fn load_events(url: &str, path: &std::path::Path) -> Result<(mongodb::Clie
     let text = std::fs::read_to_string(path)?;
     let docs: Vec<Document> = text
         .lines()
-        .map(|l| match Bson::try_from(serde_json::from_str::<Value>(l).unwrap()).unwrap() {
-            Bson::Document(d) => d,
-            _ => unreachable!(),
-        })
+        .map(
+            |l| match Bson::try_from(serde_json::from_str::<Value>(l).unwrap()).unwrap() {
+                Bson::Document(d) => d,
+                _ => unreachable!(),
+            },
+        )
         .collect();
     for chunk in docs.chunks(1000) {
         coll.insert_many(chunk.to_vec()).await?;
@@ -43,7 +45,13 @@ async fn views_from_mongodb_match_an_independent_count() -> Result<()> {
     let work = dir.path().join("work");
     let out = ok(cutover_with(&url, &wh, &work, &dags, &["run", "views"]));
     assert!(out.contains("fact_views matches the source"), "{out}");
-    let report: Value = serde_json::from_str(&ok(cutover_with(&url, &wh, &work, &dags, &["report", "views_daily", "--format", "json"])))?;
+    let report: Value = serde_json::from_str(&ok(cutover_with(
+        &url,
+        &wh,
+        &work,
+        &dags,
+        &["report", "views_daily", "--format", "json"],
+    )))?;
     assert_eq!(report, expected);
     let again = ok(cutover_with(&url, &wh, &work, &dags, &["run", "views"]));
     assert!(again.contains("0 rows changed"), "{again}");

@@ -22,10 +22,17 @@ impl Drop for TestWarehouse {
         if let Some((admin_url, sql)) = self.drop_sql.take() {
             // Best effort, on a fresh runtime: the test's own may be gone.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async {
                     sqlx::any::install_default_drivers();
-                    if let Ok(pool) = AnyPoolOptions::new().max_connections(1).connect(&admin_url).await {
+                    if let Ok(pool) = AnyPoolOptions::new()
+                        .max_connections(1)
+                        .connect(&admin_url)
+                        .await
+                    {
                         let _ = sqlx::query(&sql).execute(&pool).await;
                     }
                 });
@@ -36,7 +43,14 @@ impl Drop for TestWarehouse {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple().to_string().get(..12).unwrap_or_default())
+    format!(
+        "{prefix}_{}",
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..12)
+            .unwrap_or_default()
+    )
 }
 
 /// Every warehouse backend available to this test run.
@@ -52,8 +66,16 @@ pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
     });
     if let Ok(admin) = std::env::var("CUTOVER_TEST_MYSQL_URL") {
         let db = unique("cutover_t");
-        let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await.context("connecting to MySQL")?;
-        sqlx::query(&format!("CREATE DATABASE {db} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")).execute(&pool).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin)
+            .await
+            .context("connecting to MySQL")?;
+        sqlx::query(&format!(
+            "CREATE DATABASE {db} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        ))
+        .execute(&pool)
+        .await?;
         out.push(TestWarehouse {
             url: format!("{}/{db}", base(&admin)),
             name: "mysql",
@@ -63,8 +85,14 @@ pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
     }
     if let Ok(admin) = std::env::var("CUTOVER_TEST_POSTGRES_URL") {
         let db = unique("cutover_t");
-        let pool = AnyPoolOptions::new().max_connections(1).connect(&admin).await.context("connecting to PostgreSQL")?;
-        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&pool).await?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin)
+            .await
+            .context("connecting to PostgreSQL")?;
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&pool)
+            .await?;
         out.push(TestWarehouse {
             url: format!("{}/{db}", base(&admin)),
             name: "postgres",
@@ -87,7 +115,10 @@ fn base(url: &str) -> String {
 /// Connects to a test warehouse.
 pub async fn pool(url: &str) -> Result<AnyPool> {
     sqlx::any::install_default_drivers();
-    Ok(AnyPoolOptions::new().max_connections(2).connect(url).await?)
+    Ok(AnyPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await?)
 }
 
 /// The repository's root.
@@ -95,21 +126,26 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs the `cutover` binary with a source and a warehouse.
+/// Runs the `cutover` binary with a source file and a warehouse, on the
+/// shipped DAGs.
 pub fn cutover(source: &Path, warehouse: &str, work: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(args)
-        .env("CUTOVER_SOURCE_URL", source)
-        .env("CUTOVER_WAREHOUSE_URL", warehouse)
-        .env("CUTOVER_WORK_DIR", work)
-        .env("CUTOVER_DAGS", root().join("dags"))
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the cutover binary runs")
+    cutover_with(
+        &source.display().to_string(),
+        warehouse,
+        work,
+        &root().join("dags"),
+        args,
+    )
 }
 
 /// Runs the `cutover` binary with a source URL and a DAG directory.
-pub fn cutover_with(source: &str, warehouse: &str, work: &Path, dags: &Path, args: &[&str]) -> Output {
+pub fn cutover_with(
+    source: &str,
+    warehouse: &str,
+    work: &Path,
+    dags: &Path,
+    args: &[&str],
+) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cutover"))
         .args(args)
         .env("CUTOVER_SOURCE_URL", source)
@@ -127,7 +163,8 @@ pub fn dags_for_database(dir: &Path, db: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(&out)?;
     for entry in std::fs::read_dir(root().join("dags"))? {
         let path = entry?.path();
-        let text = std::fs::read_to_string(&path)?.replace("database = \"app\"", &format!("database = \"{db}\""));
+        let text = std::fs::read_to_string(&path)?
+            .replace("database = \"app\"", &format!("database = \"{db}\""));
         std::fs::write(out.join(path.file_name().unwrap()), text)?;
     }
     Ok(out)
@@ -149,7 +186,14 @@ pub fn ok(out: Output) -> String {
 pub fn seed(dir: &Path, events: u64, seed: u64) -> PathBuf {
     let path = dir.join("events.jsonl");
     ok(Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["seed", "--events", &events.to_string(), "--seed", &seed.to_string(), "--out"])
+        .args([
+            "seed",
+            "--events",
+            &events.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--out",
+        ])
         .arg(&path)
         .output()
         .unwrap());
@@ -186,14 +230,17 @@ impl RawEvent {
     pub fn ts_ms(&self) -> Option<i64> {
         let date = self.get("ts")?.get("$date")?;
         match date {
-            Value::String(s) => chrono::DateTime::parse_from_rfc3339(s).ok().map(|t| t.timestamp_millis()),
+            Value::String(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.timestamp_millis()),
             Value::Object(o) => o.get("$numberLong")?.as_str()?.parse().ok(),
             _ => None,
         }
     }
 
     pub fn day(&self) -> Option<String> {
-        chrono::DateTime::from_timestamp_millis(self.ts_ms()?).map(|t| t.format("%Y-%m-%d").to_string())
+        chrono::DateTime::from_timestamp_millis(self.ts_ms()?)
+            .map(|t| t.format("%Y-%m-%d").to_string())
     }
 }
 
@@ -236,5 +283,8 @@ pub async fn snapshot(pool: &AnyPool, table: &str, columns: &[&str]) -> Result<V
 
 /// A count from the warehouse.
 pub async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
-    Ok(sqlx::query(sql).fetch_one(pool).await?.try_get::<i64, _>(0)?)
+    Ok(sqlx::query(sql)
+        .fetch_one(pool)
+        .await?
+        .try_get::<i64, _>(0)?)
 }

@@ -24,7 +24,10 @@ pub fn expected_views_daily(events: &[RawEvent]) -> (Value, usize) {
             && e.str("session_id").is_some()
             && e.nullable_str("user_id").is_some()
             && e.nullable_str("payload.referrer").is_some()
-            && matches!(e.str("payload.device"), Some("desktop" | "mobile" | "tablet"));
+            && matches!(
+                e.str("payload.device"),
+                Some("desktop" | "mobile" | "tablet")
+            );
         if !valid {
             invalid.insert(e.id.clone());
             continue;
@@ -32,7 +35,12 @@ pub fn expected_views_daily(events: &[RawEvent]) -> (Value, usize) {
         if !seen.insert(e.str("event_id").unwrap().to_owned()) {
             continue;
         }
-        let g = groups.entry((e.day().unwrap(), e.str("presentation_id").unwrap().to_owned())).or_default();
+        let g = groups
+            .entry((
+                e.day().unwrap(),
+                e.str("presentation_id").unwrap().to_owned(),
+            ))
+            .or_default();
         g.0 += 1;
         if let Some(Some(u)) = e.nullable_str("user_id") {
             g.1.insert(u.to_owned());
@@ -48,7 +56,8 @@ pub fn expected_views_daily(events: &[RawEvent]) -> (Value, usize) {
 }
 
 #[tokio::test]
-async fn views_match_an_independent_count_rerun_changes_nothing_and_invalid_documents_are_quarantined() -> Result<()> {
+async fn views_match_an_independent_count_rerun_changes_nothing_and_invalid_documents_are_quarantined(
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let events_file = support::seed(dir.path(), 6_000, 11);
     let events = read_events(&events_file);
@@ -58,24 +67,56 @@ async fn views_match_an_independent_count_rerun_changes_nothing_and_invalid_docu
     for wh in support::warehouses().await? {
         let work = dir.path().join(format!("work-{}", wh.name));
         let out = ok(cutover(&events_file, &wh.url, &work, &["run", "views"]));
-        assert!(out.contains("views run") && out.contains("succeeded"), "{out}");
+        assert!(
+            out.contains("views run") && out.contains("succeeded"),
+            "{out}"
+        );
         assert!(out.contains("fact_views matches the source"), "{out}");
 
-        let report = ok(cutover(&events_file, &wh.url, &work, &["report", "views_daily", "--format", "json"]));
+        let report = ok(cutover(
+            &events_file,
+            &wh.url,
+            &work,
+            &["report", "views_daily", "--format", "json"],
+        ));
         let report: Value = serde_json::from_str(&report)?;
         assert_eq!(report, expected, "views_daily on {}", wh.name);
 
         let pool = support::pool(&wh.url).await?;
-        let quarantined = count(&pool, "SELECT COUNT(*) FROM cutover_quarantine WHERE dag = 'views'").await?;
+        let quarantined = count(
+            &pool,
+            "SELECT COUNT(*) FROM cutover_quarantine WHERE dag = 'views'",
+        )
+        .await?;
         assert_eq!(quarantined as usize, invalid, "quarantine on {}", wh.name);
         let reasons = snapshot(&pool, "cutover_quarantine", &["reason"]).await?;
         assert!(reasons.iter().all(|r| r.contains("column ")), "{reasons:?}");
-        let raw_ok = count(&pool, "SELECT COUNT(*) FROM cutover_quarantine WHERE raw LIKE '%presentation.viewed%'").await?;
+        let raw_ok = count(
+            &pool,
+            "SELECT COUNT(*) FROM cutover_quarantine WHERE raw LIKE '%presentation.viewed%'",
+        )
+        .await?;
         assert_eq!(raw_ok, quarantined, "the raw document is kept");
 
         let tables: &[(&str, &[&str])] = &[
-            ("fact_views", &["event_id", "ts_ms", "date_key", "presentation_id", "session_id", "user_id", "device", "referrer", "doc_id"]),
-            ("dim_date", &["date_key", "date", "year", "month", "day", "weekday"]),
+            (
+                "fact_views",
+                &[
+                    "event_id",
+                    "ts_ms",
+                    "date_key",
+                    "presentation_id",
+                    "session_id",
+                    "user_id",
+                    "device",
+                    "referrer",
+                    "doc_id",
+                ],
+            ),
+            (
+                "dim_date",
+                &["date_key", "date", "year", "month", "day", "weekday"],
+            ),
             ("dim_device", &["device"]),
             ("cutover_quarantine", &["doc_id", "reason", "raw"]),
             ("cutover_watermarks", &["dag", "task", "ts_ms"]),
@@ -86,26 +127,64 @@ async fn views_match_an_independent_count_rerun_changes_nothing_and_invalid_docu
         }
 
         let again = ok(cutover(&events_file, &wh.url, &work, &["run", "views"]));
-        assert!(again.contains("0 rows changed"), "a second run changes nothing:\n{again}");
+        assert!(
+            again.contains("0 rows changed"),
+            "a second run changes nothing:\n{again}"
+        );
         for ((t, cols), b) in tables.iter().zip(&before) {
-            assert_eq!(&snapshot(&pool, t, cols).await?, b, "{t} changed on the second run on {}", wh.name);
+            assert_eq!(
+                &snapshot(&pool, t, cols).await?,
+                b,
+                "{t} changed on the second run on {}",
+                wh.name
+            );
         }
 
-        let runs: Value = serde_json::from_str(&ok(cutover(&events_file, &wh.url, &work, &["runs", "--format", "json"])))?;
+        let runs: Value = serde_json::from_str(&ok(cutover(
+            &events_file,
+            &wh.url,
+            &work,
+            &["runs", "--format", "json"],
+        )))?;
         let runs = runs.as_array().unwrap();
         assert_eq!(runs.len(), 2);
-        assert!(runs.iter().all(|r| r["state"] == "succeeded" && r["dag"] == "views"));
-        assert_eq!(runs[1]["rows_quarantined"], json!(invalid), "the first run counts its quarantine");
+        assert!(runs
+            .iter()
+            .all(|r| r["state"] == "succeeded" && r["dag"] == "views"));
+        assert_eq!(
+            runs[1]["rows_quarantined"],
+            json!(invalid),
+            "the first run counts its quarantine"
+        );
 
         let day: Value = serde_json::from_str(&ok(cutover(
             &events_file,
             &wh.url,
             &work,
-            &["report", "views_daily", "--from", "2026-01-07", "--to", "2026-01-08T00:00:00Z", "--format", "json"],
+            &[
+                "report",
+                "views_daily",
+                "--from",
+                "2026-01-07",
+                "--to",
+                "2026-01-08T00:00:00Z",
+                "--format",
+                "json",
+            ],
         )))?;
-        let want: Vec<&Value> = expected.as_array().unwrap().iter().filter(|r| r["day"] == "2026-01-07").collect();
+        let want: Vec<&Value> = expected
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["day"] == "2026-01-07")
+            .collect();
         assert!(!want.is_empty());
-        assert_eq!(day.as_array().unwrap().iter().collect::<Vec<_>>(), want, "--from/--to on {}", wh.name);
+        assert_eq!(
+            day.as_array().unwrap().iter().collect::<Vec<_>>(),
+            want,
+            "--from/--to on {}",
+            wh.name
+        );
     }
     Ok(())
 }
@@ -127,8 +206,12 @@ async fn late_events_inside_the_lookback_are_picked_up_by_the_next_run() -> Resu
         std::fs::write(&events_file, text.clone())?;
         let out = ok(cutover(&events_file, &wh.url, &work, &["run", "views"]));
         assert!(out.contains("fact_views matches the source"), "{out}");
-        let report: Value =
-            serde_json::from_str(&ok(cutover(&events_file, &wh.url, &work, &["report", "views_daily", "--format", "json"])))?;
+        let report: Value = serde_json::from_str(&ok(cutover(
+            &events_file,
+            &wh.url,
+            &work,
+            &["report", "views_daily", "--format", "json"],
+        )))?;
         let (expected, _) = expected_views_daily(&read_events(&events_file));
         assert_eq!(report, expected, "on {}", wh.name);
     }

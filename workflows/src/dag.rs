@@ -136,7 +136,14 @@ const BUILTIN_DEFAULTS: Common = Common {
     timeout: Duration::from_secs(3600),
 };
 
-const TOP_FIELDS: &[&str] = &["name", "description", "data_point", "schedule", "defaults", "tasks"];
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "description",
+    "data_point",
+    "schedule",
+    "defaults",
+    "tasks",
+];
 const SCHEDULE_FIELDS: &[&str] = &["cron", "timezone"];
 const DEFAULT_FIELDS: &[&str] = &["retries", "backoff", "max_backoff", "timeout"];
 const TASK_FIELDS: &[&str] = &[
@@ -167,7 +174,13 @@ impl Problems<'_> {
     }
 
     /// Reports every key of `table` not in `known`, with a hint.
-    fn unknown_fields(&mut self, task: Option<&str>, prefix: &str, table: &toml::Table, known: &[&str]) {
+    fn unknown_fields(
+        &mut self,
+        task: Option<&str>,
+        prefix: &str,
+        table: &toml::Table,
+        known: &[&str],
+    ) {
         for key in table.keys() {
             if !known.contains(&key.as_str()) {
                 let field = format!("{prefix}{key}");
@@ -182,11 +195,18 @@ impl Problems<'_> {
 }
 
 fn list(names: &[&str]) -> String {
-    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The candidate closest to `word`, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -251,7 +271,11 @@ pub fn load_files<K: TaskKinds>(paths: &[PathBuf]) -> Result<Vec<Dag<K>>, Vec<Da
                         file: path.clone(),
                         task: None,
                         field: Some("name".into()),
-                        message: format!("DAG name `{}` is already used by {}", dag.name, first.display()),
+                        message: format!(
+                            "DAG name `{}` is already used by {}",
+                            dag.name,
+                            first.display()
+                        ),
                     });
                 } else {
                     seen.insert(dag.name.clone(), path.clone());
@@ -273,11 +297,18 @@ pub fn load_files<K: TaskKinds>(paths: &[PathBuf]) -> Result<Vec<Dag<K>>, Vec<Da
 /// # Errors
 /// Every problem found, in file order.
 pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagError>> {
-    let mut p = Problems { file, list: Vec::new() };
+    let mut p = Problems {
+        file,
+        list: Vec::new(),
+    };
     let root: toml::Table = match text.parse() {
         Ok(t) => t,
         Err(e) => {
-            p.push(None, None, format!("not valid TOML: {}", e.to_string().trim_end()));
+            p.push(
+                None,
+                None,
+                format!("not valid TOML: {}", e.to_string().trim_end()),
+            );
             return Err(p.list);
         }
     };
@@ -285,7 +316,11 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
 
     let name = required_str(&mut p, &root, None, "name").unwrap_or_default();
     if !name.is_empty() && !is_name(&name) {
-        p.push(None, Some("name"), format!("`{name}` must be lowercase letters, digits, `_` or `-`"));
+        p.push(
+            None,
+            Some("name"),
+            format!("`{name}` must be lowercase letters, digits, `_` or `-`"),
+        );
     }
     let data_point = required_str(&mut p, &root, None, "data_point").unwrap_or_default();
     let description = optional_str(&mut p, &root, None, "description").unwrap_or_default();
@@ -294,7 +329,11 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
         None => None,
         Some(toml::Value::Table(t)) => parse_schedule(&mut p, t),
         Some(_) => {
-            p.push(None, Some("schedule"), "expected a table with `cron` and `timezone`");
+            p.push(
+                None,
+                Some("schedule"),
+                "expected a table with `cron` and `timezone`",
+            );
             None
         }
     };
@@ -318,17 +357,29 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
             .filter_map(|(i, item)| match item {
                 toml::Value::Table(t) => Some(t.clone()),
                 _ => {
-                    p.push(None, Some(&format!("tasks[{i}]")), "expected a table (`[[tasks]]`)");
+                    p.push(
+                        None,
+                        Some(&format!("tasks[{i}]")),
+                        "expected a table (`[[tasks]]`)",
+                    );
                     None
                 }
             })
             .collect(),
         Some(_) => {
-            p.push(None, Some("tasks"), "expected an array of tables (`[[tasks]]`)");
+            p.push(
+                None,
+                Some("tasks"),
+                "expected an array of tables (`[[tasks]]`)",
+            );
             Vec::new()
         }
         None => {
-            p.push(None, Some("tasks"), "missing; a DAG needs at least one `[[tasks]]`");
+            p.push(
+                None,
+                Some("tasks"),
+                "missing; a DAG needs at least one `[[tasks]]`",
+            );
             Vec::new()
         }
     };
@@ -343,7 +394,11 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
         let id = match raw.get("id") {
             Some(toml::Value::String(s)) if is_name(s) => s.clone(),
             Some(toml::Value::String(s)) => {
-                p.push(Some(s), Some("id"), "task ids must be lowercase letters, digits, `_` or `-`");
+                p.push(
+                    Some(s),
+                    Some("id"),
+                    "task ids must be lowercase letters, digits, `_` or `-`",
+                );
                 s.clone()
             }
             Some(_) => {
@@ -370,12 +425,20 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
     for task in &tasks {
         for dep in &task.depends_on {
             if dep == &task.id {
-                p.push(Some(&task.id), Some("depends_on"), "a task cannot depend on itself");
+                p.push(
+                    Some(&task.id),
+                    Some("depends_on"),
+                    "a task cannot depend on itself",
+                );
             } else if !ids.contains(dep) {
                 let hint = did_you_mean(dep, all_ids.iter().map(String::as_str))
                     .map(|h| format!(" (did you mean `{h}`?)"))
                     .unwrap_or_default();
-                p.push(Some(&task.id), Some("depends_on"), format!("unknown task `{dep}`{hint}"));
+                p.push(
+                    Some(&task.id),
+                    Some("depends_on"),
+                    format!("unknown task `{dep}`{hint}"),
+                );
             }
         }
         for problem in task.kind.check(&task.depends_on, &kinds) {
@@ -383,11 +446,22 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
         }
     }
 
-    let ordered = if p.list.is_empty() { order(&mut p, tasks) } else { Vec::new() };
+    let ordered = if p.list.is_empty() {
+        order(&mut p, tasks)
+    } else {
+        Vec::new()
+    };
     if !p.list.is_empty() {
         return Err(p.list);
     }
-    Ok(Dag { file: file.to_path_buf(), name, description, data_point, schedule, tasks: ordered })
+    Ok(Dag {
+        file: file.to_path_buf(),
+        name,
+        description,
+        data_point,
+        schedule,
+        tasks: ordered,
+    })
 }
 
 fn is_name(s: &str) -> bool {
@@ -396,7 +470,12 @@ fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
-fn required_str(p: &mut Problems<'_>, t: &toml::Table, task: Option<&str>, field: &str) -> Option<String> {
+fn required_str(
+    p: &mut Problems<'_>,
+    t: &toml::Table,
+    task: Option<&str>,
+    field: &str,
+) -> Option<String> {
     match t.get(field) {
         Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
         Some(toml::Value::String(_)) => {
@@ -414,7 +493,12 @@ fn required_str(p: &mut Problems<'_>, t: &toml::Table, task: Option<&str>, field
     }
 }
 
-fn optional_str(p: &mut Problems<'_>, t: &toml::Table, task: Option<&str>, field: &str) -> Option<String> {
+fn optional_str(
+    p: &mut Problems<'_>,
+    t: &toml::Table,
+    task: Option<&str>,
+    field: &str,
+) -> Option<String> {
     match t.get(field) {
         Some(toml::Value::String(s)) => Some(s.clone()),
         Some(_) => {
@@ -464,28 +548,51 @@ fn parse_schedule(p: &mut Problems<'_>, t: &toml::Table) -> Option<Schedule> {
     }
 }
 
-fn duration(p: &mut Problems<'_>, task: Option<&str>, field: &str, v: &toml::Value) -> Option<Duration> {
+fn duration(
+    p: &mut Problems<'_>,
+    task: Option<&str>,
+    field: &str,
+    v: &toml::Value,
+) -> Option<Duration> {
     match v {
         toml::Value::String(s) => match humantime::parse_duration(s) {
             Ok(d) => Some(d),
             Err(e) => {
-                p.push(task, Some(field), format!("`{s}` is not a duration such as `30s`, `5m` or `1h 30m`: {e}"));
+                p.push(
+                    task,
+                    Some(field),
+                    format!("`{s}` is not a duration such as `30s`, `5m` or `1h 30m`: {e}"),
+                );
                 None
             }
         },
         _ => {
-            p.push(task, Some(field), "expected a duration string such as `30s`");
+            p.push(
+                task,
+                Some(field),
+                "expected a duration string such as `30s`",
+            );
             None
         }
     }
 }
 
-fn common(p: &mut Problems<'_>, task: Option<&str>, prefix: &str, t: &toml::Table, base: Common) -> Common {
+fn common(
+    p: &mut Problems<'_>,
+    task: Option<&str>,
+    prefix: &str,
+    t: &toml::Table,
+    base: Common,
+) -> Common {
     let mut c = base;
     if let Some(v) = t.get("retries") {
         match v.as_integer().map(u32::try_from) {
             Some(Ok(n)) => c.retries = n,
-            _ => p.push(task, Some(&format!("{prefix}retries")), "expected a non-negative integer"),
+            _ => p.push(
+                task,
+                Some(&format!("{prefix}retries")),
+                "expected a non-negative integer",
+            ),
         }
     }
     for (name, slot) in [
@@ -500,7 +607,11 @@ fn common(p: &mut Problems<'_>, task: Option<&str>, prefix: &str, t: &toml::Tabl
         }
     }
     if c.timeout.is_zero() {
-        p.push(task, Some(&format!("{prefix}timeout")), "must be longer than zero");
+        p.push(
+            task,
+            Some(&format!("{prefix}timeout")),
+            "must be longer than zero",
+        );
     }
     c
 }
@@ -585,7 +696,11 @@ fn parse_task<K: TaskKinds>(
 /// Orders tasks so every task follows its dependencies, or reports the
 /// cycles that prevent it, naming the tasks in each.
 fn order<K>(p: &mut Problems<'_>, tasks: Vec<TaskSpec<K>>) -> Vec<TaskSpec<K>> {
-    let index: HashMap<&str, usize> = tasks.iter().enumerate().map(|(i, t)| (t.id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.id.as_str(), i))
+        .collect();
     // 0 = unvisited, 1 = on the stack, 2 = done
     let mut mark = vec![0u8; tasks.len()];
     let mut out: Vec<usize> = Vec::with_capacity(tasks.len());
@@ -603,12 +718,19 @@ fn order<K>(p: &mut Problems<'_>, tasks: Vec<TaskSpec<K>>) -> Vec<TaskSpec<K>> {
         mark[i] = 1;
         stack.push(i);
         for dep in &tasks[i].depends_on {
-            let Some(&j) = index.get(dep.as_str()) else { continue };
+            let Some(&j) = index.get(dep.as_str()) else {
+                continue;
+            };
             match mark[j] {
                 0 => visit(j, tasks, index, mark, stack, out, cycles),
                 1 => {
                     let start = stack.iter().position(|&k| k == j).unwrap_or(0);
-                    cycles.push(stack[start..].iter().map(|&k| tasks[k].id.clone()).collect());
+                    cycles.push(
+                        stack[start..]
+                            .iter()
+                            .map(|&k| tasks[k].id.clone())
+                            .collect(),
+                    );
                 }
                 _ => {}
             }
@@ -621,12 +743,25 @@ fn order<K>(p: &mut Problems<'_>, tasks: Vec<TaskSpec<K>>) -> Vec<TaskSpec<K>> {
     let mut cycles = Vec::new();
     for i in 0..tasks.len() {
         if mark[i] == 0 {
-            visit(i, &tasks, &index, &mut mark, &mut Vec::new(), &mut out, &mut cycles);
+            visit(
+                i,
+                &tasks,
+                &index,
+                &mut mark,
+                &mut Vec::new(),
+                &mut out,
+                &mut cycles,
+            );
         }
     }
     for mut cycle in cycles {
         // Report each cycle once, starting from its smallest id.
-        let min = cycle.iter().enumerate().min_by_key(|(_, id)| id.as_str()).map(|(i, _)| i).unwrap_or(0);
+        let min = cycle
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, id)| id.as_str())
+            .map(|(i, _)| i)
+            .unwrap_or(0);
         cycle.rotate_left(min);
         if reported.insert(cycle.clone()) {
             let mut path = cycle.clone();
@@ -634,7 +769,10 @@ fn order<K>(p: &mut Problems<'_>, tasks: Vec<TaskSpec<K>>) -> Vec<TaskSpec<K>> {
             p.push(
                 Some(&cycle[0]),
                 Some("depends_on"),
-                format!("dependency cycle: {} (each depends on the next)", path.join(" -> ")),
+                format!(
+                    "dependency cycle: {} (each depends on the next)",
+                    path.join(" -> ")
+                ),
             );
         }
     }

@@ -25,8 +25,16 @@ enum TestKind {
 impl TaskKinds for TestKind {
     fn catalog() -> &'static [KindInfo] {
         &[
-            KindInfo { name: "copy", summary: "copies", fields: || &["table", "input"] },
-            KindInfo { name: "noop", summary: "does nothing", fields: || &[] },
+            KindInfo {
+                name: "copy",
+                summary: "copies",
+                fields: || &["table", "input"],
+            },
+            KindInfo {
+                name: "noop",
+                summary: "does nothing",
+                fields: || &[],
+            },
         ]
     }
 
@@ -35,7 +43,12 @@ impl TaskKinds for TestKind {
             "copy" => toml::Value::Table(settings)
                 .try_into()
                 .map(TestKind::Copy)
-                .map_err(|e| vec![SettingProblem { field: Some("table".into()), message: e.message().to_owned() }]),
+                .map_err(|e| {
+                    vec![SettingProblem {
+                        field: Some("table".into()),
+                        message: e.message().to_owned(),
+                    }]
+                }),
             _ => Ok(TestKind::Noop),
         }
     }
@@ -50,7 +63,10 @@ impl TaskKinds for TestKind {
     fn check(&self, depends_on: &[String], _tasks: &[(&str, &Self)]) -> Vec<SettingProblem> {
         match self {
             Self::Copy(Copy { input: Some(i), .. }) if !depends_on.contains(i) => {
-                vec![SettingProblem::field("input", format!("`{i}` is not one of this task's depends_on"))]
+                vec![SettingProblem::field(
+                    "input",
+                    format!("`{i}` is not one of this task's depends_on"),
+                )]
             }
             _ => Vec::new(),
         }
@@ -117,7 +133,10 @@ fn every_problem_is_named_with_file_task_and_field() {
         let got = errors(&format!("{HEAD}{body}"));
         assert_eq!(got.len(), expected.len(), "for\n{body}\ngot {got:#?}");
         for (g, e) in got.iter().zip(expected.iter()) {
-            assert!(g.starts_with(e), "for\n{body}\nexpected `{e}`\n     got `{g}`");
+            assert!(
+                g.starts_with(e),
+                "for\n{body}\nexpected `{e}`\n     got `{g}`"
+            );
         }
     }
 }
@@ -135,7 +154,10 @@ fn all_problems_are_reported_in_one_pass() {
     ];
     assert_eq!(got.len(), expect.len(), "{got:#?}");
     for e in expect {
-        assert!(got.iter().any(|g| g.starts_with(e)), "missing `{e}` in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(e)),
+            "missing `{e}` in {got:#?}"
+        );
     }
 }
 
@@ -148,7 +170,11 @@ fn a_valid_dag_is_ordered_with_defaults_applied() {
     let dag = parse::<TestKind>(Path::new("t.toml"), &text).unwrap();
     let ids: Vec<&str> = dag.tasks.iter().map(|t| t.id.as_str()).collect();
     assert_eq!(ids.last(), Some(&"load"));
-    let waves: Vec<Vec<&str>> = dag.waves().iter().map(|w| w.iter().map(|t| t.id.as_str()).collect()).collect();
+    let waves: Vec<Vec<&str>> = dag
+        .waves()
+        .iter()
+        .map(|w| w.iter().map(|t| t.id.as_str()).collect())
+        .collect();
     assert_eq!(waves, vec![vec!["x", "y"], vec!["load"]]);
     assert_eq!(dag.task("load").unwrap().retries, 5);
     assert_eq!(dag.task("x").unwrap().retries, 2);

@@ -129,7 +129,9 @@ impl Ledger {
             .bind(RunState::Running.name())
             .execute(&self.pool)
             .await
-            .map_err(LedgerError::new(format!("recording the start of run {run_id}")))?;
+            .map_err(LedgerError::new(format!(
+                "recording the start of run {run_id}"
+            )))?;
         Ok(())
     }
 
@@ -154,10 +156,22 @@ impl Ledger {
                 None,
             ),
             TaskState::Failed { error, .. } => (0, 0, 0, None, Some(error.clone())),
-            TaskState::Skipped { because } => (0, 0, 0, None, Some(format!("skipped: {because} did not succeed"))),
+            TaskState::Skipped { because } => (
+                0,
+                0,
+                0,
+                None,
+                Some(format!("skipped: {because} did not succeed")),
+            ),
             TaskState::Pending | TaskState::Running { .. } => (0, 0, 0, None, None),
         };
-        let retryable = matches!(state, TaskState::Failed { retryable: true, .. }) as i64;
+        let retryable = matches!(
+            state,
+            TaskState::Failed {
+                retryable: true,
+                ..
+            }
+        ) as i64;
         let attempt = i64::from(state.attempt());
         let del = format!(
             "DELETE FROM cutover_task_attempts WHERE run_id = {} AND task = {} AND attempt = {}",
@@ -170,7 +184,11 @@ impl Ledger {
             self.backend.params(1, 12)
         );
         let what = format!("recording task {task} of run {run_id}");
-        let mut tx = self.pool.begin().await.map_err(LedgerError::new(what.clone()))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(LedgerError::new(what.clone()))?;
         sqlx::query(&del)
             .bind(run_id)
             .bind(task)
@@ -231,7 +249,9 @@ impl Ledger {
             .bind(run_id)
             .execute(&self.pool)
             .await
-            .map_err(LedgerError::new(format!("recording the end of run {run_id}")))?;
+            .map_err(LedgerError::new(format!(
+                "recording the end of run {run_id}"
+            )))?;
         Ok(())
     }
 
@@ -241,7 +261,11 @@ impl Ledger {
     /// The read failed.
     pub async fn runs(&self, dag: Option<&str>, limit: i64) -> Result<Vec<RunRecord>, LedgerError> {
         let b = self.backend;
-        let filter = if dag.is_some() { format!("WHERE dag = {}", b.param(1)) } else { String::new() };
+        let filter = if dag.is_some() {
+            format!("WHERE dag = {}", b.param(1))
+        } else {
+            String::new()
+        };
         let limit_param = b.param(if dag.is_some() { 2 } else { 1 });
         let sql = format!(
             "SELECT run_id, dag, trigger_kind, scheduled_at, started_at, ended_at, state, rows_read, rows_written, rows_quarantined, error \
@@ -256,7 +280,10 @@ impl Ledger {
             .fetch_all(&self.pool)
             .await
             .map_err(LedgerError::new("listing runs"))?;
-        rows.iter().map(run_record).collect::<Result<_, _>>().map_err(LedgerError::new("reading runs"))
+        rows.iter()
+            .map(run_record)
+            .collect::<Result<_, _>>()
+            .map_err(LedgerError::new("reading runs"))
     }
 
     /// The task attempts of one run, in the order they were recorded.
@@ -273,7 +300,9 @@ impl Ledger {
             .bind(run_id)
             .fetch_all(&self.pool)
             .await
-            .map_err(LedgerError::new(format!("listing the tasks of run {run_id}")))?;
+            .map_err(LedgerError::new(format!(
+                "listing the tasks of run {run_id}"
+            )))?;
         rows.iter()
             .map(|r| {
                 Ok(AttemptRecord {

@@ -110,7 +110,13 @@ impl Runner {
         let work_dir = opts.work_root.join(&dag.name).join(&run_id);
         let started_at = Utc::now();
         self.ledger
-            .begin_run(&run_id, &dag.name, &opts.trigger, opts.scheduled_at, started_at)
+            .begin_run(
+                &run_id,
+                &dag.name,
+                &opts.trigger,
+                opts.scheduled_at,
+                started_at,
+            )
             .await?;
         let span = tracing::info_span!("run", dag = %dag.name, run_id = %run_id);
         let summary = self
@@ -122,7 +128,13 @@ impl Runner {
             Err(e) => {
                 let _ = self
                     .ledger
-                    .finish_run(&run_id, &RunState::Failed { failed: vec![] }, Utc::now(), (0, 0, 0), Some(&e.to_string()))
+                    .finish_run(
+                        &run_id,
+                        &RunState::Failed { failed: vec![] },
+                        Utc::now(),
+                        (0, 0, 0),
+                        Some(&e.to_string()),
+                    )
                     .await;
                 return Err(e);
             }
@@ -132,7 +144,13 @@ impl Runner {
             _ => None,
         });
         self.ledger
-            .finish_run(&run_id, &summary.state, Utc::now(), summary.totals(), first_error.as_deref())
+            .finish_run(
+                &run_id,
+                &summary.state,
+                Utc::now(),
+                summary.totals(),
+                first_error.as_deref(),
+            )
             .await?;
         if summary.state == RunState::Succeeded && !opts.keep_work {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
@@ -151,14 +169,22 @@ impl Runner {
         tokio::fs::create_dir_all(work_dir)
             .await
             .map_err(|e| RunError::WorkDir(work_dir.to_path_buf(), e))?;
-        let mut states: HashMap<String, TaskState> =
-            dag.tasks.iter().map(|t| (t.id.clone(), TaskState::Pending)).collect();
-        let mut waiting: HashMap<&str, usize> =
-            dag.tasks.iter().map(|t| (t.id.as_str(), t.depends_on.len())).collect();
+        let mut states: HashMap<String, TaskState> = dag
+            .tasks
+            .iter()
+            .map(|t| (t.id.clone(), TaskState::Pending))
+            .collect();
+        let mut waiting: HashMap<&str, usize> = dag
+            .tasks
+            .iter()
+            .map(|t| (t.id.as_str(), t.depends_on.len()))
+            .collect();
         let permits = Arc::new(Semaphore::new(opts.max_parallel.max(1)));
         let mut running: JoinSet<(String, TaskState)> = JoinSet::new();
 
-        let mut start = |spec: &TaskSpec<K>, running: &mut JoinSet<(String, TaskState)>| -> Result<(), RunError> {
+        let mut start = |spec: &TaskSpec<K>,
+                         running: &mut JoinSet<(String, TaskState)>|
+         -> Result<(), RunError> {
             let task = implementations
                 .remove(&spec.id)
                 .ok_or_else(|| RunError::NoImplementation(spec.id.clone()))?;
@@ -199,7 +225,9 @@ impl Runner {
             let dependents = dag.tasks.iter().filter(|t| t.depends_on.contains(&id));
             if succeeded {
                 for spec in dependents {
-                    let left = waiting.get_mut(spec.id.as_str()).expect("every task is counted");
+                    let left = waiting
+                        .get_mut(spec.id.as_str())
+                        .expect("every task is counted");
                     *left -= 1;
                     if *left == 0 && matches!(states[&spec.id], TaskState::Pending) {
                         start(spec, &mut running)?;
@@ -216,12 +244,20 @@ impl Runner {
             .filter(|t| matches!(states[&t.id], TaskState::Failed { .. }))
             .map(|t| t.id.clone())
             .collect();
-        let state = if failed.is_empty() { RunState::Succeeded } else { RunState::Failed { failed } };
+        let state = if failed.is_empty() {
+            RunState::Succeeded
+        } else {
+            RunState::Failed { failed }
+        };
         Ok(RunSummary {
             run_id: run_id.to_owned(),
             dag: dag.name.clone(),
             state,
-            tasks: dag.tasks.iter().map(|t| (t.id.clone(), states[&t.id].clone())).collect(),
+            tasks: dag
+                .tasks
+                .iter()
+                .map(|t| (t.id.clone(), states[&t.id].clone()))
+                .collect(),
             work_dir: work_dir.to_path_buf(),
         })
     }
@@ -238,9 +274,13 @@ impl Runner {
         while let Some(cause) = frontier.pop() {
             for spec in dag.tasks.iter().filter(|t| t.depends_on.contains(&cause)) {
                 if matches!(states[&spec.id], TaskState::Pending) {
-                    let skipped = TaskState::Skipped { because: cause.clone() };
+                    let skipped = TaskState::Skipped {
+                        because: cause.clone(),
+                    };
                     tracing::warn!(task = %spec.id, because = %cause, "task skipped");
-                    self.ledger.record_task(run_id, &spec.id, &skipped, None, Some(Utc::now())).await?;
+                    self.ledger
+                        .record_task(run_id, &spec.id, &skipped, None, Some(Utc::now()))
+                        .await?;
                     states.insert(spec.id.clone(), skipped);
                     frontier.push(spec.id.clone());
                 }
@@ -283,20 +323,37 @@ impl Attempts {
         loop {
             self.ctx.attempt = attempt;
             let started_at = Utc::now();
-            let running = TaskState::Running { attempt, started_at };
+            let running = TaskState::Running {
+                attempt,
+                started_at,
+            };
             self.record(&running, Some(started_at), None).await;
             tracing::info!(attempt, "task started");
             let outcome = match tokio::time::timeout(self.timeout, task.run(&self.ctx)).await {
                 Ok(result) => result,
                 Err(_) => Err(TaskError::Retryable(
-                    format!("timed out after {}", humantime::format_duration(self.timeout)).into(),
+                    format!(
+                        "timed out after {}",
+                        humantime::format_duration(self.timeout)
+                    )
+                    .into(),
                 )),
             };
             let ended_at = Utc::now();
             let state = match outcome {
                 Ok(report) => {
                     let state = running.succeed(report);
-                    if let TaskState::Succeeded { report: TaskReport { rows_read, rows_written, rows_quarantined, summary }, .. } = &state {
+                    if let TaskState::Succeeded {
+                        report:
+                            TaskReport {
+                                rows_read,
+                                rows_written,
+                                rows_quarantined,
+                                summary,
+                            },
+                        ..
+                    } = &state
+                    {
                         tracing::info!(attempt, rows_read, rows_written, rows_quarantined, summary = %summary, "task succeeded");
                     }
                     self.record(&state, Some(started_at), Some(ended_at)).await;
@@ -305,7 +362,12 @@ impl Attempts {
                 Err(e) => running.fail(e.chain(), e.is_retryable()),
             };
             self.record(&state, Some(started_at), Some(ended_at)).await;
-            let TaskState::Failed { retryable, error, .. } = &state else { unreachable!() };
+            let TaskState::Failed {
+                retryable, error, ..
+            } = &state
+            else {
+                unreachable!()
+            };
             if !*retryable || attempt > self.retries {
                 tracing::error!(attempt, retryable, error = %error, "task failed");
                 return state;
@@ -317,8 +379,17 @@ impl Attempts {
         }
     }
 
-    async fn record(&self, state: &TaskState, started: Option<DateTime<Utc>>, ended: Option<DateTime<Utc>>) {
-        if let Err(e) = self.ledger.record_task(&self.ctx.run_id, &self.ctx.task, state, started, ended).await {
+    async fn record(
+        &self,
+        state: &TaskState,
+        started: Option<DateTime<Utc>>,
+        ended: Option<DateTime<Utc>>,
+    ) {
+        if let Err(e) = self
+            .ledger
+            .record_task(&self.ctx.run_id, &self.ctx.task, state, started, ended)
+            .await
+        {
             tracing::error!(error = %e, "could not record the task in the ledger");
         }
     }

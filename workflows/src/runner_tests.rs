@@ -23,7 +23,11 @@ struct Any;
 
 impl TaskKinds for Any {
     fn catalog() -> &'static [KindInfo] {
-        &[KindInfo { name: "test", summary: "a test task", fields: || &[] }]
+        &[KindInfo {
+            name: "test",
+            summary: "a test task",
+            fields: || &[],
+        }]
     }
     fn parse(_: &str, _: toml::Table) -> Result<Self, Vec<SettingProblem>> {
         Ok(Any)
@@ -37,18 +41,32 @@ impl TaskKinds for Any {
 }
 
 fn dag(tasks: &str) -> Dag<Any> {
-    parse(Path::new("t.toml"), &format!("name = \"t\"\ndata_point = \"x\"\n[defaults]\nbackoff = \"10ms\"\n{tasks}")).unwrap()
+    parse(
+        Path::new("t.toml"),
+        &format!("name = \"t\"\ndata_point = \"x\"\n[defaults]\nbackoff = \"10ms\"\n{tasks}"),
+    )
+    .unwrap()
 }
 
 async fn runner() -> Runner {
     sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new().max_connections(1).connect("sqlite::memory:").await.unwrap();
-    sqlx::migrate!("../migrations/sqlite").run(&pool).await.unwrap();
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::migrate!("../migrations/sqlite")
+        .run(&pool)
+        .await
+        .unwrap();
     Runner::new(Ledger::new(pool, Backend::Sqlite))
 }
 
 fn opts(dir: &Path) -> RunOptions {
-    RunOptions { work_root: dir.to_path_buf(), ..RunOptions::default() }
+    RunOptions {
+        work_root: dir.to_path_buf(),
+        ..RunOptions::default()
+    }
 }
 
 /// Records when it starts and ends.
@@ -60,7 +78,10 @@ impl Task for Log {
         self.0.lock().unwrap().push(format!("start {}", ctx.task));
         tokio::time::sleep(Duration::from_millis(20)).await;
         self.0.lock().unwrap().push(format!("end {}", ctx.task));
-        Ok(TaskReport { rows_written: 1, ..TaskReport::default() })
+        Ok(TaskReport {
+            rows_written: 1,
+            ..TaskReport::default()
+        })
     }
 }
 
@@ -88,9 +109,14 @@ impl Task for Flaky {
     async fn run(&self, _: &TaskContext) -> Result<TaskReport, TaskError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         if n < self.failures {
-            Err(TaskError::Retryable(format!("connection reset (call {})", n + 1).into()))
+            Err(TaskError::Retryable(
+                format!("connection reset (call {})", n + 1).into(),
+            ))
         } else {
-            Ok(TaskReport { rows_read: 7, ..TaskReport::default() })
+            Ok(TaskReport {
+                rows_read: 7,
+                ..TaskReport::default()
+            })
         }
     }
 }
@@ -144,13 +170,19 @@ async fn dependencies_run_first_and_independent_tasks_together() {
         .await
         .unwrap();
     assert_eq!(s.state, RunState::Succeeded, "{s:#?}");
-    assert_eq!(*log.lock().unwrap(), ["start join", "end join", "start last", "end last"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["start join", "end join", "start last", "end last"]
+    );
     let runs = r.ledger().runs(Some("t"), 10).await.unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].state, "succeeded");
     assert_eq!(runs[0].rows_written, 2);
     assert!(runs[0].ended_at.is_some());
-    assert!(!s.work_dir.exists(), "the work directory of a successful run is removed");
+    assert!(
+        !s.work_dir.exists(),
+        "the work directory of a successful run is removed"
+    );
 }
 
 #[tokio::test]
@@ -160,15 +192,31 @@ async fn retryable_errors_are_retried_until_success() {
     let calls = Arc::new(AtomicU32::new(0));
     let d = dag("[[tasks]]\nid = \"a\"\nkind = \"test\"\nretries = 3\n");
     let s = r
-        .run(&d, tasks(vec![("a", Arc::new(Flaky { failures: 2, calls: calls.clone() }))]), &opts(dir.path()))
+        .run(
+            &d,
+            tasks(vec![(
+                "a",
+                Arc::new(Flaky {
+                    failures: 2,
+                    calls: calls.clone(),
+                }),
+            )]),
+            &opts(dir.path()),
+        )
         .await
         .unwrap();
     assert_eq!(s.state, RunState::Succeeded);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     let attempts = r.ledger().attempts(&s.run_id).await.unwrap();
-    let states: Vec<(i64, &str)> = attempts.iter().map(|a| (a.attempt, a.state.as_str())).collect();
+    let states: Vec<(i64, &str)> = attempts
+        .iter()
+        .map(|a| (a.attempt, a.state.as_str()))
+        .collect();
     assert_eq!(states, [(1, "failed"), (2, "failed"), (3, "succeeded")]);
-    assert_eq!(attempts[0].error.as_deref(), Some("connection reset (call 1)"));
+    assert_eq!(
+        attempts[0].error.as_deref(),
+        Some("connection reset (call 1)")
+    );
 }
 
 #[tokio::test]
@@ -182,22 +230,41 @@ async fn retries_run_out_and_fatal_errors_are_not_retried() {
         .run(
             &d,
             tasks(vec![
-                ("flaky", Arc::new(Flaky { failures: 100, calls: flaky_calls.clone() })),
+                (
+                    "flaky",
+                    Arc::new(Flaky {
+                        failures: 100,
+                        calls: flaky_calls.clone(),
+                    }),
+                ),
                 ("fatal", Arc::new(Fatal(fatal_calls.clone()))),
             ]),
             &opts(dir.path()),
         )
         .await
         .unwrap();
-    assert_eq!(flaky_calls.load(Ordering::SeqCst), 3, "one attempt and two retries");
-    assert_eq!(fatal_calls.load(Ordering::SeqCst), 1, "a fatal error is not retried");
-    let RunState::Failed { mut failed } = s.state else { panic!("the run must fail") };
+    assert_eq!(
+        flaky_calls.load(Ordering::SeqCst),
+        3,
+        "one attempt and two retries"
+    );
+    assert_eq!(
+        fatal_calls.load(Ordering::SeqCst),
+        1,
+        "a fatal error is not retried"
+    );
+    let RunState::Failed { mut failed } = s.state else {
+        panic!("the run must fail")
+    };
     failed.sort();
     assert_eq!(failed, ["fatal", "flaky"]);
     assert!(s.work_dir.exists(), "a failed run keeps its work directory");
     let run = &r.ledger().runs(None, 1).await.unwrap()[0];
     assert_eq!(run.state, "failed");
-    assert!(run.error.as_deref().is_some_and(|e| e.contains("task f")), "{run:?}");
+    assert!(
+        run.error.as_deref().is_some_and(|e| e.contains("task f")),
+        "{run:?}"
+    );
 }
 
 #[tokio::test]
@@ -228,17 +295,36 @@ async fn a_timeout_cancels_the_attempt_and_dependents_are_skipped() {
     assert!(started.elapsed() < Duration::from_secs(10));
     let state = |id: &str| s.tasks.iter().find(|(t, _)| t == id).unwrap().1.clone();
     match state("slow") {
-        TaskState::Failed { attempt, error, retryable } => {
+        TaskState::Failed {
+            attempt,
+            error,
+            retryable,
+        } => {
             assert_eq!(attempt, 2);
             assert!(retryable);
             assert_eq!(error, "timed out after 100ms");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(state("next"), TaskState::Skipped { because: "slow".into() });
-    assert_eq!(state("after_next"), TaskState::Skipped { because: "next".into() });
+    assert_eq!(
+        state("next"),
+        TaskState::Skipped {
+            because: "slow".into()
+        }
+    );
+    assert_eq!(
+        state("after_next"),
+        TaskState::Skipped {
+            because: "next".into()
+        }
+    );
     assert!(matches!(state("independent"), TaskState::Succeeded { .. }));
-    assert_eq!(*log.lock().unwrap(), ["start independent", "end independent"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["start independent", "end independent"]
+    );
     let attempts = r.ledger().attempts(&s.run_id).await.unwrap();
-    assert!(attempts.iter().any(|a| a.task == "after_next" && a.state == "skipped"));
+    assert!(attempts
+        .iter()
+        .any(|a| a.task == "after_next" && a.state == "skipped"));
 }

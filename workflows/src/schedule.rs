@@ -24,9 +24,16 @@ impl Schedule {
     pub fn new(cron: &str, timezone: &str) -> Result<Self, (&'static str, String)> {
         let parsed = parse_cron(cron).map_err(|e| ("cron", e))?;
         let timezone: Tz = timezone.parse().map_err(|_| {
-            ("timezone", format!("`{timezone}` is not an IANA time zone such as `UTC` or `Europe/Berlin`"))
+            (
+                "timezone",
+                format!("`{timezone}` is not an IANA time zone such as `UTC` or `Europe/Berlin`"),
+            )
         })?;
-        Ok(Self { cron: cron.to_owned(), timezone, parsed })
+        Ok(Self {
+            cron: cron.to_owned(),
+            timezone,
+            parsed,
+        })
     }
 
     /// The first fire time strictly after `after`.
@@ -61,12 +68,18 @@ mod tests {
         let s = Schedule::new("0 30 2 * * *", "Europe/Berlin").unwrap();
         let after = Utc.with_ymd_and_hms(2026, 1, 10, 12, 0, 0).unwrap();
         // 02:30 in Berlin in winter is 01:30 UTC.
-        assert_eq!(s.next_after(after), Some(Utc.with_ymd_and_hms(2026, 1, 11, 1, 30, 0).unwrap()));
+        assert_eq!(
+            s.next_after(after),
+            Some(Utc.with_ymd_and_hms(2026, 1, 11, 1, 30, 0).unwrap())
+        );
     }
 
     #[test]
     fn rejects_bad_input() {
         assert_eq!(Schedule::new("61 * * * *", "UTC").unwrap_err().0, "cron");
-        assert_eq!(Schedule::new("0 2 * * *", "Mars/Olympus").unwrap_err().0, "timezone");
+        assert_eq!(
+            Schedule::new("0 2 * * *", "Mars/Olympus").unwrap_err().0,
+            "timezone"
+        );
     }
 }

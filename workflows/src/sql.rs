@@ -128,7 +128,15 @@ mod tests {
         for ok in ["fact_views", "_x", "A1"] {
             assert!(SqlIdent::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "1abc", "a-b", "a b", "x;drop table y", "é", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "a b",
+            "x;drop table y",
+            "é",
+            &"a".repeat(64),
+        ] {
             assert!(SqlIdent::new(bad).is_err(), "{bad}");
         }
     }
@@ -137,7 +145,10 @@ mod tests {
     fn dialects() {
         assert_eq!(Backend::from_url("sqlite:x.db"), Some(Backend::Sqlite));
         assert_eq!(Backend::from_url("mariadb://h/db"), Some(Backend::MySql));
-        assert_eq!(Backend::from_url("postgresql://h/db"), Some(Backend::Postgres));
+        assert_eq!(
+            Backend::from_url("postgresql://h/db"),
+            Some(Backend::Postgres)
+        );
         assert_eq!(Backend::from_url("mongodb://h"), None);
         assert_eq!(Backend::Postgres.params(2, 3), "$2, $3, $4");
         assert_eq!(Backend::MySql.params(1, 2), "?, ?");

@@ -56,20 +56,27 @@ impl TaskState {
 
     /// Moves a running task to succeeded.
     pub fn succeed(&self, report: TaskReport) -> Self {
-        Self::Succeeded { attempt: self.attempt(), report }
+        Self::Succeeded {
+            attempt: self.attempt(),
+            report,
+        }
     }
 
     /// Moves a running task to failed.
     pub fn fail(&self, error: String, retryable: bool) -> Self {
-        Self::Failed { attempt: self.attempt(), error, retryable }
+        Self::Failed {
+            attempt: self.attempt(),
+            error,
+            retryable,
+        }
     }
 
     /// The attempt this state belongs to; 0 before the first.
     pub fn attempt(&self) -> u32 {
         match self {
-            Self::Running { attempt, .. } | Self::Succeeded { attempt, .. } | Self::Failed { attempt, .. } => {
-                *attempt
-            }
+            Self::Running { attempt, .. }
+            | Self::Succeeded { attempt, .. }
+            | Self::Failed { attempt, .. } => *attempt,
             Self::Pending | Self::Skipped { .. } => 0,
         }
     }

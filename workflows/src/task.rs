@@ -116,7 +116,10 @@ pub struct SettingProblem {
 impl SettingProblem {
     /// A problem with one setting.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: Some(field.into()), message: message.into() }
+        Self {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 }
 

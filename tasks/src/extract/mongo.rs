@@ -64,7 +64,9 @@ mod humantime_serde {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("`{s}` is not a duration such as `30s`, `5m` or `2h`: {e}"))
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration such as `30s`, `5m` or `2h`: {e}"
+            ))
         })
     }
 }
@@ -102,16 +104,22 @@ impl Config {
             out.push(SettingProblem::field("columns", "declares no column"));
         }
         if !self.columns.keys().any(|c| c.as_str() == self.key) {
-            out.push(SettingProblem::field("key", format!("`{}` is not one of the columns", self.key)));
+            out.push(SettingProblem::field(
+                "key",
+                format!("`{}` is not one of the columns", self.key),
+            ));
         }
-        let ts_col = self
-            .columns
-            .values()
-            .any(|c| c.ty == ColumnType::Timestamp && matches!(&c.path, crate::schema::Paths::One(p) if *p == self.ts_field));
+        let ts_col = self.columns.values().any(|c| {
+            c.ty == ColumnType::Timestamp
+                && matches!(&c.path, crate::schema::Paths::One(p) if *p == self.ts_field)
+        });
         if !ts_col {
             out.push(SettingProblem::field(
                 "columns",
-                format!("no column of type timestamp reads `{}`, the ts_field", self.ts_field),
+                format!(
+                    "no column of type timestamp reads `{}`, the ts_field",
+                    self.ts_field
+                ),
             ));
         }
         out
@@ -120,8 +128,9 @@ impl Config {
     /// The name of the timestamp column that reads `ts_field`.
     pub fn ts_column(&self) -> Option<&str> {
         self.columns.iter().find_map(|(name, c)| {
-            (c.ty == ColumnType::Timestamp && matches!(&c.path, crate::schema::Paths::One(p) if *p == self.ts_field))
-                .then_some(name.as_str())
+            (c.ty == ColumnType::Timestamp
+                && matches!(&c.path, crate::schema::Paths::One(p) if *p == self.ts_field))
+            .then_some(name.as_str())
         })
     }
 
@@ -162,7 +171,9 @@ pub struct Rejected {
 
 impl Rejected {
     fn from_doc(doc: &Document, cfg: &Config, reason: String) -> Self {
-        let raw = Bson::Document(doc.clone()).into_relaxed_extjson().to_string();
+        let raw = Bson::Document(doc.clone())
+            .into_relaxed_extjson()
+            .to_string();
         let doc_id = match doc.get("_id") {
             Some(Bson::ObjectId(o)) => o.to_hex(),
             Some(other) => short_hash(&other.to_string()),
@@ -279,13 +290,18 @@ impl Task for ExtractMongo {
         let query = cfg.query(since, self.until_ms);
         let out_dir = ctx.output_dir(&ctx.task);
         let _ = std::fs::remove_dir_all(&out_dir);
-        std::fs::create_dir_all(&out_dir).map_err(|e| from_io("creating the output directory", e))?;
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| from_io("creating the output directory", e))?;
 
         let columns: Vec<(String, ColumnType)> = cfg
             .columns
             .iter()
             .map(|(n, c)| {
-                let ty = if c.ty == ColumnType::ObjectId { ColumnType::String } else { c.ty };
+                let ty = if c.ty == ColumnType::ObjectId {
+                    ColumnType::String
+                } else {
+                    c.ty
+                };
                 (n.as_str().to_owned(), ty)
             })
             .collect();
@@ -302,7 +318,10 @@ impl Task for ExtractMongo {
         let mut rows: Vec<Vec<Value>> = Vec::with_capacity(cfg.batch_size.get() as usize);
         let mut rejected: Vec<Rejected> = Vec::new();
         let mut seq = 0u32;
-        let mut flush = |rows: &mut Vec<Vec<Value>>, max_ts: Option<i64>, last: bool| -> Result<(), TaskError> {
+        let mut flush = |rows: &mut Vec<Vec<Value>>,
+                         max_ts: Option<i64>,
+                         last: bool|
+         -> Result<(), TaskError> {
             if rows.is_empty() && !last {
                 return Ok(());
             }
@@ -313,9 +332,14 @@ impl Task for ExtractMongo {
                 source_task: ctx.task.clone(),
                 // An ordered source's watermark may advance segment by segment;
                 // an unordered one's only when everything is committed.
-                watermark: if ordered || last { max_ts.map(|ts_ms| Watermark { ts_ms }) } else { None },
+                watermark: if ordered || last {
+                    max_ts.map(|ts_ms| Watermark { ts_ms })
+                } else {
+                    None
+                },
             };
-            segment::write(&out_dir, seq, &meta, rows).map_err(|e| from_io("writing a segment", e))?;
+            segment::write(&out_dir, seq, &meta, rows)
+                .map_err(|e| from_io("writing a segment", e))?;
             rows.clear();
             Ok(())
         };
@@ -373,5 +397,11 @@ impl Task for ExtractMongo {
 
 /// Builds the task.
 pub fn build(config: Config, source: Source, warehouse: Warehouse) -> Arc<dyn Task> {
-    Arc::new(ExtractMongo { config, source, warehouse, until_ms: None, from_ms: None })
+    Arc::new(ExtractMongo {
+        config,
+        source,
+        warehouse,
+        until_ms: None,
+        from_ms: None,
+    })
 }

@@ -75,7 +75,10 @@ impl Config {
     pub fn check(&self, depends_on: &[String]) -> Vec<SettingProblem> {
         let mut out = Vec::new();
         if !depends_on.contains(&self.input) {
-            out.push(SettingProblem::field("input", format!("`{}` is not one of this task's depends_on", self.input)));
+            out.push(SettingProblem::field(
+                "input",
+                format!("`{}` is not one of this task's depends_on", self.input),
+            ));
         }
         if self.targets.is_empty() {
             out.push(SettingProblem::field("targets", "declares no target"));
@@ -83,19 +86,28 @@ impl Config {
         let mut tables = BTreeSet::new();
         for (i, t) in self.targets.iter().enumerate() {
             if t.key.is_empty() {
-                out.push(SettingProblem::field(format!("targets[{i}].key"), "names no column"));
+                out.push(SettingProblem::field(
+                    format!("targets[{i}].key"),
+                    "names no column",
+                ));
             }
             if !tables.insert(t.table().clone()) {
-                out.push(SettingProblem::field(format!("targets[{i}].table"), format!("`{}` is loaded twice", t.table())));
+                out.push(SettingProblem::field(
+                    format!("targets[{i}].table"),
+                    format!("`{}` is loaded twice", t.table()),
+                ));
             }
             match (t.strategy, &t.version) {
-                (Strategy::Latest, None) => {
-                    out.push(SettingProblem::field(format!("targets[{i}].version"), "is required by strategy `latest`"))
-                }
-                (Strategy::InsertNew | Strategy::Accumulate, Some(_)) => out.push(SettingProblem::field(
+                (Strategy::Latest, None) => out.push(SettingProblem::field(
                     format!("targets[{i}].version"),
-                    "is used only by strategy `latest`",
+                    "is required by strategy `latest`",
                 )),
+                (Strategy::InsertNew | Strategy::Accumulate, Some(_)) => {
+                    out.push(SettingProblem::field(
+                        format!("targets[{i}].version"),
+                        "is used only by strategy `latest`",
+                    ))
+                }
                 _ => {}
             }
         }
@@ -158,8 +170,16 @@ pub fn merge_sql(backend: Backend, target: &Target, columns: &[String]) -> Vec<S
         .map(|c| q(c))
         .collect();
     let cols = columns.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
-    let s_cols = columns.iter().map(|c| format!("s.{}", q(c))).collect::<Vec<_>>().join(", ");
-    let join = keys.iter().map(|k| format!("t.{k} = s.{k}")).collect::<Vec<_>>().join(" AND ");
+    let s_cols = columns
+        .iter()
+        .map(|c| format!("s.{}", q(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let join = keys
+        .iter()
+        .map(|k| format!("t.{k} = s.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     let insert = format!(
         "INSERT INTO {table} ({cols}) SELECT {s_cols} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {join})"
     );
@@ -168,10 +188,16 @@ pub fn merge_sql(backend: Backend, target: &Target, columns: &[String]) -> Vec<S
         match backend {
             Backend::MySql => {
                 let sets: Vec<String> = sets.iter().map(|s| format!("t.{s}")).collect();
-                format!("UPDATE {table} t JOIN {stg} s ON {join} SET {} WHERE {condition}", sets.join(", "))
+                format!(
+                    "UPDATE {table} t JOIN {stg} s ON {join} SET {} WHERE {condition}",
+                    sets.join(", ")
+                )
             }
             Backend::Sqlite | Backend::Postgres => {
-                format!("UPDATE {table} AS t SET {} FROM {stg} AS s WHERE {join} AND ({condition})", sets.join(", "))
+                format!(
+                    "UPDATE {table} AS t SET {} FROM {stg} AS s WHERE {join} AND ({condition})",
+                    sets.join(", ")
+                )
             }
         }
     };
@@ -184,7 +210,10 @@ pub fn merge_sql(backend: Backend, target: &Target, columns: &[String]) -> Vec<S
         }
         Strategy::Accumulate if rest.is_empty() => vec![insert],
         Strategy::Accumulate => {
-            let sets = rest.iter().map(|c| format!("{c} = COALESCE(t.{c}, s.{c})")).collect();
+            let sets = rest
+                .iter()
+                .map(|c| format!("{c} = COALESCE(t.{c}, s.{c})"))
+                .collect();
             let fills = rest
                 .iter()
                 .map(|c| format!("(t.{c} IS NULL AND s.{c} IS NOT NULL)"))
@@ -209,15 +238,29 @@ fn unstage_sql(backend: Backend, target: &Target) -> Option<String> {
 /// Removes rows whose key repeats within a batch, as the merge would: the
 /// first for `insert_new`, the greatest version for `latest`, the first
 /// non-null value of each column for `accumulate`.
-pub fn dedup(target: &Target, columns: &[String], rows: Vec<Vec<Value>>) -> Result<Vec<Vec<Value>>, String> {
+pub fn dedup(
+    target: &Target,
+    columns: &[String],
+    rows: Vec<Vec<Value>>,
+) -> Result<Vec<Vec<Value>>, String> {
     let index = |name: &str| {
-        columns
-            .iter()
-            .position(|c| c == name)
-            .ok_or_else(|| format!("the output has no column `{name}` for table {}", target.table()))
+        columns.iter().position(|c| c == name).ok_or_else(|| {
+            format!(
+                "the output has no column `{name}` for table {}",
+                target.table()
+            )
+        })
     };
-    let key_idx: Vec<usize> = target.key.iter().map(|k| index(k.as_str())).collect::<Result<_, _>>()?;
-    let version_idx = target.version.as_ref().map(|v| index(v.as_str())).transpose()?;
+    let key_idx: Vec<usize> = target
+        .key
+        .iter()
+        .map(|k| index(k.as_str()))
+        .collect::<Result<_, _>>()?;
+    let version_idx = target
+        .version
+        .as_ref()
+        .map(|v| index(v.as_str()))
+        .transpose()?;
     let mut pos: HashMap<Vec<String>, usize> = HashMap::with_capacity(rows.len());
     let mut out: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
     for row in rows {
@@ -259,7 +302,11 @@ fn greater(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn bind<'q>(q: Query<'q, Any, AnyArguments<'q>>, ty: ColumnType, v: &Value) -> Query<'q, Any, AnyArguments<'q>> {
+fn bind<'q>(
+    q: Query<'q, Any, AnyArguments<'q>>,
+    ty: ColumnType,
+    v: &Value,
+) -> Query<'q, Any, AnyArguments<'q>> {
     match ty {
         ColumnType::String | ColumnType::ObjectId => q.bind(match v {
             Value::Str(s) => Some(s.clone()),
@@ -306,7 +353,11 @@ impl Task for LoadMerge {
         let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
         let (mut offered, mut changed, mut committed) = (0u64, 0u64, 0u64);
         for seq in seqs {
-            let mut tx = wh.pool.begin().await.map_err(|e| from_sqlx("starting a transaction", e))?;
+            let mut tx = wh
+                .pool
+                .begin()
+                .await
+                .map_err(|e| from_sqlx("starting a transaction", e))?;
             let mut watermark = None;
             for (t, (dir, segs)) in self.config.targets.iter().zip(&listed) {
                 let Some(meta) = segs.get(&seq) else { continue };
@@ -330,7 +381,9 @@ impl Task for LoadMerge {
                             q = bind(q, *ty, v);
                         }
                     }
-                    q.execute(&mut *tx).await.map_err(|e| from_sqlx(format!("staging rows for {}", t.table()), e))?;
+                    q.execute(&mut *tx)
+                        .await
+                        .map_err(|e| from_sqlx(format!("staging rows for {}", t.table()), e))?;
                     progress.inc(chunk.len() as u64);
                 }
                 for sql in merge_sql(wh.backend, t, &names) {
@@ -351,7 +404,10 @@ impl Task for LoadMerge {
                     };
                 }
                 if let Some(sql) = unstage_sql(wh.backend, t) {
-                    sqlx::query(&sql).execute(&mut *tx).await.map_err(|e| from_sqlx("dropping staging", e))?;
+                    sqlx::query(&sql)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| from_sqlx("dropping staging", e))?;
                 }
             }
             if let Some((task, w)) = watermark {
@@ -359,7 +415,9 @@ impl Task for LoadMerge {
                     .await
                     .map_err(|e| from_sqlx("advancing the watermark", e))?;
             }
-            tx.commit().await.map_err(|e| from_sqlx("committing a segment", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| from_sqlx("committing a segment", e))?;
             committed += 1;
         }
         progress.finish_and_clear();
@@ -367,7 +425,9 @@ impl Task for LoadMerge {
             rows_read: offered,
             rows_written: changed,
             rows_quarantined: 0,
-            summary: format!("{offered} rows merged in {committed} transactions, {changed} rows changed"),
+            summary: format!(
+                "{offered} rows merged in {committed} transactions, {changed} rows changed"
+            ),
         })
     }
 }
@@ -410,7 +470,10 @@ mod tests {
         assert!(merge_sql(Backend::Sqlite, &a, &cols)[0].ends_with(
             "AND ((t.\"title\" IS NULL AND s.\"title\" IS NOT NULL) OR (t.\"ver\" IS NULL AND s.\"ver\" IS NOT NULL))"
         ));
-        assert_eq!(stage_sql(Backend::MySql, &a, &cols, 2), "INSERT INTO `stg_dim` (`id`, `title`, `ver`) VALUES (?, ?, ?), (?, ?, ?)");
+        assert_eq!(
+            stage_sql(Backend::MySql, &a, &cols, 2),
+            "INSERT INTO `stg_dim` (`id`, `title`, `ver`) VALUES (?, ?, ?), (?, ?, ?)"
+        );
     }
 
     #[test]
@@ -418,14 +481,29 @@ mod tests {
         let cols = vec!["id".to_owned(), "v".to_owned(), "x".to_owned()];
         let rows = vec![
             vec![Value::Str("a".into()), Value::Int(1), Value::Null],
-            vec![Value::Str("a".into()), Value::Int(3), Value::Str("late".into())],
-            vec![Value::Str("a".into()), Value::Int(2), Value::Str("mid".into())],
+            vec![
+                Value::Str("a".into()),
+                Value::Int(3),
+                Value::Str("late".into()),
+            ],
+            vec![
+                Value::Str("a".into()),
+                Value::Int(2),
+                Value::Str("mid".into()),
+            ],
         ];
         let first = dedup(&target(Strategy::InsertNew, None), &cols, rows.clone()).unwrap();
         assert_eq!(first, vec![rows[0].clone()]);
         let latest = dedup(&target(Strategy::Latest, Some("v")), &cols, rows.clone()).unwrap();
         assert_eq!(latest, vec![rows[1].clone()]);
         let acc = dedup(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
-        assert_eq!(acc, vec![vec![Value::Str("a".into()), Value::Int(1), Value::Str("late".into())]]);
+        assert_eq!(
+            acc,
+            vec![vec![
+                Value::Str("a".into()),
+                Value::Int(1),
+                Value::Str("late".into())
+            ]]
+        );
     }
 }

@@ -44,14 +44,20 @@ impl Config {
     pub fn check(&self, depends_on: &[String]) -> Vec<SettingProblem> {
         let mut out = Vec::new();
         if !depends_on.contains(&self.input) {
-            out.push(SettingProblem::field("input", format!("`{}` is not one of this task's depends_on", self.input)));
+            out.push(SettingProblem::field(
+                "input",
+                format!("`{}` is not one of this task's depends_on", self.input),
+            ));
         }
         if self.outputs.is_empty() {
             out.push(SettingProblem::field("outputs", "declares no output"));
         }
         for (name, o) in &self.outputs {
             if o.sql.trim().is_empty() {
-                out.push(SettingProblem::field(format!("outputs.{name}.sql"), "is empty"));
+                out.push(SettingProblem::field(
+                    format!("outputs.{name}.sql"),
+                    "is empty",
+                ));
             }
         }
         out
@@ -92,7 +98,10 @@ pub fn to_frame(columns: &[(String, ColumnType)], rows: &[Vec<Value>]) -> Polars
                     .collect();
                 let c = Column::new(name, v);
                 if *ty == ColumnType::Timestamp {
-                    c.cast(&DataType::Datetime(TimeUnit::Milliseconds, Some(TimeZone::UTC)))?
+                    c.cast(&DataType::Datetime(
+                        TimeUnit::Milliseconds,
+                        Some(TimeZone::UTC),
+                    ))?
                 } else {
                     c
                 }
@@ -132,7 +141,9 @@ pub fn to_frame(columns: &[(String, ColumnType)], rows: &[Vec<Value>]) -> Polars
 pub fn from_frame(df: &DataFrame) -> Result<(Vec<(String, ColumnType)>, Vec<Vec<Value>>), String> {
     let height = df.height();
     let mut columns = Vec::new();
-    let mut rows: Vec<Vec<Value>> = (0..height).map(|_| Vec::with_capacity(df.width())).collect();
+    let mut rows: Vec<Vec<Value>> = (0..height)
+        .map(|_| Vec::with_capacity(df.width()))
+        .collect();
     let err = |name: &str, e: PolarsError| format!("column {name}: {e}");
     for col in df.columns() {
         let name = col.name().to_string();
@@ -140,20 +151,29 @@ pub fn from_frame(df: &DataFrame) -> Result<(Vec<(String, ColumnType)>, Vec<Vec<
         let ty = match dtype {
             DataType::String | DataType::Null => {
                 let c = col.cast(&DataType::String).map_err(|e| err(&name, e))?;
-                for (row, v) in rows.iter_mut().zip(c.str().map_err(|e| err(&name, e))?.iter()) {
+                for (row, v) in rows
+                    .iter_mut()
+                    .zip(c.str().map_err(|e| err(&name, e))?.iter())
+                {
                     row.push(v.map_or(Value::Null, |s| Value::Str(s.to_owned())));
                 }
                 ColumnType::String
             }
             DataType::Boolean => {
-                for (row, v) in rows.iter_mut().zip(col.bool().map_err(|e| err(&name, e))?.iter()) {
+                for (row, v) in rows
+                    .iter_mut()
+                    .zip(col.bool().map_err(|e| err(&name, e))?.iter())
+                {
                     row.push(v.map_or(Value::Null, Value::Bool));
                 }
                 ColumnType::Bool
             }
             DataType::Float32 | DataType::Float64 => {
                 let c = col.cast(&DataType::Float64).map_err(|e| err(&name, e))?;
-                for (row, v) in rows.iter_mut().zip(c.f64().map_err(|e| err(&name, e))?.iter()) {
+                for (row, v) in rows
+                    .iter_mut()
+                    .zip(c.f64().map_err(|e| err(&name, e))?.iter())
+                {
                     row.push(v.map_or(Value::Null, Value::Float));
                 }
                 ColumnType::Float
@@ -163,26 +183,39 @@ pub fn from_frame(df: &DataFrame) -> Result<(Vec<(String, ColumnType)>, Vec<Vec<
                     .cast(&DataType::Datetime(TimeUnit::Milliseconds, tz))
                     .and_then(|c| c.cast(&DataType::Int64))
                     .map_err(|e| err(&name, e))?;
-                for (row, v) in rows.iter_mut().zip(c.i64().map_err(|e| err(&name, e))?.iter()) {
+                for (row, v) in rows
+                    .iter_mut()
+                    .zip(c.i64().map_err(|e| err(&name, e))?.iter())
+                {
                     row.push(v.map_or(Value::Null, Value::Int));
                 }
                 ColumnType::Timestamp
             }
             DataType::Date => {
                 let c = col.cast(&DataType::String).map_err(|e| err(&name, e))?;
-                for (row, v) in rows.iter_mut().zip(c.str().map_err(|e| err(&name, e))?.iter()) {
+                for (row, v) in rows
+                    .iter_mut()
+                    .zip(c.str().map_err(|e| err(&name, e))?.iter())
+                {
                     row.push(v.map_or(Value::Null, |s| Value::Str(s.to_owned())));
                 }
                 ColumnType::String
             }
             dt if dt.is_integer() => {
                 let c = col.cast(&DataType::Int64).map_err(|e| err(&name, e))?;
-                for (row, v) in rows.iter_mut().zip(c.i64().map_err(|e| err(&name, e))?.iter()) {
+                for (row, v) in rows
+                    .iter_mut()
+                    .zip(c.i64().map_err(|e| err(&name, e))?.iter())
+                {
                     row.push(v.map_or(Value::Null, Value::Int));
                 }
                 ColumnType::Int
             }
-            other => return Err(format!("column {name} has type {other}, which cannot be loaded; cast it in the query")),
+            other => {
+                return Err(format!(
+                    "column {name} has type {other}, which cannot be loaded; cast it in the query"
+                ))
+            }
         };
         columns.push((name, ty));
     }
@@ -236,10 +269,12 @@ impl Task for TransformPolars {
         let out_dir = ctx.output_dir(&ctx.task);
         tokio::task::spawn_blocking(move || -> Result<TaskReport, TaskError> {
             let _ = std::fs::remove_dir_all(&out_dir);
-            let segments = segment::list(&in_dir).map_err(|e| from_io("listing input segments", e))?;
+            let segments =
+                segment::list(&in_dir).map_err(|e| from_io("listing input segments", e))?;
             let (mut read, mut written) = (0u64, 0u64);
             for (seq, meta) in &segments {
-                let rows = segment::read(&in_dir, *seq).map_err(|e| from_io("reading an input segment", e))?;
+                let rows = segment::read(&in_dir, *seq)
+                    .map_err(|e| from_io("reading an input segment", e))?;
                 read += rows.len() as u64;
                 let outputs = transform_segment(&cfg, meta, &rows).map_err(TaskError::fatal)?;
                 for (name, columns, rows) in outputs {
@@ -302,8 +337,16 @@ mod tests {
             watermark: None,
         };
         let rows = vec![
-            vec![Value::Str("a".into()), Value::Int(1_704_164_645_678), Value::Int(1)],
-            vec![Value::Str("b".into()), Value::Int(1_704_240_000_000), Value::Int(5)],
+            vec![
+                Value::Str("a".into()),
+                Value::Int(1_704_164_645_678),
+                Value::Int(1),
+            ],
+            vec![
+                Value::Str("b".into()),
+                Value::Int(1_704_240_000_000),
+                Value::Int(5),
+            ],
         ];
         let out = transform_segment(&cfg, &meta, &rows).unwrap();
         let (name, cols, rows) = &out[1];
@@ -312,7 +355,12 @@ mod tests {
         assert_eq!(cols[2], ("ts".into(), ColumnType::Timestamp));
         assert_eq!(
             rows,
-            &vec![vec![Value::Str("b".into()), Value::Int(20_240_103), Value::Int(1_704_240_000_000), Value::Int(10)]]
+            &vec![vec![
+                Value::Str("b".into()),
+                Value::Int(20_240_103),
+                Value::Int(1_704_240_000_000),
+                Value::Int(10)
+            ]]
         );
         let (_, _, days) = &out[0];
         assert_eq!(days.len(), 2);

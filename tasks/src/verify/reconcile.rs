@@ -55,14 +55,18 @@ impl Config {
     pub fn check(&self, extract: Option<&ExtractConfig>) -> Vec<SettingProblem> {
         match extract {
             Some(_) => Vec::new(),
-            None => vec![SettingProblem::field("source", format!("`{}` is not an extract.mongo task of this DAG", self.source))],
+            None => vec![SettingProblem::field(
+                "source",
+                format!("`{}` is not an extract.mongo task of this DAG", self.source),
+            )],
         }
     }
 }
 
 /// The day (`YYYY-MM-DD`, UTC) of an epoch-ms instant.
 pub fn day_of(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| "invalid".into(), |t| t.format("%Y-%m-%d").to_string())
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| "invalid".into(), |t| t.format("%Y-%m-%d").to_string())
 }
 
 /// The task.
@@ -79,9 +83,16 @@ pub struct Reconcile {
 
 impl Reconcile {
     /// Distinct valid event keys per day in the source, before `until_ms`.
-    async fn source_keys(&self, until_ms: i64) -> Result<(u64, BTreeMap<String, HashSet<String>>), TaskError> {
+    async fn source_keys(
+        &self,
+        until_ms: i64,
+    ) -> Result<(u64, BTreeMap<String, HashSet<String>>), TaskError> {
         let cfg = &self.extract;
-        let key_idx = cfg.columns.keys().position(|c| c.as_str() == cfg.key).ok_or_else(|| TaskError::fatal("no key column"))?;
+        let key_idx = cfg
+            .columns
+            .keys()
+            .position(|c| c.as_str() == cfg.key)
+            .ok_or_else(|| TaskError::fatal("no key column"))?;
         let ts_idx = cfg
             .columns
             .keys()
@@ -93,7 +104,9 @@ impl Reconcile {
         while let Some(item) = stream.next().await {
             read += 1;
             let Item::Doc(doc) = item? else { continue };
-            let Ok(row) = read_row(&doc, &cfg.columns) else { continue };
+            let Ok(row) = read_row(&doc, &cfg.columns) else {
+                continue;
+            };
             if let (Value::Str(key), Value::Int(ts)) = (&row[key_idx], &row[ts_idx]) {
                 days.entry(day_of(*ts)).or_default().insert(key.clone());
             }
@@ -101,7 +114,11 @@ impl Reconcile {
         Ok((read, days))
     }
 
-    async fn table_keys(&self, until_ms: i64, day: Option<&str>) -> Result<Vec<(String, i64)>, TaskError> {
+    async fn table_keys(
+        &self,
+        until_ms: i64,
+        day: Option<&str>,
+    ) -> Result<Vec<(String, i64)>, TaskError> {
         let wh = &self.warehouse;
         let b = wh.backend;
         let sql = format!(
@@ -119,7 +136,9 @@ impl Reconcile {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let key: String = r.try_get(0).map_err(|e| from_sqlx("reading a key", e))?;
-            let ts: i64 = r.try_get(1).map_err(|e| from_sqlx("reading a timestamp", e))?;
+            let ts: i64 = r
+                .try_get(1)
+                .map_err(|e| from_sqlx("reading a timestamp", e))?;
             if day.is_none_or(|d| day_of(ts) == d) {
                 out.push((key, ts));
             }
@@ -137,7 +156,10 @@ impl Task for Reconcile {
             .await
             .map_err(|e| from_sqlx("reading the watermark", e))?
         else {
-            return Ok(TaskReport { summary: "nothing loaded yet; nothing to compare".into(), ..TaskReport::default() });
+            return Ok(TaskReport {
+                summary: "nothing loaded yet; nothing to compare".into(),
+                ..TaskReport::default()
+            });
         };
         let until = watermark + 1;
         let (read, source) = self.source_keys(until).await?;
@@ -145,7 +167,11 @@ impl Task for Reconcile {
         let mut table_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut duplicates = 0u64;
         for (key, ts) in &table {
-            if !table_days.entry(day_of(*ts)).or_default().insert(key.clone()) {
+            if !table_days
+                .entry(day_of(*ts))
+                .or_default()
+                .insert(key.clone())
+            {
                 duplicates += 1;
             }
         }
@@ -164,20 +190,39 @@ impl Task for Reconcile {
             missing.sort();
             let extra: Vec<&String> = t.iter().filter(|k| !s.contains(*k)).collect();
             let show = |v: &[&String]| {
-                v.iter().take(self.config.show).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                    + if v.len() > self.config.show { ", ..." } else { "" }
+                v.iter()
+                    .take(self.config.show)
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if v.len() > self.config.show {
+                        ", ..."
+                    } else {
+                        ""
+                    }
             };
-            let mut line = format!("{day}: source {} events, {} {} rows", s.len(), self.config.table, t.len());
+            let mut line = format!(
+                "{day}: source {} events, {} {} rows",
+                s.len(),
+                self.config.table,
+                t.len()
+            );
             if !missing.is_empty() {
                 line.push_str(&format!("; missing from the table: {}", show(&missing)));
             }
             if !extra.is_empty() {
-                line.push_str(&format!("; not valid events in the source: {}", show(&extra)));
+                line.push_str(&format!(
+                    "; not valid events in the source: {}",
+                    show(&extra)
+                ));
             }
             problems.push(line);
         }
         if duplicates > 0 {
-            problems.push(format!("{} holds {duplicates} duplicate keys", self.config.table));
+            problems.push(format!(
+                "{} holds {duplicates} duplicate keys",
+                self.config.table
+            ));
         }
         if problems.is_empty() {
             Ok(TaskReport {
@@ -203,6 +248,16 @@ impl Task for Reconcile {
 }
 
 /// Builds the task.
-pub fn build(config: Config, extract: ExtractConfig, source: Source, warehouse: Warehouse) -> Arc<dyn Task> {
-    Arc::new(Reconcile { config, extract, source, warehouse })
+pub fn build(
+    config: Config,
+    extract: ExtractConfig,
+    source: Source,
+    warehouse: Warehouse,
+) -> Arc<dyn Task> {
+    Arc::new(Reconcile {
+        config,
+        extract,
+        source,
+        warehouse,
+    })
 }
