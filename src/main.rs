@@ -87,7 +87,9 @@ enum Command {
         /// The DAGs to run, by name.
         #[arg(value_name = "DAG")]
         names: Vec<String>,
-        /// Run every DAG in the DAG directory, in file-name order.
+        /// Run every DAG in the DAG directory: each after the DAGs its
+        /// `after` names (the dimensions before the facts), otherwise in
+        /// file-name order.
         #[arg(long, conflicts_with = "names")]
         all: bool,
         /// Show what would run and from which watermark, without running.
@@ -111,7 +113,8 @@ enum Command {
     },
     /// Create or upgrade the warehouse schema (also done before every run).
     Migrate,
-    /// Write a deterministic synthetic events file following the event model.
+    /// Write deterministic synthetic events following the event model, to an
+    /// events file or into a MongoDB collection.
     Seed {
         /// Documents to write, dirt included.
         #[arg(long, default_value_t = 10_000)]
@@ -122,12 +125,19 @@ enum Command {
         /// Days the events span, from 2026-01-05.
         #[arg(long, default_value_t = 14)]
         days: u32,
-        /// The file to write.
+        /// The file to write, or a `mongodb://` URL to insert into.
         #[arg(long)]
-        out: PathBuf,
+        out: String,
+        /// The MongoDB database, when `--out` is a MongoDB URL.
+        #[arg(long, default_value = "app")]
+        database: String,
+        /// The MongoDB collection, when `--out` is a MongoDB URL.
+        #[arg(long, default_value = "events")]
+        collection: String,
     },
-    /// Seed an events file, run every DAG into a fresh SQLite warehouse and
-    /// print the views_daily report. Needs no server.
+    /// Seed an events file, run every DAG into a fresh SQLite warehouse,
+    /// check the five reports against the legacy computation and print
+    /// views_daily. Needs no server.
     Demo {
         /// Documents to generate.
         #[arg(long, default_value_t = 20_000)]
@@ -136,10 +146,23 @@ enum Command {
         #[arg(long, default_value = ".cutover/demo")]
         dir: PathBuf,
     },
-    /// Print a legacy report from the warehouse.
+    /// Print one of the five analytics reports, from the warehouse or as the
+    /// legacy analytics compute it from the events.
     Report {
-        /// The report: views_daily.
+        /// The report: views_daily, slide_engagement, shares_daily,
+        /// sessions_daily or views_by_plan.
         name: String,
+        /// Where the numbers come from: the warehouse's star schema, or the
+        /// legacy aggregations over the source events (MongoDB or the
+        /// events file).
+        #[arg(long, value_enum, default_value_t = ReportSource::Warehouse)]
+        source: ReportSource,
+        /// The MongoDB database of the events, for `--source legacy`.
+        #[arg(long, default_value = "app")]
+        database: String,
+        /// The collection of the events, for `--source legacy`.
+        #[arg(long, default_value = "events")]
+        collection: String,
         /// Only events at or after this instant (RFC 3339 or YYYY-MM-DD).
         #[arg(long)]
         from: Option<String>,
@@ -175,6 +198,14 @@ enum DagsCommand {
 enum ListFormat {
     Table,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ReportSource {
+    /// The warehouse's star schema.
+    Warehouse,
+    /// The legacy aggregations over the source events.
+    Legacy,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -278,12 +309,44 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             seed,
             days,
             out,
+            database,
+            collection,
         } => {
-            let stats = write_seed(&out, events, seed, days)?;
+            let (stats, place) =
+                if out.starts_with("mongodb://") || out.starts_with("mongodb+srv://") {
+                    let Source::Mongo(client) = Source::open(&out).await? else {
+                        unreachable!("a mongodb URL opens MongoDB")
+                    };
+                    let coll = client.database(&database).collection(&collection);
+                    let opts = SeedOptions {
+                        events,
+                        seed,
+                        days,
+                        ..SeedOptions::default()
+                    };
+                    let bar = indicatif::ProgressBar::new(events);
+                    bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {human_pos}/{human_len} events inserted ({per_sec}, eta {eta})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                    let stats = seed::insert_into(&opts, &coll, 10_000, &bar)
+                        .await
+                        .with_context(|| format!("inserting into {database}.{collection}"))?;
+                    bar.finish_and_clear();
+                    (stats, format!("{database}.{collection}"))
+                } else {
+                    let path = PathBuf::from(&out);
+                    (
+                        write_seed(&path, events, seed, days)?,
+                        path.display().to_string(),
+                    )
+                };
             println!(
                 "wrote {} events to {} ({} duplicates, {} invalid, {} unknown types, {} late)",
                 stats.written,
-                out.display(),
+                place,
                 stats.duplicates,
                 stats.invalid,
                 stats.unknown_types,
@@ -294,6 +357,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo { events, dir } => demo(g, events, &dir).await,
         Command::Report {
             name,
+            source,
+            database,
+            collection,
             from,
             to,
             format,
@@ -309,8 +375,21 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 from_ms: from.as_deref().map(parse_instant).transpose()?,
                 to_ms: to.as_deref().map(parse_instant).transpose()?,
             };
-            let wh = warehouse(g).await?;
-            let rows = reports::from_warehouse(&wh, report, range).await?;
+            let rows = match source {
+                ReportSource::Warehouse => {
+                    let wh = warehouse(g).await?;
+                    reports::from_warehouse(&wh, report, range).await?
+                }
+                ReportSource::Legacy => {
+                    let src = Source::open(&g.source_url).await?;
+                    let events = reports::legacy::Events {
+                        source: &src,
+                        database: &database,
+                        collection: &collection,
+                    };
+                    reports::from_legacy(&events, report, range).await?
+                }
+            };
             let format = match format {
                 ReportFormat::Table => Format::Table,
                 ReportFormat::Json => Format::Json,
@@ -625,6 +704,28 @@ async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
     let dags = load_dags(&g.dags)?;
     let code = run(&g, &dags, false, "demo").await?;
     let wh = warehouse(&g).await?;
+    let src = Source::open(&g.source_url).await?;
+    let events = reports::legacy::Events {
+        source: &src,
+        database: "app",
+        collection: "events",
+    };
+    println!();
+    let mut code = code;
+    for (name, r) in ReportName::ALL {
+        let ours = reports::from_warehouse(&wh, *r, Range::default()).await?;
+        let theirs = reports::from_legacy(&events, *r, Range::default()).await?;
+        match reports::first_difference(&ours, &theirs, 1e-9) {
+            None => println!(
+                "{name:<17} {:>6} rows, equal to the legacy report",
+                ours.rows.len()
+            ),
+            Some(d) => {
+                println!("{name:<17} DIFFERS from the legacy report: {d}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
     let report = reports::from_warehouse(&wh, ReportName::ViewsDaily, Range::default()).await?;
     let shown = reports::Report {
         columns: report.columns.clone(),

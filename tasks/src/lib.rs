@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod filter;
 pub mod kinds;
 pub mod load;
 pub mod reports;

@@ -472,6 +472,37 @@ pub fn generate(opts: &SeedOptions, out: impl Write) -> std::io::Result<SeedStat
     Ok(g.stats)
 }
 
+/// Inserts the same documents [`generate`] writes into a MongoDB
+/// collection, in arrival order, `batch` documents per `insert_many`.
+///
+/// # Errors
+/// MongoDB refused an insert.
+pub async fn insert_into(
+    opts: &SeedOptions,
+    coll: &mongodb::Collection<Document>,
+    batch: usize,
+    progress: &indicatif::ProgressBar,
+) -> Result<SeedStats, mongodb::error::Error> {
+    let mut text = Vec::new();
+    let stats = generate(opts, &mut text).expect("writing to memory");
+    let mut docs = Vec::with_capacity(batch);
+    for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let json: serde_json::Value = serde_json::from_slice(line).expect("generated JSON");
+        if let Ok(Bson::Document(d)) = Bson::try_from(json) {
+            docs.push(d);
+        }
+        if docs.len() == batch {
+            progress.inc(docs.len() as u64);
+            coll.insert_many(std::mem::take(&mut docs)).await?;
+        }
+    }
+    if !docs.is_empty() {
+        progress.inc(docs.len() as u64);
+        coll.insert_many(docs).await?;
+    }
+    Ok(stats)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,8 @@ pub struct Query {
     pub type_field: String,
     /// The event types wanted.
     pub types: Vec<String>,
+    /// A further condition on the documents.
+    pub filter: Option<crate::filter::Filter>,
     /// The field holding the event timestamp.
     pub ts_field: String,
     /// Only events with a timestamp at or after this (epoch ms).
@@ -142,6 +144,9 @@ impl Source {
                 if !range.is_empty() {
                     filter.insert(q.ts_field.clone(), range);
                 }
+                if let Some(extra) = &q.filter {
+                    filter = doc! { "$and": [filter, extra.as_doc().clone()] };
+                }
                 let cursor = client
                     .database(&q.database)
                     .collection::<Document>(&q.collection)
@@ -166,12 +171,25 @@ impl Source {
                 let (tx, rx) = tokio::sync::mpsc::channel::<Result<Item, SourceError>>(1024);
                 let q = q.clone();
                 let path = path.clone();
+                // A line that does not contain any wanted type as a JSON
+                // string cannot be of that type: skip it without parsing.
+                let needles: Vec<String> = q
+                    .types
+                    .iter()
+                    .map(|t| serde_json::Value::from(t.as_str()).to_string())
+                    .collect();
                 tokio::task::spawn_blocking(move || {
                     let reader = BufReader::with_capacity(1 << 20, file);
                     for line in reader.lines() {
                         let item = match line {
                             Err(e) => Err(SourceError::File(path.clone(), e)),
                             Ok(line) if line.trim().is_empty() => continue,
+                            Ok(line)
+                                if line.starts_with('{')
+                                    && !needles.iter().any(|n| line.contains(n.as_str())) =>
+                            {
+                                continue
+                            }
                             Ok(line) => match parse_line(&line) {
                                 Ok(doc) if !file_match(&doc, &q) => continue,
                                 Ok(doc) => Ok(Item::Doc(doc)),
@@ -211,7 +229,7 @@ pub fn parse_line(line: &str) -> Result<Document, String> {
 fn file_match(doc: &Document, q: &Query) -> bool {
     let type_ok =
         matches!(doc.get(&q.type_field), Some(Bson::String(t)) if q.types.iter().any(|w| w == t));
-    if !type_ok {
+    if !type_ok || q.filter.as_ref().is_some_and(|f| !f.matches(doc)) {
         return false;
     }
     match doc.get(&q.ts_field) {

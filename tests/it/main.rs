@@ -7,5 +7,6 @@
 
 mod cli;
 mod mongo;
+mod star;
 mod support;
 mod views;

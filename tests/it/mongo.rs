@@ -1,10 +1,13 @@
-//! The views data point read from a MongoDB server (any server speaking the
-//! wire protocol: `CUTOVER_TEST_MONGO_URL`, which `tests/run.sh` starts).
+//! The data points read from a MongoDB server (any server speaking the wire
+//! protocol: `CUTOVER_TEST_MONGO_URL`, which `tests/run.sh` starts): the
+//! warehouse's reports against the legacy aggregation pipelines, first in
+//! full and then incrementally.
 
 use anyhow::Result;
 use bson::{Bson, Document};
 use serde_json::Value;
 
+use crate::star;
 use crate::support::{self, cutover_with, ok, read_events};
 use crate::views::expected_views_daily;
 
@@ -55,6 +58,233 @@ async fn views_from_mongodb_match_an_independent_count() -> Result<()> {
     assert_eq!(report, expected);
     let again = ok(cutover_with(&url, &wh, &work, &dags, &["run", "views"]));
     assert!(again.contains("0 rows changed"), "{again}");
+    client.database(&db).drop().await?;
+    Ok(())
+}
+
+/// The greatest `ts` (epoch ms) of the valid documents of a type.
+fn max_ts(events: &[support::RawEvent], ty: &str) -> i64 {
+    events
+        .iter()
+        .filter(|e| e.str("type") == Some(ty))
+        .filter_map(support::RawEvent::ts_ms)
+        .max()
+        .unwrap()
+}
+
+fn event(ty: &str, ts_ms: i64, fields: Document) -> Document {
+    let mut d = bson::doc! {
+        "_id": bson::oid::ObjectId::new(),
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "type": ty,
+        "ts": bson::DateTime::from_millis(ts_ms),
+        "v": 1,
+    };
+    d.extend(fields);
+    d
+}
+
+#[tokio::test]
+async fn the_star_schema_from_mongodb_equals_the_legacy_pipelines_incrementally() -> Result<()> {
+    let Ok(url) = std::env::var("CUTOVER_TEST_MONGO_URL") else {
+        eprintln!("CUTOVER_TEST_MONGO_URL is not set: skipped");
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let events_file = support::seed(dir.path(), 100_000, 31);
+    let events = read_events(&events_file);
+    let (client, db) = load_events(&url, &events_file).await?;
+    let coll = client.database(&db).collection::<Document>("events");
+    let dags = support::dags_for_database(dir.path(), &db)?;
+    let warehouses = support::warehouses().await?;
+    let work = |name: &str| dir.path().join(format!("work-{name}"));
+
+    // The pipelines on the server agree with the same rules on the file.
+    let legacy_file = {
+        let wh = &warehouses[0];
+        let file = events_file.display().to_string();
+        star::REPORTS
+            .iter()
+            .map(|r| {
+                let out = ok(cutover_with(
+                    &file,
+                    &wh.url,
+                    &work("file"),
+                    &dags,
+                    &["report", r, "--source", "legacy", "--format", "json"],
+                ));
+                serde_json::from_str::<Value>(&out).unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let check_all = |phase: &str| {
+        let mut legacy: Option<Vec<Value>> = None;
+        for wh in &warehouses {
+            let out = ok(cutover_with(
+                &url,
+                &wh.url,
+                &work(wh.name),
+                &dags,
+                &["run", "--all"],
+            ));
+            assert!(!out.contains("failed"), "{out}");
+            let got = star::assert_reports_equal(
+                &url,
+                &wh.url,
+                &work(wh.name),
+                &dags,
+                &db,
+                legacy.as_deref(),
+                &format!("{} after {phase}", wh.name),
+            );
+            legacy.get_or_insert(got);
+        }
+        legacy.unwrap()
+    };
+
+    let first = check_all("the first run");
+    assert_eq!(first, legacy_file, "MongoDB pipelines and the file agree");
+
+    // A second run changes nothing.
+    for wh in &warehouses {
+        let before = star::star_snapshot(&wh.url).await?;
+        ok(cutover_with(
+            &url,
+            &wh.url,
+            &work(wh.name),
+            &dags,
+            &["run", "--all"],
+        ));
+        assert_eq!(
+            star::star_snapshot(&wh.url).await?,
+            before,
+            "on {}",
+            wh.name
+        );
+    }
+
+    // Events inserted afterwards: a view at the views watermark and a late
+    // one inside the lookback, a plan change before them, the end of a
+    // session whose start is loaded, and the end of a session whose start
+    // arrives only later.
+    let w_view = max_ts(&events, "presentation.viewed");
+    let w_ended = max_ts(&events, "session.ended");
+    let w_started = max_ts(&events, "session.started");
+    let w_users = max_ts(&events, "user.plan_changed").max(max_ts(&events, "user.registered"));
+    let user = "u000001";
+    let open_session = {
+        let pool = support::pool(&warehouses[0].url).await?;
+        let row: (String, i64) = sqlx::query_as(
+            "SELECT session_id, started_ms FROM fact_sessions \
+             WHERE ended_ms IS NULL AND started_ms IS NOT NULL ORDER BY started_ms DESC LIMIT 1",
+        )
+        .fetch_one(&pool)
+        .await?;
+        row
+    };
+    let view = |ts: i64| {
+        event(
+            "presentation.viewed",
+            ts,
+            bson::doc! {
+                "user_id": user, "presentation_id": "p000001", "session_id": "s-new-view",
+                "payload": { "device": "tablet", "referrer": Bson::Null },
+            },
+        )
+    };
+    let plan_ts = (w_view - 3_600_000).max(w_users - 3_600_000);
+    coll.insert_many(vec![
+        view(w_view),
+        view(w_view - 2 * 3_600_000),
+        event(
+            "user.plan_changed",
+            plan_ts,
+            bson::doc! { "user_id": user, "payload": { "plan": "team" } },
+        ),
+        event(
+            "user.plan_changed",
+            plan_ts,
+            bson::doc! { "user_id": user, "payload": { "plan": "pro" } },
+        ),
+        event(
+            "session.ended",
+            w_ended,
+            bson::doc! { "session_id": &open_session.0, "payload": {} },
+        ),
+        event(
+            "session.ended",
+            w_ended,
+            bson::doc! { "session_id": "s-ends-first", "payload": {} },
+        ),
+    ])
+    .await?;
+    check_all("late events");
+    for wh in &warehouses {
+        let pool = support::pool(&wh.url).await?;
+        let ended: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT ended_ms FROM fact_sessions WHERE session_id = '{}'",
+            open_session.0
+        ))
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(
+            ended,
+            Some(w_ended),
+            "the session is completed on {}",
+            wh.name
+        );
+        let pending: (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT started_ms, ended_ms FROM fact_sessions WHERE session_id = 's-ends-first'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(
+            pending,
+            (None, Some(w_ended)),
+            "the early end is kept on {}",
+            wh.name
+        );
+        let views = support::count(
+            &pool,
+            "SELECT COUNT(*) FROM fact_views WHERE session_id = 's-new-view'",
+        )
+        .await?;
+        assert_eq!(views, 2, "both new views are loaded on {}", wh.name);
+        // Two plan changes at the same instant: the greater _id wins.
+        let plan: String = sqlx::query_scalar(&format!(
+            "SELECT plan FROM dim_user WHERE user_id = '{user}' AND valid_from_ms <= {plan_ts} \
+             AND (valid_to_ms IS NULL OR {plan_ts} < valid_to_ms)"
+        ))
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(plan, "pro", "the plan at the time on {}", wh.name);
+        pool.close().await;
+    }
+
+    // The start of the session whose end came first.
+    coll.insert_one(event(
+        "session.started",
+        w_started - 3_600_000,
+        bson::doc! { "session_id": "s-ends-first", "user_id": user, "payload": { "device": "mobile" } },
+    ))
+    .await?;
+    check_all("a late start");
+    for wh in &warehouses {
+        let pool = support::pool(&wh.url).await?;
+        let duration: Option<i64> = sqlx::query_scalar(
+            "SELECT duration_ms FROM fact_sessions WHERE session_id = 's-ends-first'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        assert_eq!(
+            duration,
+            Some(w_ended - (w_started - 3_600_000)),
+            "on {}",
+            wh.name
+        );
+        pool.close().await;
+    }
     client.database(&db).drop().await?;
     Ok(())
 }

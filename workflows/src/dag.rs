@@ -55,6 +55,9 @@ pub struct Dag<K> {
     pub data_point: String,
     /// When the scheduler runs it; `None` for ad-hoc only.
     pub schedule: Option<Schedule>,
+    /// DAGs that run before this one when several run together (e.g. the
+    /// dimensions before the facts in `run --all`).
+    pub after: Vec<String>,
     /// Its tasks in a dependency order: every task after its dependencies.
     pub tasks: Vec<TaskSpec<K>>,
 }
@@ -140,6 +143,7 @@ const TOP_FIELDS: &[&str] = &[
     "name",
     "description",
     "data_point",
+    "after",
     "schedule",
     "defaults",
     "tasks",
@@ -252,7 +256,9 @@ pub fn load_dir<K: TaskKinds>(dir: &Path) -> Result<Vec<Dag<K>>, Vec<DagError>> 
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
     paths.sort();
-    load_files(&paths)
+    let dags = load_files(&paths)?;
+    check_after(&dags)?;
+    Ok(dags)
 }
 
 /// Reads and validates the given files and checks that DAG names are unique.
@@ -286,10 +292,68 @@ pub fn load_files<K: TaskKinds>(paths: &[PathBuf]) -> Result<Vec<Dag<K>>, Vec<Da
         }
     }
     if errors.is_empty() {
-        Ok(dags)
+        order_dags(dags)
     } else {
         Err(errors)
     }
+}
+
+/// Reports `after` entries that name no DAG of the set.
+fn check_after<K>(dags: &[Dag<K>]) -> Result<(), Vec<DagError>> {
+    let names: Vec<&str> = dags.iter().map(|d| d.name.as_str()).collect();
+    let mut errors = Vec::new();
+    for d in dags {
+        for a in &d.after {
+            if !names.contains(&a.as_str()) {
+                let hint = did_you_mean(a, names.iter().copied())
+                    .map(|h| format!(" (did you mean `{h}`?)"))
+                    .unwrap_or_default();
+                errors.push(DagError {
+                    file: d.file.clone(),
+                    task: None,
+                    field: Some("after".into()),
+                    message: format!("unknown DAG `{a}`{hint}"),
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Puts every DAG after the DAGs of the set its `after` names (keeping the
+/// given order otherwise), or reports a cycle.
+fn order_dags<K>(dags: Vec<Dag<K>>) -> Result<Vec<Dag<K>>, Vec<DagError>> {
+    let names: Vec<String> = dags.iter().map(|d| d.name.clone()).collect();
+    let mut slots: Vec<Option<Dag<K>>> = dags.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(slots.len());
+    while slots.iter().any(Option::is_some) {
+        let done: Vec<&str> = out.iter().map(|d: &Dag<K>| d.name.as_str()).collect();
+        let ready = slots.iter().position(|s| {
+            s.as_ref().is_some_and(|d| {
+                d.after
+                    .iter()
+                    .all(|a| done.contains(&a.as_str()) || !names.contains(a))
+            })
+        });
+        match ready {
+            Some(i) => out.push(slots[i].take().expect("present")),
+            None => {
+                let stuck: Vec<&Dag<K>> = slots.iter().flatten().collect();
+                let list = stuck.iter().map(|d| d.name.as_str()).collect::<Vec<_>>();
+                return Err(vec![DagError {
+                    file: stuck[0].file.clone(),
+                    task: None,
+                    field: Some("after".into()),
+                    message: format!("the `after` lists of DAGs {} form a cycle", list.join(", ")),
+                }]);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Parses and validates a DAG file's text. Does no I/O.
@@ -324,6 +388,17 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
     }
     let data_point = required_str(&mut p, &root, None, "data_point").unwrap_or_default();
     let description = optional_str(&mut p, &root, None, "description").unwrap_or_default();
+    let after = match root.get("after") {
+        None => Vec::new(),
+        Some(toml::Value::Array(items)) if items.iter().all(|v| v.is_str()) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(_) => {
+            p.push(None, Some("after"), "expected an array of DAG names");
+            Vec::new()
+        }
+    };
 
     let schedule = match root.get("schedule") {
         None => None,
@@ -460,6 +535,7 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
         description,
         data_point,
         schedule,
+        after,
         tasks: ordered,
     })
 }

@@ -187,3 +187,40 @@ fn syntax_errors_name_the_file() {
     assert_eq!(got.len(), 1);
     assert!(got[0].starts_with("dags/t.toml: not valid TOML"), "{got:?}");
 }
+
+#[test]
+fn dags_run_after_the_dags_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, after: &str| {
+        let text = format!(
+            "name = \"{name}\"\ndata_point = \"x\"\n{after}\n[[tasks]]\nid = \"a\"\nkind = \"noop\"\n"
+        );
+        std::fs::write(dir.path().join(format!("{name}.toml")), text).unwrap();
+    };
+    write("a_facts", "after = [\"z_dims\"]");
+    write("b_other", "");
+    write("z_dims", "");
+    let names: Vec<String> = load_dir::<TestKind>(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["b_other", "z_dims", "a_facts"]);
+
+    write("b_other", "after = [\"z_dim\"]");
+    let errors: Vec<String> = load_dir::<TestKind>(dir.path())
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].contains("field `after`: unknown DAG `z_dim` (did you mean `z_dims`?)"),
+        "{errors:?}"
+    );
+
+    write("b_other", "");
+    write("z_dims", "after = [\"a_facts\"]");
+    let errors = load_dir::<TestKind>(dir.path()).unwrap_err();
+    assert!(errors[0].message.contains("form a cycle"), "{errors:?}");
+}

@@ -32,6 +32,11 @@ pub struct Config {
     pub collection: String,
     /// The event types to read; others are not read.
     pub types: Vec<String>,
+    /// An extra MongoDB query filter on the documents, e.g.
+    /// `{ "payload.channel" = { "$ne" = "embed" } }`: the operators of
+    /// [`crate::filter::Filter`], which mean the same on the events file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<toml::Table>,
     /// The field holding the event type.
     #[serde(default = "default_type_field")]
     pub type_field: String,
@@ -103,6 +108,11 @@ impl Config {
         if self.columns.is_empty() {
             out.push(SettingProblem::field("columns", "declares no column"));
         }
+        if let Some(filter) = &self.filter {
+            if let Err(e) = crate::filter::Filter::from_toml(filter) {
+                out.push(SettingProblem::field("filter", e));
+            }
+        }
         if !self.columns.keys().any(|c| c.as_str() == self.key) {
             out.push(SettingProblem::field(
                 "key",
@@ -142,6 +152,9 @@ impl Config {
             type_field: self.type_field.clone(),
             types: self.types.clone(),
             ts_field: self.ts_field.clone(),
+            filter: self.filter.as_ref().map(|f| {
+                crate::filter::Filter::from_toml(f).expect("checked when the DAG was loaded")
+            }),
             since_ms,
             until_ms,
             batch_size: self.batch_size.get(),

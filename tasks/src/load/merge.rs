@@ -45,9 +45,35 @@ pub struct Target {
     /// How a row whose key is already there is merged.
     #[serde(default)]
     pub strategy: Strategy,
-    /// For `latest`: the column whose greater value wins.
+    /// For `latest` and `history`: the column, or columns compared in
+    /// order, whose greater value is the newer row.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub version: Vec<SqlIdent>,
+    /// For `history`: the columns naming the entity whose versions the rows
+    /// are (e.g. `["user_id"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entity: Vec<SqlIdent>,
+    /// For `history`: the column set to the first `version` column of the
+    /// entity's next version, null for the current one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<SqlIdent>,
+    pub valid_to: Option<SqlIdent>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SqlIdent>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(SqlIdent),
+        Many(Vec<SqlIdent>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(c) => vec![c],
+        OneOrMany::Many(cs) => cs,
+    })
 }
 
 impl Target {
@@ -64,10 +90,28 @@ pub enum Strategy {
     /// Keep the row already there (facts at event grain, static dimensions).
     #[default]
     InsertNew,
-    /// Replace the row when the new `version` is greater (type 1 dimensions).
+    /// Each column takes the value of the row with the greatest `version`
+    /// that has one: a newer row overwrites the columns it carries and an
+    /// older one only fills columns still null (type 1 dimensions).
     Latest,
     /// Fill the columns still null from the new row (accumulating snapshots).
     Accumulate,
+    /// One row per version of an `entity`, merged as `latest` by its key;
+    /// then `valid_to` of every version of the entities touched is set to
+    /// the start of the next version (type 2 dimensions).
+    History,
+}
+
+impl Strategy {
+    /// Its name in DAG files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::InsertNew => "insert_new",
+            Self::Latest => "latest",
+            Self::Accumulate => "accumulate",
+            Self::History => "history",
+        }
+    }
 }
 
 impl Config {
@@ -97,19 +141,29 @@ impl Config {
                     format!("`{}` is loaded twice", t.table()),
                 ));
             }
-            match (t.strategy, &t.version) {
-                (Strategy::Latest, None) => out.push(SettingProblem::field(
-                    format!("targets[{i}].version"),
-                    "is required by strategy `latest`",
-                )),
-                (Strategy::InsertNew | Strategy::Accumulate, Some(_)) => {
+            let versioned = matches!(t.strategy, Strategy::Latest | Strategy::History);
+            let history = t.strategy == Strategy::History;
+            let mut need = |field: &str, present: bool, wanted: bool, by: &str| {
+                if present && !wanted {
                     out.push(SettingProblem::field(
-                        format!("targets[{i}].version"),
-                        "is used only by strategy `latest`",
-                    ))
+                        format!("targets[{i}].{field}"),
+                        format!("is used only by strategy {by}"),
+                    ));
+                } else if wanted && !present {
+                    out.push(SettingProblem::field(
+                        format!("targets[{i}].{field}"),
+                        format!("is required by strategy `{}`", t.strategy.name()),
+                    ));
                 }
-                _ => {}
-            }
+            };
+            need(
+                "version",
+                !t.version.is_empty(),
+                versioned,
+                "`latest` or `history`",
+            );
+            need("entity", !t.entity.is_empty(), history, "`history`");
+            need("valid_to", t.valid_to.is_some(), history, "`history`");
         }
         out
     }
@@ -201,26 +255,104 @@ pub fn merge_sql(backend: Backend, target: &Target, columns: &[String]) -> Vec<S
             }
         }
     };
+    let fill = |cols: &[String]| -> Option<String> {
+        if cols.is_empty() {
+            return None;
+        }
+        let sets = cols
+            .iter()
+            .map(|c| format!("{c} = COALESCE(t.{c}, s.{c})"))
+            .collect();
+        let fills = cols
+            .iter()
+            .map(|c| format!("(t.{c} IS NULL AND s.{c} IS NOT NULL)"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        Some(update(sets, fills))
+    };
     match target.strategy {
         Strategy::InsertNew => vec![insert],
-        Strategy::Latest => {
-            let v = q(target.version.as_ref().expect("checked").as_str());
-            let sets = rest.iter().map(|c| format!("{c} = s.{c}")).collect();
-            vec![update(sets, format!("s.{v} > t.{v}")), insert]
-        }
-        Strategy::Accumulate if rest.is_empty() => vec![insert],
-        Strategy::Accumulate => {
+        Strategy::Accumulate => fill(&rest).into_iter().chain([insert]).collect(),
+        Strategy::Latest | Strategy::History => {
+            let version: Vec<String> = target.version.iter().map(|v| q(v.as_str())).collect();
+            let newer = row_greater(&version, "s", "t");
+            // Each assignment reads only its own column, so the order in
+            // which MySQL applies them does not matter.
             let sets = rest
                 .iter()
-                .map(|c| format!("{c} = COALESCE(t.{c}, s.{c})"))
+                .map(|c| {
+                    if version.contains(c) {
+                        format!("{c} = s.{c}")
+                    } else {
+                        format!("{c} = COALESCE(s.{c}, t.{c})")
+                    }
+                })
                 .collect();
-            let fills = rest
-                .iter()
-                .map(|c| format!("(t.{c} IS NULL AND s.{c} IS NOT NULL)"))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            vec![update(sets, fills), insert]
+            let mut out = vec![update(sets, newer)];
+            out.extend(fill(&rest));
+            out.push(insert);
+            if target.strategy == Strategy::History {
+                out.push(valid_to_sql(backend, target));
+            }
+            out
         }
+    }
+}
+
+/// `a > b` for rows of columns compared in order (a row-value comparison).
+fn row_greater(cols: &[String], a: &str, b: &str) -> String {
+    if let [c] = cols {
+        return format!("{a}.{c} > {b}.{c}");
+    }
+    let side = |x: &str| {
+        cols.iter()
+            .map(|c| format!("{x}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) > ({})", side(a), side(b))
+}
+
+/// The statement that sets `valid_to` of every version of the entities in
+/// the staging table to the first version column of the next version.
+fn valid_to_sql(backend: Backend, target: &Target) -> String {
+    let q = |c: &str| backend.quote(c);
+    let (table, stg) = (q(target.table().as_str()), q(&staging(target)));
+    let list = |cols: &[SqlIdent], prefix: &str| {
+        cols.iter()
+            .map(|c| format!("{prefix}{}", q(c.as_str())))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let entity = list(&target.entity, "");
+    let entity_in = if target.entity.len() == 1 {
+        format!("{entity} IN (SELECT {entity} FROM {stg})")
+    } else {
+        format!("({entity}) IN (SELECT {entity} FROM {stg})")
+    };
+    let next = format!(
+        "SELECT {}, LEAD({}) OVER (PARTITION BY {entity} ORDER BY {}) AS next_from FROM {table} WHERE {entity_in}",
+        list(&target.key, ""),
+        q(target.version[0].as_str()),
+        list(&target.version, ""),
+    );
+    let join = target
+        .key
+        .iter()
+        .map(|k| format!("t.{0} = n.{0}", q(k.as_str())))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let vt = q(target.valid_to.as_ref().expect("checked").as_str());
+    match backend {
+        Backend::MySql => format!(
+            "UPDATE {table} t JOIN ({next}) n ON {join} SET t.{vt} = n.next_from WHERE NOT (t.{vt} <=> n.next_from)"
+        ),
+        Backend::Postgres => format!(
+            "UPDATE {table} AS t SET {vt} = n.next_from FROM ({next}) AS n WHERE {join} AND t.{vt} IS DISTINCT FROM n.next_from"
+        ),
+        Backend::Sqlite => format!(
+            "UPDATE {table} AS t SET {vt} = n.next_from FROM ({next}) AS n WHERE {join} AND t.{vt} IS NOT n.next_from"
+        ),
     }
 }
 
@@ -256,11 +388,11 @@ pub fn dedup(
         .iter()
         .map(|k| index(k.as_str()))
         .collect::<Result<_, _>>()?;
-    let version_idx = target
+    let version_idx: Vec<usize> = target
         .version
-        .as_ref()
+        .iter()
         .map(|v| index(v.as_str()))
-        .transpose()?;
+        .collect::<Result<_, _>>()?;
     let mut pos: HashMap<Vec<String>, usize> = HashMap::with_capacity(rows.len());
     let mut out: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
     for row in rows {
@@ -272,10 +404,12 @@ pub fn dedup(
             }
             Some(&at) => match target.strategy {
                 Strategy::InsertNew => {}
-                Strategy::Latest => {
-                    let v = version_idx.expect("checked");
-                    if greater(&row[v], &out[at][v]) {
-                        out[at] = row;
+                Strategy::Latest | Strategy::History => {
+                    let newer = version_greater(&row, &out[at], &version_idx);
+                    for (slot, new) in out[at].iter_mut().zip(row) {
+                        if (newer && new != Value::Null) || *slot == Value::Null {
+                            *slot = new;
+                        }
                     }
                 }
                 Strategy::Accumulate => {
@@ -289,6 +423,20 @@ pub fn dedup(
         }
     }
     Ok(out)
+}
+
+/// Whether row `a` is newer than row `b` by the version columns, compared
+/// in order.
+fn version_greater(a: &[Value], b: &[Value], version: &[usize]) -> bool {
+    for &i in version {
+        if greater(&a[i], &b[i]) {
+            return true;
+        }
+        if a[i] != b[i] {
+            return false;
+        }
+    }
+    false
 }
 
 fn greater(a: &Value, b: &Value) -> bool {
@@ -447,7 +595,12 @@ mod tests {
             table: None,
             key: vec![SqlIdent::new("id").unwrap()],
             strategy,
-            version: version.map(|v| SqlIdent::new(v).unwrap()),
+            version: version
+                .map(|v| SqlIdent::new(v).unwrap())
+                .into_iter()
+                .collect(),
+            entity: Vec::new(),
+            valid_to: None,
         }
     }
 
@@ -458,13 +611,28 @@ mod tests {
         assert_eq!(
             merge_sql(Backend::Postgres, &t, &cols),
             [
-                "UPDATE \"dim\" AS t SET \"title\" = s.\"title\", \"ver\" = s.\"ver\" FROM \"stg_dim\" AS s WHERE t.\"id\" = s.\"id\" AND (s.\"ver\" > t.\"ver\")",
+                "UPDATE \"dim\" AS t SET \"title\" = COALESCE(s.\"title\", t.\"title\"), \"ver\" = s.\"ver\" FROM \"stg_dim\" AS s WHERE t.\"id\" = s.\"id\" AND (s.\"ver\" > t.\"ver\")",
+                "UPDATE \"dim\" AS t SET \"title\" = COALESCE(t.\"title\", s.\"title\"), \"ver\" = COALESCE(t.\"ver\", s.\"ver\") FROM \"stg_dim\" AS s WHERE t.\"id\" = s.\"id\" AND ((t.\"title\" IS NULL AND s.\"title\" IS NOT NULL) OR (t.\"ver\" IS NULL AND s.\"ver\" IS NOT NULL))",
                 "INSERT INTO \"dim\" (\"id\", \"title\", \"ver\") SELECT s.\"id\", s.\"title\", s.\"ver\" FROM \"stg_dim\" s WHERE NOT EXISTS (SELECT 1 FROM \"dim\" t WHERE t.\"id\" = s.\"id\")",
             ]
         );
         assert_eq!(
             merge_sql(Backend::MySql, &t, &cols)[0],
-            "UPDATE `dim` t JOIN `stg_dim` s ON t.`id` = s.`id` SET t.`title` = s.`title`, t.`ver` = s.`ver` WHERE s.`ver` > t.`ver`"
+            "UPDATE `dim` t JOIN `stg_dim` s ON t.`id` = s.`id` SET t.`title` = COALESCE(s.`title`, t.`title`), t.`ver` = s.`ver` WHERE s.`ver` > t.`ver`"
+        );
+        let mut h = target(Strategy::History, None);
+        h.version = vec![
+            SqlIdent::new("from_ms").unwrap(),
+            SqlIdent::new("doc").unwrap(),
+        ];
+        h.entity = vec![SqlIdent::new("user_id").unwrap()];
+        h.valid_to = Some(SqlIdent::new("to_ms").unwrap());
+        let hcols = ["id", "user_id", "from_ms", "doc", "to_ms"].map(String::from);
+        let stmts = merge_sql(Backend::MySql, &h, &hcols);
+        assert!(stmts[0].ends_with("WHERE (s.`from_ms`, s.`doc`) > (t.`from_ms`, t.`doc`)"));
+        assert_eq!(
+            stmts.last().unwrap(),
+            "UPDATE `dim` t JOIN (SELECT `id`, LEAD(`from_ms`) OVER (PARTITION BY `user_id` ORDER BY `from_ms`, `doc`) AS next_from FROM `dim` WHERE `user_id` IN (SELECT `user_id` FROM `stg_dim`)) n ON t.`id` = n.`id` SET t.`to_ms` = n.next_from WHERE NOT (t.`to_ms` <=> n.next_from)"
         );
         let a = target(Strategy::Accumulate, None);
         assert!(merge_sql(Backend::Sqlite, &a, &cols)[0].ends_with(
@@ -496,6 +664,24 @@ mod tests {
         assert_eq!(first, vec![rows[0].clone()]);
         let latest = dedup(&target(Strategy::Latest, Some("v")), &cols, rows.clone()).unwrap();
         assert_eq!(latest, vec![rows[1].clone()]);
+        // A newer row without a value keeps the older row's value.
+        let patch = vec![
+            vec![
+                Value::Str("a".into()),
+                Value::Int(1),
+                Value::Str("old".into()),
+            ],
+            vec![Value::Str("a".into()), Value::Int(2), Value::Null],
+        ];
+        let latest = dedup(&target(Strategy::Latest, Some("v")), &cols, patch).unwrap();
+        assert_eq!(
+            latest,
+            vec![vec![
+                Value::Str("a".into()),
+                Value::Int(2),
+                Value::Str("old".into())
+            ]]
+        );
         let acc = dedup(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
         assert_eq!(
             acc,

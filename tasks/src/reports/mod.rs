@@ -1,0 +1,343 @@
+//! The five legacy reports of the event model, computed two ways: from
+//! the warehouse's star schema ([`warehouse`]) and as the application
+//! computes them today, with MongoDB aggregations over the events
+//! ([`legacy`]); and how a report is printed (table, JSON or CSV).
+//!
+//! A report is an array of objects with fixed field names, `day` as
+//! `YYYY-MM-DD`, one object per group, groups with no events absent, sorted
+//! by the group fields. The optional `from`/`to` bounds are instants, `from`
+//! inclusive and `to` exclusive, applied to the event time (for
+//! `sessions_daily`, the session's start).
+
+use std::cmp::Ordering;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use serde_json::Value as Json;
+
+pub mod legacy;
+pub mod warehouse;
+
+pub use legacy::from_legacy;
+pub use warehouse::from_warehouse;
+
+/// A report of the event model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportName {
+    /// Views and unique viewers per day and presentation.
+    ViewsDaily,
+    /// Views and dwell time per presentation and slide.
+    SlideEngagement,
+    /// Shares per day and channel.
+    SharesDaily,
+    /// Sessions started and completed, and their duration, per day and device.
+    SessionsDaily,
+    /// Views per day and the viewer's plan at the time of the view.
+    ViewsByPlan,
+}
+
+impl ReportName {
+    /// Every report, by name.
+    pub const ALL: &'static [(&'static str, ReportName)] = &[
+        ("views_daily", ReportName::ViewsDaily),
+        ("slide_engagement", ReportName::SlideEngagement),
+        ("shares_daily", ReportName::SharesDaily),
+        ("sessions_daily", ReportName::SessionsDaily),
+        ("views_by_plan", ReportName::ViewsByPlan),
+    ];
+
+    /// The report named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map(|(n, _)| *n)
+            .expect("listed")
+    }
+
+    /// Its field names, the group fields first.
+    pub fn columns(self) -> &'static [&'static str] {
+        match self {
+            Self::ViewsDaily => &["day", "presentation_id", "views", "unique_viewers"],
+            Self::SlideEngagement => &[
+                "presentation_id",
+                "slide",
+                "views",
+                "total_dwell_ms",
+                "avg_dwell_ms",
+            ],
+            Self::SharesDaily => &["day", "channel", "shares"],
+            Self::SessionsDaily => &[
+                "day",
+                "device",
+                "sessions_started",
+                "sessions_completed",
+                "total_duration_ms",
+            ],
+            Self::ViewsByPlan => &["day", "plan", "views"],
+        }
+    }
+
+    /// The data point whose DAG feeds the report in the warehouse.
+    pub fn data_point(self) -> &'static str {
+        match self {
+            Self::ViewsDaily | Self::ViewsByPlan => "views",
+            Self::SlideEngagement => "engagement",
+            Self::SharesDaily => "shares",
+            Self::SessionsDaily => "sessions",
+        }
+    }
+}
+
+/// Every report groups by its first two fields.
+pub const GROUP_FIELDS: usize = 2;
+
+/// A report's rows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The field names, in order.
+    pub columns: Vec<&'static str>,
+    /// One row per group, values in column order.
+    pub rows: Vec<Vec<Json>>,
+}
+
+impl Report {
+    /// A report of `name` from unsorted rows.
+    pub fn new(name: ReportName, mut rows: Vec<Vec<Json>>) -> Self {
+        rows.sort_by(|a, b| {
+            a[..GROUP_FIELDS]
+                .iter()
+                .zip(&b[..GROUP_FIELDS])
+                .map(|(x, y)| compare_json(x, y))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
+        });
+        Self {
+            columns: name.columns().to_vec(),
+            rows,
+        }
+    }
+}
+
+fn compare_json(a: &Json, b: &Json) -> Ordering {
+    match (a, b) {
+        (Json::Number(x), Json::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Json::String(x), Json::String(y)) => x.cmp(y),
+        _ => a.to_string().cmp(&b.to_string()),
+    }
+}
+
+/// The average of a total over a count, as a double.
+pub fn average(total: i64, count: i64) -> Json {
+    if count == 0 {
+        Json::Null
+    } else {
+        Json::from(total as f64 / count as f64)
+    }
+}
+
+/// The first difference between two reports of the same name, within
+/// `tolerance` for doubles, described for people.
+pub fn first_difference(a: &Report, b: &Report, tolerance: f64) -> Option<String> {
+    let key = |r: &[Json], n: usize| {
+        r[..n]
+            .iter()
+            .map(|v| match v {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let n = GROUP_FIELDS;
+    let mut i = 0;
+    let mut j = 0;
+    while i < a.rows.len() || j < b.rows.len() {
+        match (a.rows.get(i), b.rows.get(j)) {
+            (Some(x), Some(y)) => {
+                let order = x[..n]
+                    .iter()
+                    .zip(&y[..n])
+                    .map(|(p, q)| compare_json(p, q))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(Ordering::Equal);
+                match order {
+                    Ordering::Less => {
+                        return Some(format!("group {} only in the first", key(x, n)))
+                    }
+                    Ordering::Greater => {
+                        return Some(format!("group {} only in the second", key(y, n)))
+                    }
+                    Ordering::Equal => {
+                        for (c, (p, q)) in x.iter().zip(y).enumerate().skip(n) {
+                            let same = match (p.as_f64(), q.as_f64()) {
+                                (Some(u), Some(v)) if p.is_f64() || q.is_f64() => {
+                                    (u - v).abs() <= tolerance
+                                }
+                                _ => p == q,
+                            };
+                            if !same {
+                                return Some(format!(
+                                    "group {}: {} is {p} against {q}",
+                                    key(x, n),
+                                    a.columns[c]
+                                ));
+                            }
+                        }
+                        i += 1;
+                        j += 1;
+                    }
+                }
+            }
+            (Some(x), None) => return Some(format!("group {} only in the first", key(x, n))),
+            (None, Some(y)) => return Some(format!("group {} only in the second", key(y, n))),
+            (None, None) => break,
+        }
+    }
+    None
+}
+
+/// Time bounds in epoch ms: `from` inclusive, `to` exclusive.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Range {
+    /// Inclusive lower bound.
+    pub from_ms: Option<i64>,
+    /// Exclusive upper bound.
+    pub to_ms: Option<i64>,
+}
+
+impl Range {
+    fn bounds(self) -> (i64, i64) {
+        (
+            self.from_ms.unwrap_or(i64::MIN / 2),
+            self.to_ms.unwrap_or(i64::MAX / 2),
+        )
+    }
+
+    /// Whether an instant is inside.
+    pub fn contains(self, ms: i64) -> bool {
+        let (from, to) = self.bounds();
+        ms >= from && ms < to
+    }
+}
+
+/// Formats epoch ms as an RFC 3339 instant in UTC.
+pub fn format_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    )
+}
+
+/// The UTC day (`YYYY-MM-DD`) of epoch ms.
+pub fn day_of(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| "invalid".into(), |t| t.format("%Y-%m-%d").to_string())
+}
+
+/// How a report is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns for people.
+    Table,
+    /// An array of objects.
+    Json,
+    /// Comma-separated values with a header.
+    Csv,
+}
+
+impl Report {
+    /// The rows as JSON objects with the report's field names.
+    pub fn to_json(&self) -> Json {
+        Json::Array(
+            self.rows
+                .iter()
+                .map(|r| {
+                    Json::Object(
+                        self.columns
+                            .iter()
+                            .map(|c| (*c).to_owned())
+                            .zip(r.iter().cloned())
+                            .collect(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Renders the report.
+    pub fn render(&self, format: Format) -> String {
+        let cell = |v: &Json| match v {
+            Json::String(s) => s.clone(),
+            Json::Null => String::new(),
+            other => other.to_string(),
+        };
+        match format {
+            Format::Json => {
+                serde_json::to_string_pretty(&self.to_json()).unwrap_or_default() + "\n"
+            }
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(Vec::new());
+                let _ = w.write_record(&self.columns);
+                for r in &self.rows {
+                    let _ = w.write_record(r.iter().map(cell));
+                }
+                String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+            }
+            Format::Table => {
+                let cells: Vec<Vec<String>> = self
+                    .rows
+                    .iter()
+                    .map(|r| r.iter().map(cell).collect())
+                    .collect();
+                let widths: Vec<usize> = self
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        cells
+                            .iter()
+                            .map(|r| r[i].chars().count())
+                            .chain([c.len()])
+                            .max()
+                            .unwrap_or(0)
+                    })
+                    .collect();
+                let mut out = String::new();
+                let line = |out: &mut String, vals: Vec<&str>| {
+                    let parts: Vec<String> = vals
+                        .iter()
+                        .zip(&widths)
+                        .map(|(v, w)| format!("{v:<w$}"))
+                        .collect();
+                    let _ = writeln!(out, "{}", parts.join("  ").trim_end());
+                };
+                line(&mut out, self.columns.clone());
+                line(
+                    &mut out,
+                    widths
+                        .iter()
+                        .map(|w| "-".repeat(*w))
+                        .collect::<Vec<_>>()
+                        .iter()
+                        .map(String::as_str)
+                        .collect(),
+                );
+                for r in &cells {
+                    line(&mut out, r.iter().map(String::as_str).collect());
+                }
+                let _ = writeln!(out, "({} rows)", self.rows.len());
+                out
+            }
+        }
+    }
+}

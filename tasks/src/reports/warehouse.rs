@@ -1,0 +1,129 @@
+//! The reports as SQL over the star schema, the same text on SQLite, MySQL
+//! and PostgreSQL (sums are cast to a 64-bit integer, as MySQL and
+//! PostgreSQL sum integers into decimals).
+
+use serde_json::Value as Json;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use workflows::Backend;
+
+use super::{average, Range, Report, ReportName};
+use crate::warehouse::Warehouse;
+
+/// `expr` as a 64-bit integer.
+fn int64(b: Backend, expr: &str) -> String {
+    match b {
+        Backend::MySql => format!("CAST({expr} AS SIGNED)"),
+        Backend::Sqlite | Backend::Postgres => format!("CAST({expr} AS BIGINT)"),
+    }
+}
+
+/// `SUM(expr)` as a 64-bit integer.
+fn sum(b: Backend, expr: &str) -> String {
+    int64(b, &format!("SUM({expr})"))
+}
+
+/// The query of a report; parameters 1 and 2 are the range bounds.
+pub fn sql(b: Backend, name: ReportName) -> String {
+    let (from, to) = (b.param(1), b.param(2));
+    match name {
+        ReportName::ViewsDaily => format!(
+            "SELECT d.date, f.presentation_id, COUNT(*), COUNT(DISTINCT f.user_id) \
+             FROM fact_views f JOIN dim_date d ON d.date_key = f.date_key \
+             WHERE f.ts_ms >= {from} AND f.ts_ms < {to} \
+             GROUP BY d.date, f.presentation_id"
+        ),
+        ReportName::SlideEngagement => format!(
+            "SELECT f.presentation_id, {}, COUNT(*), {} \
+             FROM fact_engagement f \
+             WHERE f.ts_ms >= {from} AND f.ts_ms < {to} \
+             GROUP BY f.presentation_id, f.slide",
+            int64(b, "f.slide"),
+            sum(b, "f.dwell_ms")
+        ),
+        ReportName::SharesDaily => format!(
+            "SELECT d.date, f.channel, COUNT(*) \
+             FROM fact_shares f JOIN dim_date d ON d.date_key = f.date_key \
+             WHERE f.ts_ms >= {from} AND f.ts_ms < {to} \
+             GROUP BY d.date, f.channel"
+        ),
+        // Sessions whose start is known; completed once the end is too.
+        ReportName::SessionsDaily => format!(
+            "SELECT d.date, s.device, COUNT(*), {}, {} \
+             FROM fact_sessions s JOIN dim_date d ON d.date_key = s.start_date_key \
+             WHERE s.started_ms >= {from} AND s.started_ms < {to} \
+             GROUP BY d.date, s.device",
+            sum(b, "CASE WHEN s.duration_ms IS NULL THEN 0 ELSE 1 END"),
+            sum(b, "COALESCE(s.duration_ms, 0)")
+        ),
+        // The user dimension's versions cover disjoint ranges
+        // [valid_from_ms, valid_to_ms), so at most one matches a view.
+        ReportName::ViewsByPlan => format!(
+            "SELECT d.date, \
+                    CASE WHEN f.user_id IS NULL THEN 'anonymous' \
+                         WHEN u.plan IS NULL THEN 'unknown' \
+                         ELSE u.plan END AS plan, \
+                    COUNT(*) \
+             FROM fact_views f \
+             JOIN dim_date d ON d.date_key = f.date_key \
+             LEFT JOIN dim_user u ON u.user_id = f.user_id \
+                  AND u.valid_from_ms <= f.ts_ms \
+                  AND (u.valid_to_ms IS NULL OR f.ts_ms < u.valid_to_ms) \
+             WHERE f.ts_ms >= {from} AND f.ts_ms < {to} \
+             GROUP BY 1, 2"
+        ),
+    }
+}
+
+/// Reads a report from the warehouse.
+///
+/// # Errors
+/// The query failed, e.g. the schema is not migrated.
+pub async fn from_warehouse(
+    wh: &Warehouse,
+    name: ReportName,
+    range: Range,
+) -> Result<Report, sqlx::Error> {
+    let (from, to) = range.bounds();
+    let rows = sqlx::query(&sql(wh.backend, name))
+        .bind(from)
+        .bind(to)
+        .fetch_all(&wh.pool)
+        .await?;
+    let text = |r: &AnyRow, i: usize| r.try_get::<String, _>(i).map(Json::from);
+    let int = |r: &AnyRow, i: usize| r.try_get::<i64, _>(i);
+    let rows = rows
+        .iter()
+        .map(|r| {
+            Ok(match name {
+                ReportName::ViewsDaily => vec![
+                    text(r, 0)?,
+                    text(r, 1)?,
+                    int(r, 2)?.into(),
+                    int(r, 3)?.into(),
+                ],
+                ReportName::SlideEngagement => {
+                    let (views, total) = (int(r, 2)?, int(r, 3)?);
+                    vec![
+                        text(r, 0)?,
+                        int(r, 1)?.into(),
+                        views.into(),
+                        total.into(),
+                        average(total, views),
+                    ]
+                }
+                ReportName::SharesDaily | ReportName::ViewsByPlan => {
+                    vec![text(r, 0)?, text(r, 1)?, int(r, 2)?.into()]
+                }
+                ReportName::SessionsDaily => vec![
+                    text(r, 0)?,
+                    text(r, 1)?,
+                    int(r, 2)?.into(),
+                    int(r, 3)?.into(),
+                    int(r, 4)?.into(),
+                ],
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok(Report::new(name, rows))
+}
