@@ -12,10 +12,34 @@
 # Server addresses can be overridden with CUTOVER_TEST_MYSQL_URL,
 # CUTOVER_TEST_POSTGRES_URL and CUTOVER_TEST_MONGO_URL; set one to "skip" to
 # leave that server out.
+#
+#   bash tests/run.sh --containers [extra cargo test arguments]
+#
+# runs the same tests against MongoDB, MySQL and PostgreSQL containers that
+# testcontainers starts (examples/containers.rs, feature `containers`); it
+# needs a reachable Docker engine, and removes the containers afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '==> %s\n' "$*"; }
+
+if [[ "${1:-}" == "--containers" ]]; then
+  shift
+  if ! docker info >/dev/null 2>&1; then
+    echo "error: --containers needs a reachable Docker engine (docker info failed)" >&2
+    exit 1
+  fi
+  say "starting MongoDB, MySQL and PostgreSQL containers (testcontainers)"
+  cargo build --quiet --features containers --example containers
+  coproc CONTAINERS { exec target/debug/examples/containers; }
+  for _ in 1 2 3; do
+    IFS= read -r -t 600 line <&"${CONTAINERS[0]}" || { echo "error: the containers did not start" >&2; exit 1; }
+    export "${line?}"
+    say "${line%%=*} from a container"
+  done
+  # Closing its standard input removes the containers.
+  trap 'eval "exec ${CONTAINERS[1]}>&-"; wait "$CONTAINERS_PID" 2>/dev/null || true' EXIT
+fi
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

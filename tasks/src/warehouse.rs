@@ -214,6 +214,54 @@ pub async fn advance_watermark(
     Ok(())
 }
 
+/// What one committed segment of a load did, for [`record_commit`].
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    /// The run.
+    pub run_id: &'a str,
+    /// The DAG.
+    pub dag: &'a str,
+    /// The load task.
+    pub task: &'a str,
+    /// The segment number.
+    pub segment: u32,
+    /// Rows offered to the merge.
+    pub rows_offered: u64,
+    /// Rows the merge changed.
+    pub rows_changed: u64,
+    /// The watermark the segment completes, if any.
+    pub watermark_ms: Option<i64>,
+}
+
+/// Records a committed segment in `cutover_commits`, inside the segment's
+/// own transaction.
+///
+/// # Errors
+/// The insert failed.
+pub async fn record_commit(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    c: Commit<'_>,
+) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO cutover_commits (run_id, dag, task, segment, rows_offered, rows_changed, watermark_ms, committed_at) \
+         VALUES ({})",
+        backend.params(1, 8)
+    );
+    sqlx::query(&sql)
+        .bind(c.run_id)
+        .bind(c.dag)
+        .bind(c.task)
+        .bind(i64::from(c.segment))
+        .bind(c.rows_offered as i64)
+        .bind(c.rows_changed as i64)
+        .bind(c.watermark_ms)
+        .bind(workflows::ledger::timestamp(chrono::Utc::now()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;

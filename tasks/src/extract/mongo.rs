@@ -277,6 +277,28 @@ pub struct ExtractMongo {
     pub from_ms: Option<i64>,
 }
 
+const READ_FROM: &str = "read_from.json";
+
+/// Records where a run's extract started reading (`None`: the beginning),
+/// for the tasks after it.
+///
+/// # Errors
+/// Writing the file failed.
+pub fn write_read_from(dir: &std::path::Path, since: Option<i64>) -> std::io::Result<()> {
+    std::fs::write(
+        dir.join(READ_FROM),
+        serde_json::json!({ "since_ms": since }).to_string(),
+    )
+}
+
+/// Where this run's extract whose output is in `dir` started reading:
+/// `Some(None)` for the beginning, `None` if it did not run.
+pub fn read_from(dir: &std::path::Path) -> Option<Option<i64>> {
+    let text = std::fs::read_to_string(dir.join(READ_FROM)).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(json.get("since_ms")?.as_i64())
+}
+
 /// What a pass over the source found.
 #[derive(Debug, Default)]
 pub struct Pass {
@@ -305,6 +327,7 @@ impl Task for ExtractMongo {
         let _ = std::fs::remove_dir_all(&out_dir);
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| from_io("creating the output directory", e))?;
+        write_read_from(&out_dir, since).map_err(|e| from_io("recording the range read", e))?;
 
         let columns: Vec<(String, ColumnType)> = cfg
             .columns

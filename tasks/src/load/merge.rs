@@ -19,7 +19,7 @@ use crate::error::{from_io, from_sqlx};
 use crate::schema::{ColumnType, Value};
 use crate::segment;
 use crate::transform::polars::output_dir;
-use crate::warehouse::{advance_watermark, Warehouse};
+use crate::warehouse::{advance_watermark, record_commit, Commit, Warehouse};
 
 /// The settings of a `load.merge` task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -498,6 +498,19 @@ impl Task for LoadMerge {
             seqs.extend(segs.iter().map(|(s, _)| *s));
             listed.push((dir, segs.into_iter().collect::<HashMap<_, _>>()));
         }
+        // A retried attempt skips the segments an earlier attempt of this
+        // run committed.
+        let done: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT segment FROM cutover_commits WHERE run_id = {} AND task = {}",
+            wh.backend.param(1),
+            wh.backend.param(2)
+        ))
+        .bind(&ctx.run_id)
+        .bind(&ctx.task)
+        .fetch_all(&wh.pool)
+        .await
+        .map_err(|e| from_sqlx("reading committed segments", e))?;
+        seqs.retain(|s| !done.contains(&i64::from(*s)));
         let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
         let (mut offered, mut changed, mut committed) = (0u64, 0u64, 0u64);
         for seq in seqs {
@@ -507,6 +520,7 @@ impl Task for LoadMerge {
                 .await
                 .map_err(|e| from_sqlx("starting a transaction", e))?;
             let mut watermark = None;
+            let (offered_before, changed_before) = (offered, changed);
             for (t, (dir, segs)) in self.config.targets.iter().zip(&listed) {
                 let Some(meta) = segs.get(&seq) else { continue };
                 watermark = watermark.or(meta.watermark.map(|w| (meta.source_task.clone(), w)));
@@ -558,11 +572,23 @@ impl Task for LoadMerge {
                         .map_err(|e| from_sqlx("dropping staging", e))?;
                 }
             }
-            if let Some((task, w)) = watermark {
-                advance_watermark(&mut tx, wh.backend, &ctx.dag, &task, w.ts_ms, &ctx.run_id)
+            if let Some((task, w)) = &watermark {
+                advance_watermark(&mut tx, wh.backend, &ctx.dag, task, w.ts_ms, &ctx.run_id)
                     .await
                     .map_err(|e| from_sqlx("advancing the watermark", e))?;
             }
+            let commit = Commit {
+                run_id: &ctx.run_id,
+                dag: &ctx.dag,
+                task: &ctx.task,
+                segment: seq,
+                rows_offered: offered - offered_before,
+                rows_changed: changed - changed_before,
+                watermark_ms: watermark.as_ref().map(|(_, w)| w.ts_ms),
+            };
+            record_commit(&mut tx, wh.backend, commit)
+                .await
+                .map_err(|e| from_sqlx("recording the commit", e))?;
             tx.commit()
                 .await
                 .map_err(|e| from_sqlx("committing a segment", e))?;

@@ -37,6 +37,22 @@ pub struct Config {
     /// Differing events listed per day at most.
     #[serde(default = "default_show")]
     pub show: usize,
+    /// Which days are compared: `run`, the days this run's extract read
+    /// (from the day of its start, to the watermark), or `all`, every day up
+    /// to the watermark. A run that reads from the beginning compares all.
+    #[serde(default)]
+    pub scope: Scope,
+}
+
+/// The days a verify compares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The days the run's extract read.
+    #[default]
+    Run,
+    /// Every day.
+    All,
 }
 
 fn default_key() -> SqlIdent {
@@ -82,9 +98,11 @@ pub struct Reconcile {
 }
 
 impl Reconcile {
-    /// Distinct valid event keys per day in the source, before `until_ms`.
+    /// Distinct valid event keys per day in the source, from `from_ms` and
+    /// before `until_ms`.
     async fn source_keys(
         &self,
+        from_ms: Option<i64>,
         until_ms: i64,
     ) -> Result<(u64, BTreeMap<String, HashSet<String>>), TaskError> {
         let cfg = &self.extract;
@@ -98,7 +116,10 @@ impl Reconcile {
             .keys()
             .position(|c| Some(c.as_str()) == cfg.ts_column())
             .ok_or_else(|| TaskError::fatal("no timestamp column"))?;
-        let mut stream = self.source.stream(&cfg.query(None, Some(until_ms))).await?;
+        let mut stream = self
+            .source
+            .stream(&cfg.query(from_ms, Some(until_ms)))
+            .await?;
         let mut days: BTreeMap<String, HashSet<String>> = BTreeMap::new();
         let mut read = 0;
         while let Some(item) = stream.next().await {
@@ -116,19 +137,21 @@ impl Reconcile {
 
     async fn table_keys(
         &self,
+        from_ms: Option<i64>,
         until_ms: i64,
-        day: Option<&str>,
     ) -> Result<Vec<(String, i64)>, TaskError> {
         let wh = &self.warehouse;
         let b = wh.backend;
         let sql = format!(
-            "SELECT {k}, {t} FROM {tbl} WHERE {t} < {p}",
+            "SELECT {k}, {t} FROM {tbl} WHERE {t} >= {p1} AND {t} < {p2}",
             k = wh.q(self.config.key.as_str()),
             t = wh.q(self.config.ts.as_str()),
             tbl = wh.q(self.config.table.as_str()),
-            p = b.param(1)
+            p1 = b.param(1),
+            p2 = b.param(2)
         );
         let rows = sqlx::query(&sql)
+            .bind(from_ms.unwrap_or(i64::MIN / 2))
             .bind(until_ms)
             .fetch_all(&wh.pool)
             .await
@@ -139,9 +162,7 @@ impl Reconcile {
             let ts: i64 = r
                 .try_get(1)
                 .map_err(|e| from_sqlx("reading a timestamp", e))?;
-            if day.is_none_or(|d| day_of(ts) == d) {
-                out.push((key, ts));
-            }
+            out.push((key, ts));
         }
         Ok(out)
     }
@@ -162,8 +183,15 @@ impl Task for Reconcile {
             });
         };
         let until = watermark + 1;
-        let (read, source) = self.source_keys(until).await?;
-        let table = self.table_keys(until, None).await?;
+        // Whole days: from the start of the day the run's extract began at.
+        let from = match self.config.scope {
+            Scope::All => None,
+            Scope::Run => crate::extract::mongo::read_from(&ctx.output_dir(&self.config.source))
+                .flatten()
+                .map(|since| since - since.rem_euclid(86_400_000)),
+        };
+        let (read, source) = self.source_keys(from, until).await?;
+        let table = self.table_keys(from, until).await?;
         let mut table_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut duplicates = 0u64;
         for (key, ts) in &table {
@@ -230,9 +258,13 @@ impl Task for Reconcile {
                 rows_written: 0,
                 rows_quarantined: 0,
                 summary: format!(
-                    "{} matches the source: {expected} events over {} days up to {}",
+                    "{} matches the source: {expected} events over {} days {}up to {}",
                     self.config.table,
                     source.len(),
+                    from.map_or_else(String::new, |f| format!(
+                        "from {} ",
+                        crate::reports::day_of(f)
+                    )),
                     crate::reports::format_ms(watermark)
                 ),
             })
