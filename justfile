@@ -12,6 +12,14 @@ demo:
 test *args:
     bash tests/run.sh {{args}}
 
+# Run the test suite against containers (needs Docker).
+test-containers *args:
+    bash tests/run.sh --containers {{args}}
+
+# Run the benchmarks recorded in BENCHMARKS.md.
+bench:
+    bash tests/bench/star.sh
+
 # Run one DAG now, e.g. `just run views`.
 run dag:
     {{cutover}} run {{dag}}
@@ -32,7 +40,7 @@ validate:
 seed events="10000" out=".cutover/events.jsonl":
     {{cutover}} seed --events {{events}} --out {{out}}
 
-# Print a report, e.g. `just report views_daily --format json`.
+# Print a report, e.g. `just report views_daily --source legacy --format json`.
 report name *args:
     {{cutover}} report {{name}} {{args}}
 

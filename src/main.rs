@@ -387,7 +387,14 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                         database: &database,
                         collection: &collection,
                     };
-                    reports::from_legacy(&events, report, range).await?
+                    let spinner = indicatif::ProgressBar::new_spinner();
+                    spinner.set_message(format!(
+                        "computing {name} from the events as the legacy analytics do"
+                    ));
+                    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+                    let rows = reports::from_legacy(&events, report, range).await;
+                    spinner.finish_and_clear();
+                    rows?
                 }
             };
             let format = match format {

@@ -20,7 +20,7 @@ CREATE INDEX dim_user_range ON dim_user (user_id, valid_from_ms);
 CREATE TABLE dim_presentation (
     presentation_id VARCHAR(64)   NOT NULL PRIMARY KEY,
     owner_id        VARCHAR(64),
-    title           VARCHAR(1024),
+    title           TEXT,
     slide_count     INTEGER,
     created_ms      BIGINT,
     version_ts_ms   BIGINT        NOT NULL, -- ts of the event that last set the title

@@ -258,7 +258,8 @@ async fn a_run_killed_halfway_and_rerun_leaves_what_a_clean_run_leaves() -> Resu
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()?;
-        // Kill it once the first facts are committed.
+        // Kill it once the type 2 user dimension has committed its first
+        // segment: mid-merge of a history, with facts still to come.
         let started = Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -267,9 +268,12 @@ async fn a_run_killed_halfway_and_rerun_leaves_what_a_clean_run_leaves() -> Resu
             }
             let committed = match support::pool(&wh.url).await {
                 Ok(pool) => {
-                    let n = support::count(&pool, "SELECT COUNT(*) FROM fact_engagement")
-                        .await
-                        .unwrap_or(0);
+                    let n = support::count(
+                        &pool,
+                        "SELECT COUNT(*) FROM cutover_commits WHERE task = 'load_users'",
+                    )
+                    .await
+                    .unwrap_or(0);
                     pool.close().await;
                     n
                 }
@@ -278,10 +282,21 @@ async fn a_run_killed_halfway_and_rerun_leaves_what_a_clean_run_leaves() -> Resu
             if committed > 0 {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
+            if started.elapsed() > Duration::from_secs(120) {
+                child.kill()?;
+                panic!("no commit after 120 s on {}", wh.name);
+            }
         }
         child.kill()?;
         child.wait()?;
+        let pool = support::pool(&wh.url).await?;
+        let unfinished = support::count(
+            &pool,
+            "SELECT COUNT(*) FROM cutover_runs WHERE state = 'running'",
+        )
+        .await?;
+        pool.close().await;
+        assert_eq!(unfinished, 1, "the kill interrupted a run on {}", wh.name);
 
         ok(cutover_with(
             &source,

@@ -279,24 +279,28 @@ pub struct ExtractMongo {
 
 const READ_FROM: &str = "read_from.json";
 
-/// Records where a run's extract started reading (`None`: the beginning),
-/// for the tasks after it.
+/// What a run's extract read: from where in event time (`None`: the
+/// beginning), and when it started (epoch ms, wall clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFrom {
+    /// The lower bound of event time read.
+    pub since_ms: Option<i64>,
+    /// When the extract started reading.
+    pub started_ms: i64,
+}
+
+/// Records what a run's extract read, for the tasks after it.
 ///
 /// # Errors
 /// Writing the file failed.
-pub fn write_read_from(dir: &std::path::Path, since: Option<i64>) -> std::io::Result<()> {
-    std::fs::write(
-        dir.join(READ_FROM),
-        serde_json::json!({ "since_ms": since }).to_string(),
-    )
+pub fn write_read_from(dir: &std::path::Path, read: ReadFrom) -> std::io::Result<()> {
+    std::fs::write(dir.join(READ_FROM), serde_json::to_string(&read)?)
 }
 
-/// Where this run's extract whose output is in `dir` started reading:
-/// `Some(None)` for the beginning, `None` if it did not run.
-pub fn read_from(dir: &std::path::Path) -> Option<Option<i64>> {
-    let text = std::fs::read_to_string(dir.join(READ_FROM)).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    Some(json.get("since_ms")?.as_i64())
+/// What the extract whose output is in `dir` read in this run; `None` if it
+/// did not run.
+pub fn read_from(dir: &std::path::Path) -> Option<ReadFrom> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(READ_FROM)).ok()?).ok()
 }
 
 /// What a pass over the source found.
@@ -327,7 +331,11 @@ impl Task for ExtractMongo {
         let _ = std::fs::remove_dir_all(&out_dir);
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| from_io("creating the output directory", e))?;
-        write_read_from(&out_dir, since).map_err(|e| from_io("recording the range read", e))?;
+        let read = ReadFrom {
+            since_ms: since,
+            started_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        write_read_from(&out_dir, read).map_err(|e| from_io("recording the range read", e))?;
 
         let columns: Vec<(String, ColumnType)> = cfg
             .columns

@@ -367,14 +367,20 @@ fn unstage_sql(backend: Backend, target: &Target) -> Option<String> {
     }
 }
 
-/// Removes rows whose key repeats within a batch, as the merge would: the
-/// first for `insert_new`, the greatest version for `latest`, the first
-/// non-null value of each column for `accumulate`.
-pub fn dedup(
+/// Splits a batch into rounds merged one after another, each holding a key
+/// at most once, so that the merge gives what merging the rows one at a
+/// time in batch order gives: for `insert_new` one round with the first row
+/// of each key; for `accumulate` one round with, per key, the first
+/// non-null value of each column; for `latest` and `history` the n-th
+/// distinct row of each key in round n.
+///
+/// # Errors
+/// A key or version column is not among the output's columns.
+pub fn rounds(
     target: &Target,
     columns: &[String],
     rows: Vec<Vec<Value>>,
-) -> Result<Vec<Vec<Value>>, String> {
+) -> Result<Vec<Vec<Vec<Value>>>, String> {
     let index = |name: &str| {
         columns.iter().position(|c| c == name).ok_or_else(|| {
             format!(
@@ -388,66 +394,42 @@ pub fn dedup(
         .iter()
         .map(|k| index(k.as_str()))
         .collect::<Result<_, _>>()?;
-    let version_idx: Vec<usize> = target
-        .version
-        .iter()
-        .map(|v| index(v.as_str()))
-        .collect::<Result<_, _>>()?;
-    let mut pos: HashMap<Vec<String>, usize> = HashMap::with_capacity(rows.len());
-    let mut out: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
+    for v in &target.version {
+        index(v.as_str())?;
+    }
+    // Per key: the round it is next due in, and where it sits in round 0.
+    let mut seen: HashMap<Vec<String>, (usize, usize)> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<Vec<Vec<Value>>> = vec![Vec::with_capacity(rows.len())];
     for row in rows {
         let key: Vec<String> = key_idx.iter().map(|&i| format!("{:?}", row[i])).collect();
-        match pos.get(&key) {
+        match seen.get_mut(&key) {
             None => {
-                pos.insert(key, out.len());
-                out.push(row);
+                seen.insert(key, (1, out[0].len()));
+                out[0].push(row);
             }
-            Some(&at) => match target.strategy {
+            Some((next, at)) => match target.strategy {
                 Strategy::InsertNew => {}
-                Strategy::Latest | Strategy::History => {
-                    let newer = version_greater(&row, &out[at], &version_idx);
-                    for (slot, new) in out[at].iter_mut().zip(row) {
-                        if (newer && new != Value::Null) || *slot == Value::Null {
-                            *slot = new;
-                        }
-                    }
-                }
                 Strategy::Accumulate => {
-                    for (slot, new) in out[at].iter_mut().zip(row) {
+                    for (slot, new) in out[0][*at].iter_mut().zip(row) {
                         if *slot == Value::Null {
                             *slot = new;
                         }
                     }
                 }
+                Strategy::Latest | Strategy::History => {
+                    if out[0][*at] == row {
+                        continue;
+                    }
+                    if out.len() <= *next {
+                        out.push(Vec::new());
+                    }
+                    out[*next].push(row);
+                    *next += 1;
+                }
             },
         }
     }
     Ok(out)
-}
-
-/// Whether row `a` is newer than row `b` by the version columns, compared
-/// in order.
-fn version_greater(a: &[Value], b: &[Value], version: &[usize]) -> bool {
-    for &i in version {
-        if greater(&a[i], &b[i]) {
-            return true;
-        }
-        if a[i] != b[i] {
-            return false;
-        }
-    }
-    false
-}
-
-fn greater(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Int(x), Value::Int(y)) => x > y,
-        (Value::Float(x), Value::Float(y)) => x > y,
-        (Value::Str(x), Value::Str(y)) => x > y,
-        (Value::Bool(x), Value::Bool(y)) => x > y,
-        (_, Value::Null) => *a != Value::Null,
-        _ => false,
-    }
 }
 
 fn bind<'q>(
@@ -474,6 +456,62 @@ fn bind<'q>(
             _ => None,
         }),
     }
+}
+
+/// Stages one round of rows in a temporary table, merges it into the
+/// target and returns the rows changed.
+async fn merge_round(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    t: &Target,
+    columns: &[(String, ColumnType)],
+    rows: &[Vec<Value>],
+    per_stmt: usize,
+) -> Result<u64, TaskError> {
+    let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
+    for sql in staging_sql(backend, t) {
+        sqlx::query(&sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(format!("staging {}", t.table()), e))?;
+    }
+    for chunk in rows.chunks(per_stmt) {
+        let sql = stage_sql(backend, t, &names, chunk.len());
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            for ((_, ty), v) in columns.iter().zip(row) {
+                q = bind(q, *ty, v);
+            }
+        }
+        q.execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(format!("staging rows for {}", t.table()), e))?;
+    }
+    let mut changed = 0;
+    for sql in merge_sql(backend, t, &names) {
+        let done = sqlx::query(&sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx(format!("merging into {}", t.table()), e))?;
+        changed += if backend == Backend::Sqlite {
+            // sqlx reports SQLite's change count of the last statement that
+            // changed rows, not of this one.
+            let n: i64 = sqlx::query_scalar("SELECT changes()")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| from_sqlx("counting changes", e))?;
+            n as u64
+        } else {
+            done.rows_affected()
+        };
+    }
+    if let Some(sql) = unstage_sql(backend, t) {
+        sqlx::query(&sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| from_sqlx("dropping staging", e))?;
+    }
+    Ok(changed)
 }
 
 /// The task.
@@ -527,49 +565,11 @@ impl Task for LoadMerge {
                 let rows = segment::read(dir, seq).map_err(|e| from_io("reading a segment", e))?;
                 offered += rows.len() as u64;
                 let names: Vec<String> = meta.columns.iter().map(|(n, _)| n.clone()).collect();
-                let rows = dedup(t, &names, rows).map_err(TaskError::fatal)?;
                 let per_stmt = (wh.backend.max_params() / names.len().max(1)).clamp(1, 2000);
-                for sql in staging_sql(wh.backend, t) {
-                    sqlx::query(&sql)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx(format!("staging {}", t.table()), e))?;
-                }
-                for chunk in rows.chunks(per_stmt) {
-                    let sql = stage_sql(wh.backend, t, &names, chunk.len());
-                    let mut q = sqlx::query(&sql);
-                    for row in chunk {
-                        for ((_, ty), v) in meta.columns.iter().zip(row) {
-                            q = bind(q, *ty, v);
-                        }
-                    }
-                    q.execute(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx(format!("staging rows for {}", t.table()), e))?;
-                    progress.inc(chunk.len() as u64);
-                }
-                for sql in merge_sql(wh.backend, t, &names) {
-                    let done = sqlx::query(&sql)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx(format!("merging into {}", t.table()), e))?;
-                    changed += if wh.backend == Backend::Sqlite {
-                        // sqlx reports SQLite's change count of the last
-                        // statement that changed rows, not of this one.
-                        let n: i64 = sqlx::query_scalar("SELECT changes()")
-                            .fetch_one(&mut *tx)
-                            .await
-                            .map_err(|e| from_sqlx("counting changes", e))?;
-                        n as u64
-                    } else {
-                        done.rows_affected()
-                    };
-                }
-                if let Some(sql) = unstage_sql(wh.backend, t) {
-                    sqlx::query(&sql)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| from_sqlx("dropping staging", e))?;
+                for round in rounds(t, &names, rows).map_err(TaskError::fatal)? {
+                    changed += merge_round(&mut tx, wh.backend, t, &meta.columns, &round, per_stmt)
+                        .await?;
+                    progress.inc(round.len() as u64);
                 }
             }
             if let Some((task, w)) = &watermark {
@@ -671,51 +671,35 @@ mod tests {
     }
 
     #[test]
-    fn dedup_follows_the_strategy() {
+    fn rounds_follow_the_strategy() {
         let cols = vec!["id".to_owned(), "v".to_owned(), "x".to_owned()];
-        let rows = vec![
-            vec![Value::Str("a".into()), Value::Int(1), Value::Null],
+        let a = |v: i64, x: Option<&str>| {
             vec![
                 Value::Str("a".into()),
-                Value::Int(3),
-                Value::Str("late".into()),
-            ],
-            vec![
-                Value::Str("a".into()),
-                Value::Int(2),
-                Value::Str("mid".into()),
-            ],
-        ];
-        let first = dedup(&target(Strategy::InsertNew, None), &cols, rows.clone()).unwrap();
-        assert_eq!(first, vec![rows[0].clone()]);
-        let latest = dedup(&target(Strategy::Latest, Some("v")), &cols, rows.clone()).unwrap();
-        assert_eq!(latest, vec![rows[1].clone()]);
-        // A newer row without a value keeps the older row's value.
-        let patch = vec![
-            vec![
-                Value::Str("a".into()),
-                Value::Int(1),
-                Value::Str("old".into()),
-            ],
-            vec![Value::Str("a".into()), Value::Int(2), Value::Null],
-        ];
-        let latest = dedup(&target(Strategy::Latest, Some("v")), &cols, patch).unwrap();
+                Value::Int(v),
+                x.map_or(Value::Null, |x| Value::Str(x.into())),
+            ]
+        };
+        let b = vec![Value::Str("b".into()), Value::Int(1), Value::Null];
+        let rows = vec![a(1, None), a(3, Some("late")), b.clone(), a(2, Some("mid"))];
+        let first = rounds(&target(Strategy::InsertNew, None), &cols, rows.clone()).unwrap();
+        assert_eq!(first, vec![vec![a(1, None), b.clone()]]);
+        let acc = rounds(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
+        assert_eq!(acc, vec![vec![a(1, Some("late")), b.clone()]]);
+        // Versioned rows of one key are merged one round at a time, in
+        // batch order; an exact copy is dropped.
+        let mut with_copy = rows.clone();
+        with_copy.push(a(1, None));
+        let latest = rounds(&target(Strategy::Latest, Some("v")), &cols, with_copy).unwrap();
         assert_eq!(
             latest,
-            vec![vec![
-                Value::Str("a".into()),
-                Value::Int(2),
-                Value::Str("old".into())
-            ]]
+            vec![
+                vec![a(1, None), b],
+                vec![a(3, Some("late"))],
+                vec![a(2, Some("mid"))]
+            ]
         );
-        let acc = dedup(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
-        assert_eq!(
-            acc,
-            vec![vec![
-                Value::Str("a".into()),
-                Value::Int(1),
-                Value::Str("late".into())
-            ]]
-        );
+        let err = rounds(&target(Strategy::Latest, Some("nope")), &cols, rows).unwrap_err();
+        assert!(err.contains("no column `nope`"), "{err}");
     }
 }

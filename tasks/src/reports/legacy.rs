@@ -102,51 +102,89 @@ const EARLIEST_MS: i64 = -62_135_596_800_000;
 
 /// The event model's validity rule for documents of type `ty`, as a
 /// MongoDB filter (the type included).
+///
+/// MongoDB matches `$type`, `$in` and comparisons against the elements of
+/// an array, so the rule also says that no field it checks is an array
+/// (the warehouse's extract rejects arrays the same way).
 pub fn valid(ty: &str) -> Document {
     let devices = vec!["desktop", "mobile", "tablet"];
-    let mut all = vec![
-        doc! { "type": ty },
-        doc! { "event_id": { "$type": "string" } },
-        date("ts"),
-    ];
     let string = |p: &str| doc! { p: { "$type": "string" } };
+    let mut all = vec![doc! { "type": ty }, string("event_id"), date("ts")];
+    let mut paths = vec!["event_id", "ts", "payload"];
     match ty {
-        "presentation.viewed" => all.extend([
-            string("presentation_id"),
-            string("session_id"),
-            nullable_string("user_id"),
-            doc! { "payload.device": { "$in": devices.clone() } },
-            nullable_string("payload.referrer"),
-        ]),
-        "slide.viewed" => all.extend([
-            string("presentation_id"),
-            string("session_id"),
-            nullable_string("user_id"),
-            doc! { "$or": [ { "v": { "$type": "int" } }, { "v": { "$type": "long" } }, null_or_missing("v") ] },
-            int_at_least("payload.slide", 1),
-            // v1 names the dwell `dwell_ms`, v2 `dwellMs`.
-            doc! { "$or": [
-                int_at_least("payload.dwell_ms", 0),
-                { "$and": [ null_or_missing("payload.dwell_ms"), int_at_least("payload.dwellMs", 0) ] },
-            ] },
-        ]),
-        "presentation.shared" => all.extend([
-            string("presentation_id"),
-            string("user_id"),
-            doc! { "payload.channel": { "$in": ["email", "link", "slack", "embed"] } },
-        ]),
-        "session.started" => all.extend([
-            string("session_id"),
-            nullable_string("user_id"),
-            doc! { "payload.device": { "$in": devices.clone() } },
-        ]),
-        "session.ended" => all.push(string("session_id")),
-        "user.registered" | "user.plan_changed" => all.extend([
-            string("user_id"),
-            doc! { "payload.plan": { "$in": ["free", "pro", "team"] } },
-        ]),
+        "presentation.viewed" => {
+            all.extend([
+                string("presentation_id"),
+                string("session_id"),
+                nullable_string("user_id"),
+                doc! { "payload.device": { "$in": devices.clone() } },
+                nullable_string("payload.referrer"),
+            ]);
+            paths.extend([
+                "presentation_id",
+                "session_id",
+                "user_id",
+                "payload.device",
+                "payload.referrer",
+            ]);
+        }
+        "slide.viewed" => {
+            all.extend([
+                string("presentation_id"),
+                string("session_id"),
+                nullable_string("user_id"),
+                doc! { "$or": [ { "v": { "$type": "int" } }, { "v": { "$type": "long" } }, null_or_missing("v") ] },
+                int_at_least("payload.slide", 1),
+                // v1 names the dwell `dwell_ms`, v2 `dwellMs`.
+                doc! { "$or": [
+                    int_at_least("payload.dwell_ms", 0),
+                    { "$and": [ null_or_missing("payload.dwell_ms"), int_at_least("payload.dwellMs", 0) ] },
+                ] },
+            ]);
+            paths.extend([
+                "presentation_id",
+                "session_id",
+                "user_id",
+                "v",
+                "payload.slide",
+                "payload.dwell_ms",
+                "payload.dwellMs",
+            ]);
+        }
+        "presentation.shared" => {
+            all.extend([
+                string("presentation_id"),
+                string("user_id"),
+                doc! { "payload.channel": { "$in": ["email", "link", "slack", "embed"] } },
+            ]);
+            paths.extend(["presentation_id", "user_id", "payload.channel"]);
+        }
+        "session.started" => {
+            all.extend([
+                string("session_id"),
+                nullable_string("user_id"),
+                doc! { "payload.device": { "$in": devices } },
+            ]);
+            paths.extend(["session_id", "user_id", "payload.device"]);
+        }
+        "session.ended" => {
+            all.push(string("session_id"));
+            paths.push("session_id");
+        }
+        "user.registered" | "user.plan_changed" => {
+            all.extend([
+                string("user_id"),
+                doc! { "payload.plan": { "$in": ["free", "pro", "team"] } },
+            ]);
+            paths.extend(["user_id", "payload.plan"]);
+        }
         _ => {}
     }
+    let arrays: Vec<Document> = paths
+        .iter()
+        .map(|p| doc! { *p: { "$type": "array" } })
+        .collect();
+    all.push(doc! { "$nor": arrays });
     doc! { "$and": all }
 }
 
@@ -241,15 +279,22 @@ pub fn pipeline(name: ReportName, range: Range) -> Vec<Document> {
             doc! { "$group": { "_id": "$key", "shares": { "$sum": 1 } } },
         ],
         // The starts; the ends come from [`session_ends_pipeline`].
-        ReportName::SessionsDaily => vec![
-            match_valid("session.started", range),
-            doc! { "$sort": { "ts": 1, "_id": 1 } },
-            doc! { "$group": {
-                "_id": "$session_id",
-                "start": { "$first": "$ts" },
-                "device": { "$first": "$payload.device" },
-            } },
-        ],
+        // The range applies to each session's first start.
+        ReportName::SessionsDaily => {
+            let mut stages = vec![
+                match_valid("session.started", Range::default()),
+                doc! { "$sort": { "ts": 1, "_id": 1 } },
+                doc! { "$group": {
+                    "_id": "$session_id",
+                    "start": { "$first": "$ts" },
+                    "device": { "$first": "$payload.device" },
+                } },
+            ];
+            if let Some(Bson::Document(bounds)) = range_filter(range).get("ts") {
+                stages.push(doc! { "$match": { "start": bounds.clone() } });
+            }
+            stages
+        }
         ReportName::ViewsByPlan => vec![
             match_valid("presentation.viewed", range),
             doc! { "$group": {
@@ -341,7 +386,12 @@ fn int(d: &Document, k: &str) -> Option<i64> {
 /// A result row from one `$group` output document.
 fn group_row(name: ReportName, g: &Document) -> Option<Vec<Json>> {
     let key = g.get_str("_id").ok()?;
-    let (a, b) = key.split_once(SEP)?;
+    // A day comes first and a slide number last; neither holds the
+    // separator, whatever the ids do.
+    let (a, b) = match name {
+        ReportName::SlideEngagement => key.rsplit_once(SEP)?,
+        _ => key.split_once(SEP)?,
+    };
     Some(match name {
         ReportName::ViewsDaily => {
             let viewers = g

@@ -37,9 +37,10 @@ pub struct Config {
     /// Differing events listed per day at most.
     #[serde(default = "default_show")]
     pub show: usize,
-    /// Which days are compared: `run`, the days this run's extract read
-    /// (from the day of its start, to the watermark), or `all`, every day up
-    /// to the watermark. A run that reads from the beginning compares all.
+    /// Which days are compared: `all`, every day up to the watermark (the
+    /// only scope that finds events that arrived later than the lookback),
+    /// or `run`, the days this run's extract read (from the day it started
+    /// reading), which reads far less of a large source.
     #[serde(default)]
     pub scope: Scope,
 }
@@ -48,11 +49,11 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// The days the run's extract read.
+    /// Every day up to the watermark.
     #[default]
-    Run,
-    /// Every day.
     All,
+    /// The days the run's extract read.
+    Run,
 }
 
 fn default_key() -> SqlIdent {
@@ -99,12 +100,15 @@ pub struct Reconcile {
 
 impl Reconcile {
     /// Distinct valid event keys per day in the source, from `from_ms` and
-    /// before `until_ms`.
+    /// before `until_ms`, and the keys of documents stored at or after
+    /// `arrived_ms` (by their ObjectId's time), which the run's extract may
+    /// not have seen.
     async fn source_keys(
         &self,
         from_ms: Option<i64>,
         until_ms: i64,
-    ) -> Result<(u64, BTreeMap<String, HashSet<String>>), TaskError> {
+        arrived_ms: Option<i64>,
+    ) -> Result<(u64, BTreeMap<String, HashSet<String>>, HashSet<String>), TaskError> {
         let cfg = &self.extract;
         let key_idx = cfg
             .columns
@@ -121,6 +125,7 @@ impl Reconcile {
             .stream(&cfg.query(from_ms, Some(until_ms)))
             .await?;
         let mut days: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        let mut during = HashSet::new();
         let mut read = 0;
         while let Some(item) = stream.next().await {
             read += 1;
@@ -129,10 +134,19 @@ impl Reconcile {
                 continue;
             };
             if let (Value::Str(key), Value::Int(ts)) = (&row[key_idx], &row[ts_idx]) {
+                let stored_ms = doc
+                    .get_object_id("_id")
+                    .ok()
+                    .map(|o| o.timestamp().timestamp_millis());
+                if let (Some(stored), Some(arrived)) = (stored_ms, arrived_ms) {
+                    if stored >= arrived {
+                        during.insert(key.clone());
+                    }
+                }
                 days.entry(day_of(*ts)).or_default().insert(key.clone());
             }
         }
-        Ok((read, days))
+        Ok((read, days, during))
     }
 
     async fn table_keys(
@@ -184,14 +198,25 @@ impl Task for Reconcile {
         };
         let until = watermark + 1;
         // Whole days: from the start of the day the run's extract began at.
+        let read = crate::extract::mongo::read_from(&ctx.output_dir(&self.config.source));
         let from = match self.config.scope {
             Scope::All => None,
-            Scope::Run => crate::extract::mongo::read_from(&ctx.output_dir(&self.config.source))
-                .flatten()
+            Scope::Run => read
+                .and_then(|r| r.since_ms)
                 .map(|since| since - since.rem_euclid(86_400_000)),
         };
-        let (read, source) = self.source_keys(from, until).await?;
-        let table = self.table_keys(from, until).await?;
+        // An event stored after the extract began (ObjectId times have
+        // second precision) may or may not be loaded yet: it is left out of
+        // the comparison on both sides, and the next run checks it.
+        let arrived = read.map(|r| r.started_ms - 1_000);
+        let (read_count, mut source, during) = self.source_keys(from, until, arrived).await?;
+        let mut table = self.table_keys(from, until).await?;
+        if !during.is_empty() {
+            for keys in source.values_mut() {
+                keys.retain(|k| !during.contains(k));
+            }
+            table.retain(|(k, _)| !during.contains(k));
+        }
         let mut table_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut duplicates = 0u64;
         for (key, ts) in &table {
@@ -254,7 +279,7 @@ impl Task for Reconcile {
         }
         if problems.is_empty() {
             Ok(TaskReport {
-                rows_read: read + table.len() as u64,
+                rows_read: read_count + table.len() as u64,
                 rows_written: 0,
                 rows_quarantined: 0,
                 summary: format!(
