@@ -85,7 +85,8 @@ if [[ -z "${CUTOVER_TEST_MONGO_URL:-}" ]]; then
     fi
     say "starting nx-27017 on 127.0.0.1:$NX_PORT"
     mkdir -p .cutover
-    nohup "$venv/bin/nx-27017" --data-dir memory --host 127.0.0.1 -p "$NX_PORT" >.cutover/nx-27017.log 2>&1 &
+    nohup "$venv/bin/nx-27017" --data-dir memory --host 127.0.0.1 -p "$NX_PORT" \
+      --pid-file .cutover/nx-27017.pid --log-file .cutover/nx-27017.log >/dev/null 2>&1 &
     wait_port "$NX_PORT" nx-27017
   fi
 fi

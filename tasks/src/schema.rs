@@ -88,8 +88,8 @@ pub struct ColumnSpec {
     pub one_of: Option<Vec<String>>,
 }
 
-/// A typed cell.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A typed cell, written to segments as the plain JSON value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     /// Missing or null.
@@ -102,6 +102,47 @@ pub enum Value {
     Float(f64),
     /// A string or an ObjectId's hex.
     Str(String),
+}
+
+impl<'de> Deserialize<'de> for Value {
+    // By hand rather than `untagged`: that tries each variant in turn and
+    // builds an error for every miss, which dominated reading segments.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Value;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("null, a boolean, a number or a string")
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+                Ok(Value::Bool(b))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+                Ok(Value::Int(i))
+            }
+            fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Value, E> {
+                i64::try_from(u)
+                    .map(Value::Int)
+                    .map_err(|_| E::custom(format!("{u} is out of range")))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+                Ok(Value::Float(f))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+                Ok(Value::Str(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Value, E> {
+                Ok(Value::Str(s))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// The columns of an extract, in name order.

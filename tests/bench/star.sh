@@ -76,7 +76,8 @@ say "3. MongoDB: extraction next to a bare cursor drain"
 if [[ -z "${BENCH_MONGO_URL:-}" ]]; then
   venv=.cutover/venv
   [[ -x "$venv/bin/nx-27017" ]] || { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet nx-27017==0.8.1; }
-  "$venv/bin/nx-27017" --data-dir memory --host 127.0.0.1 -p 27219 > "$DIR/nx.log" 2>&1 &
+  "$venv/bin/nx-27017" --data-dir memory --host 127.0.0.1 -p 27219 \
+    --pid-file "$DIR/nx.pid" --log-file "$DIR/nx.log" > /dev/null 2>&1 &
   nx_pid=$!
   trap 'kill $nx_pid 2>/dev/null || true' EXIT
   for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/27219) 2>/dev/null && break; sleep 1; done

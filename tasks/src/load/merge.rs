@@ -398,10 +398,10 @@ pub fn rounds(
         index(v.as_str())?;
     }
     // Per key: the round it is next due in, and where it sits in round 0.
-    let mut seen: HashMap<Vec<String>, (usize, usize)> = HashMap::with_capacity(rows.len());
+    let mut seen: HashMap<String, (usize, usize)> = HashMap::with_capacity(rows.len());
     let mut out: Vec<Vec<Vec<Value>>> = vec![Vec::with_capacity(rows.len())];
     for row in rows {
-        let key: Vec<String> = key_idx.iter().map(|&i| format!("{:?}", row[i])).collect();
+        let key = key_of(&row, &key_idx);
         match seen.get_mut(&key) {
             None => {
                 seen.insert(key, (1, out[0].len()));
@@ -458,6 +458,33 @@ fn bind<'q>(
     }
 }
 
+/// A row's key as one string that tells values of different types apart.
+fn key_of(row: &[Value], key_idx: &[usize]) -> String {
+    let mut key = String::new();
+    for &i in key_idx {
+        match &row[i] {
+            Value::Null => key.push('n'),
+            Value::Bool(b) => key.push(if *b { 't' } else { 'f' }),
+            Value::Int(n) => {
+                key.push('i');
+                key.push_str(&n.to_string());
+            }
+            Value::Float(f) => {
+                key.push('d');
+                key.push_str(&f.to_bits().to_string());
+            }
+            Value::Str(s) => {
+                key.push('s');
+                key.push_str(&s.len().to_string());
+                key.push(':');
+                key.push_str(s);
+            }
+        }
+        key.push('\u{1f}');
+    }
+    key
+}
+
 /// Stages one round of rows in a temporary table, merges it into the
 /// target and returns the rows changed.
 async fn merge_round(
@@ -475,9 +502,17 @@ async fn merge_round(
             .await
             .map_err(|e| from_sqlx(format!("staging {}", t.table()), e))?;
     }
+    // Every chunk but the last has the same statement: build it once.
+    let full = stage_sql(backend, t, &names, per_stmt.min(rows.len()));
     for chunk in rows.chunks(per_stmt) {
-        let sql = stage_sql(backend, t, &names, chunk.len());
-        let mut q = sqlx::query(&sql);
+        let last;
+        let sql = if chunk.len() == per_stmt.min(rows.len()) {
+            &full
+        } else {
+            last = stage_sql(backend, t, &names, chunk.len());
+            &last
+        };
+        let mut q = sqlx::query(sql);
         for row in chunk {
             for ((_, ty), v) in columns.iter().zip(row) {
                 q = bind(q, *ty, v);
