@@ -106,7 +106,10 @@ pub const STAR: &[(&str, &[&str])] = &[
             "duration_ms",
         ],
     ),
-    ("cutover_quarantine", &["dag", "task", "doc_id", "reason"]),
+    (
+        "cutover_quarantine",
+        &["dag", "task", "doc_id", "reason", "raw"],
+    ),
     ("cutover_watermarks", &["dag", "task", "ts_ms"]),
 ];
 
@@ -215,9 +218,7 @@ async fn every_report_equals_legacy_and_a_second_run_changes_nothing() -> Result
         let before = star_snapshot(&wh.url).await?;
         let again = ok(cutover(&events_file, &wh.url, &work, &["run", "--all"]));
         assert!(
-            !again
-                .lines()
-                .any(|l| l.contains("rows changed") && !l.contains(" 0 rows changed")),
+            support::changed_nothing(&again),
             "a second run changes nothing on {}:\n{again}",
             wh.name
         );
@@ -236,15 +237,10 @@ async fn a_run_killed_halfway_and_rerun_leaves_what_a_clean_run_leaves() -> Resu
     let dir = tempfile::tempdir()?;
     let events_file = support::seed(dir.path(), 20_000, 9);
     // Small segments, so the kill lands between commits.
-    let dags = dir.path().join("dags");
-    std::fs::create_dir_all(&dags)?;
-    for entry in std::fs::read_dir(support::root().join("dags"))? {
-        let path = entry?.path();
-        let text = std::fs::read_to_string(&path)?
-            .replace("batch_size = 20000\n", "")
-            .replace("lookback = \"6h\"", "lookback = \"6h\"\nbatch_size = 300");
-        std::fs::write(dags.join(path.file_name().unwrap()), text)?;
-    }
+    let dags = support::dags_edited(dir.path(), |text| {
+        text.replace("batch_size = 20000\n", "")
+            .replace("lookback = \"6h\"", "lookback = \"6h\"\nbatch_size = 300")
+    })?;
     let source = events_file.display().to_string();
     let cleans = support::warehouses().await?;
     for (wh, clean) in support::warehouses().await?.iter().zip(&cleans) {

@@ -157,17 +157,24 @@ pub fn cutover_with(
         .expect("the cutover binary runs")
 }
 
-/// A copy of the shipped DAGs reading MongoDB database `db`.
-pub fn dags_for_database(dir: &Path, db: &str) -> Result<PathBuf> {
+/// A copy of the shipped DAGs in `dir/dags`, each file's text passed
+/// through `edit`.
+pub fn dags_edited(dir: &Path, edit: impl Fn(String) -> String) -> Result<PathBuf> {
     let out = dir.join("dags");
     std::fs::create_dir_all(&out)?;
     for entry in std::fs::read_dir(root().join("dags"))? {
         let path = entry?.path();
-        let text = std::fs::read_to_string(&path)?
-            .replace("database = \"app\"", &format!("database = \"{db}\""));
+        let text = edit(std::fs::read_to_string(&path)?);
         std::fs::write(out.join(path.file_name().unwrap()), text)?;
     }
     Ok(out)
+}
+
+/// A copy of the shipped DAGs reading MongoDB database `db`.
+pub fn dags_for_database(dir: &Path, db: &str) -> Result<PathBuf> {
+    dags_edited(dir, |text| {
+        text.replace("database = \"app\"", &format!("database = \"{db}\""))
+    })
 }
 
 /// Asserts the command succeeded and returns its standard output.
@@ -180,6 +187,12 @@ pub fn ok(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Whether a run's output reports loads, all of which changed no row.
+pub fn changed_nothing(out: &str) -> bool {
+    let loads: Vec<&str> = out.lines().filter(|l| l.contains("rows changed")).collect();
+    !loads.is_empty() && loads.iter().all(|l| l.contains(" 0 rows changed"))
 }
 
 /// Writes a seeded events file.

@@ -15,6 +15,7 @@ use workflows::{SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskRepo
 
 use crate::error::from_sqlx;
 use crate::extract::mongo::Config as ExtractConfig;
+use crate::reports::day_of;
 use crate::schema::{read_row, Value};
 use crate::source::{Item, Source};
 use crate::warehouse::Warehouse;
@@ -78,12 +79,6 @@ impl Config {
             )],
         }
     }
-}
-
-/// The day (`YYYY-MM-DD`, UTC) of an epoch-ms instant.
-pub fn day_of(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or_else(|| "invalid".into(), |t| t.format("%Y-%m-%d").to_string())
 }
 
 /// The task.
@@ -286,10 +281,7 @@ impl Task for Reconcile {
                     "{} matches the source: {expected} events over {} days {}up to {}",
                     self.config.table,
                     source.len(),
-                    from.map_or_else(String::new, |f| format!(
-                        "from {} ",
-                        crate::reports::day_of(f)
-                    )),
+                    from.map_or_else(String::new, |f| format!("from {} ", day_of(f))),
                     crate::reports::format_ms(watermark)
                 ),
             })
