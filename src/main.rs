@@ -1,12 +1,15 @@
 //! The `cutover` command line: parses arguments, wires the engine
 //! (`workflows`) to the task kinds (`tasks`) and prints results.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tasks::consume;
 use tasks::kinds::{build_tasks, Env, TaskKind};
 use tasks::reports::{self, Format, Range, ReportName};
 use tasks::seed::{self, SeedOptions};
@@ -107,6 +110,55 @@ enum Command {
         /// At most this many runs.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Consume the live event feed from an SQS queue into the warehouse, through
+    /// the DAGs' own extract, transform and load tasks (not their verify
+    /// tasks), in micro-batches.
+    ///
+    /// Each message body is one event as MongoDB Extended JSON. A message is
+    /// deleted only after every DAG that takes its event has committed it;
+    /// until then it is kept invisible. Bodies that are not events are
+    /// quarantined (DAG `(sqs)`) and deleted. If the warehouse fails, the
+    /// messages come back after the visibility timeout (and, past the queue's
+    /// redrive policy, go to its dead-letter queue). AWS settings come from the
+    /// standard chain: AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a
+    /// profile, and AWS_ENDPOINT_URL for an SQS-compatible server.
+    ///
+    /// Runs until SIGINT/SIGTERM (then finishes what it holds), or with
+    /// --until-idle until the queue has been empty that long.
+    Consume {
+        /// The DAGs to feed, by name; every DAG that reads events when none.
+        #[arg(value_name = "DAG")]
+        names: Vec<String>,
+        /// The queue's URL.
+        #[arg(long, env = "CUTOVER_SQS_QUEUE_URL")]
+        queue_url: String,
+        /// Exit once no message has arrived for this many seconds.
+        #[arg(long, value_name = "SECS")]
+        until_idle: Option<u64>,
+        /// Concurrent long-polling receivers (each receives up to 10 messages).
+        #[arg(long, default_value = "2")]
+        receivers: NonZeroUsize,
+        /// Flush a micro-batch when it holds this many messages...
+        #[arg(long, default_value = "1000")]
+        batch_messages: NonZeroUsize,
+        /// ...or when its oldest message has waited this long.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        batch_age: Duration,
+        /// Long-polling wait per receive, in seconds (at most 20).
+        #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+        wait: u64,
+        /// Visibility timeout for received messages, in seconds; the queue's
+        /// own when absent. Held messages are extended every third of it.
+        #[arg(long, value_name = "SECS")]
+        visibility_timeout: Option<u64>,
+    },
+    /// Show where every DAG stands (last run, watermarks) and every feed
+    /// consumer (messages, events, poison, errors, lag).
+    Status {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Table)]
         format: ListFormat,
@@ -217,7 +269,7 @@ enum ReportFormat {
 
 fn init_logs(g: &Global) {
     let default = match g.verbose {
-        0 => "warn,cutover=info",
+        0 => "warn,cutover=info,tasks::consume=info",
         1 => "warn,workflows=info,tasks=info,cutover=debug",
         _ => "info,workflows=debug,tasks=debug,cutover=trace",
     };
@@ -299,6 +351,32 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Consume {
+            names,
+            queue_url,
+            until_idle,
+            receivers,
+            batch_messages,
+            batch_age,
+            wait,
+            visibility_timeout,
+        } => {
+            let dags = select(g, &names, names.is_empty())?;
+            let settings = consume::Settings {
+                receivers,
+                batch_messages,
+                batch_age,
+                wait: Duration::from_secs(wait),
+                visibility: visibility_timeout.map(Duration::from_secs),
+                until_idle: until_idle.map(Duration::from_secs),
+                run: RunOptions {
+                    work_root: g.work_dir.clone(),
+                    ..RunOptions::default()
+                },
+            };
+            consume_feed(g, &dags, &queue_url, settings).await
+        }
+        Command::Status { format } => status(g, format).await,
         Command::Migrate => {
             let wh = warehouse(g).await?;
             println!("warehouse {} is migrated", wh.display_url);
@@ -467,6 +545,149 @@ fn select(g: &Global, names: &[String], all: bool) -> Result<Vec<Dag<TaskKind>>>
         .collect()
 }
 
+async fn consume_feed(
+    g: &Global,
+    dags: &[Dag<TaskKind>],
+    queue_url: &str,
+    settings: consume::Settings,
+) -> Result<ExitCode> {
+    let wh = warehouse(g).await?;
+    let runner = Runner::new(wh.ledger());
+    let queue = consume::Queue::from_env(queue_url).await;
+    tasks::kinds::hide_progress();
+    let consumer = consume::Consumer::new(queue, dags, wh, runner, settings)
+        .await
+        .context("cannot start consuming")?;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received: finishing the messages held, then exiting");
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(consumer = consumer.id(), queue = queue_url, "consuming");
+    let t = consumer.run(stop).await;
+    println!(
+        "consumed {} messages ({} redelivered): {} events, {} poison quarantined, {} deleted, {} micro-batches ({} with a failed DAG), {} errors",
+        t.messages, t.redelivered, t.events, t.poison, t.deleted, t.batches, t.failed_batches, t.errors
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn status(g: &Global, format: ListFormat) -> Result<ExitCode> {
+    let dags = load_dags(&g.dags)?;
+    let wh = warehouse(g).await?;
+    let ledger = wh.ledger();
+    let mut rows = Vec::new();
+    for dag in &dags {
+        let last = ledger.runs(Some(&dag.name), 1).await?.into_iter().next();
+        let mut watermarks = serde_json::Map::new();
+        for t in &dag.tasks {
+            if let TaskKind::ExtractMongo(_) = t.kind {
+                let w = wh.watermark(&dag.name, &t.id).await?;
+                watermarks.insert(
+                    t.id.clone(),
+                    w.map(reports::format_ms)
+                        .map_or(serde_json::Value::Null, Into::into),
+                );
+            }
+        }
+        rows.push(serde_json::json!({
+            "dag": dag.name,
+            "last_run": last,
+            "watermarks": watermarks,
+        }));
+    }
+    let consumers = consume::ConsumerStatus::all(&wh).await?;
+    match format {
+        ListFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "dags": rows, "consumers": consumers })
+            )?
+        ),
+        ListFormat::Table => {
+            println!(
+                "{:<14}  {:<9}  {:<8}  {:<24}  WATERMARKS",
+                "DAG", "LAST RUN", "TRIGGER", "STARTED"
+            );
+            for r in &rows {
+                let run = &r["last_run"];
+                let marks: Vec<String> = r["watermarks"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("none")))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                println!(
+                    "{:<14}  {:<9}  {:<8}  {:<24}  {}",
+                    r["dag"].as_str().unwrap_or_default(),
+                    run["state"].as_str().unwrap_or("never"),
+                    run["trigger"].as_str().unwrap_or("-"),
+                    run["started_at"].as_str().unwrap_or("-"),
+                    marks.join(" ")
+                );
+            }
+            if consumers.is_empty() {
+                println!("\nno feed consumer has run against this warehouse");
+            } else {
+                println!(
+                    "\n{:<36}  {:<8}  {:<24}  {:>8}  {:>11}  {:>8}  {:>6}  {:>8}  {:>6}  {:>9}",
+                    "CONSUMER",
+                    "STATE",
+                    "UPDATED",
+                    "MESSAGES",
+                    "REDELIVERED",
+                    "EVENTS",
+                    "POISON",
+                    "DELETED",
+                    "ERRORS",
+                    "LAG"
+                );
+                for c in &consumers {
+                    let t = &c.totals;
+                    let lag = c
+                        .lag_ms
+                        .map_or("-".to_owned(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+                    println!(
+                        "{:<36}  {:<8}  {:<24}  {:>8}  {:>11}  {:>8}  {:>6}  {:>8}  {:>6}  {:>9}",
+                        c.consumer_id,
+                        c.state,
+                        c.updated_at,
+                        t.messages,
+                        t.redelivered,
+                        t.events,
+                        t.poison,
+                        t.deleted,
+                        t.errors,
+                        lag
+                    );
+                    if let Some(e) = &c.last_error {
+                        println!("    last error: {}", e.lines().next().unwrap_or_default());
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn warehouse(g: &Global) -> Result<Warehouse> {
     let wh = Warehouse::connect(&g.warehouse_url).await?;
     wh.migrate().await?;
@@ -601,8 +822,8 @@ fn dags_command(g: &Global, cmd: DagsCommand) -> Result<ExitCode> {
         DagsCommand::List => {
             let dags = load_dags(&g.dags)?;
             println!(
-                "{:<16}  {:<12}  {:<32}  {}",
-                "NAME", "DATA POINT", "SCHEDULE", "NEXT RUN"
+                "{:<16}  {:<12}  {:<32}  NEXT RUN",
+                "NAME", "DATA POINT", "SCHEDULE"
             );
             for d in dags {
                 let (schedule, next) = match &d.schedule {

@@ -5,12 +5,14 @@
 #
 #   bash tests/run.sh [extra cargo test arguments]
 #
-# It also installs the MongoDB wire-protocol server nx-27017 (from PyPI, into
-# the virtualenv .cutover/venv) and starts it on 127.0.0.1:27217 unless
-# CUTOVER_TEST_MONGO_URL names another server.
+# It also installs the MongoDB wire-protocol server nx-27017 and the AWS
+# emulator moto (both from PyPI, into the virtualenv .cutover/venv) and starts
+# them on 127.0.0.1:27217 and 127.0.0.1:27230 unless CUTOVER_TEST_MONGO_URL /
+# CUTOVER_TEST_SQS_ENDPOINT name other servers.
 #
 # Server addresses can be overridden with CUTOVER_TEST_MYSQL_URL,
-# CUTOVER_TEST_POSTGRES_URL and CUTOVER_TEST_MONGO_URL; set one to "skip" to
+# CUTOVER_TEST_POSTGRES_URL, CUTOVER_TEST_MONGO_URL and
+# CUTOVER_TEST_SQS_ENDPOINT (e.g. a LocalStack endpoint); set one to "skip" to
 # leave that server out.
 #
 #   bash tests/run.sh --containers [extra cargo test arguments]
@@ -72,17 +74,23 @@ elif [[ "$CUTOVER_TEST_POSTGRES_URL" == *"127.0.0.1:5432"* ]] && ! port_open 543
   wait_port 5432 PostgreSQL
 fi
 
+venv=.cutover/venv
+# Installs a PyPI package into the virtualenv unless its command is there.
+pip_install() {
+  local command=$1 package=$2
+  if ! "$venv/bin/$command" --help >/dev/null 2>&1; then
+    say "installing $package into $venv"
+    [[ -x "$venv/bin/pip" ]] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$package"
+  fi
+}
+
 NX_VERSION=0.8.1
 NX_PORT=27217
 if [[ -z "${CUTOVER_TEST_MONGO_URL:-}" ]]; then
   export CUTOVER_TEST_MONGO_URL="mongodb://127.0.0.1:$NX_PORT/?directConnection=true"
   if ! port_open "$NX_PORT"; then
-    venv=.cutover/venv
-    if ! "$venv/bin/nx-27017" --help >/dev/null 2>&1; then
-      say "installing nx-27017 $NX_VERSION into $venv"
-      python3 -m venv "$venv"
-      "$venv/bin/pip" install --quiet --disable-pip-version-check "nx-27017==$NX_VERSION"
-    fi
+    pip_install nx-27017 "nx-27017==$NX_VERSION"
     say "starting nx-27017 on 127.0.0.1:$NX_PORT"
     mkdir -p .cutover
     nohup "$venv/bin/nx-27017" --data-dir memory --host 127.0.0.1 -p "$NX_PORT" \
@@ -94,7 +102,24 @@ if [[ "$CUTOVER_TEST_MONGO_URL" == "skip" ]]; then
   unset CUTOVER_TEST_MONGO_URL
 fi
 
-say "sources: events file${CUTOVER_TEST_MONGO_URL:+, mongodb}"
+MOTO_VERSION=5.2.5
+MOTO_PORT=27230
+if [[ -z "${CUTOVER_TEST_SQS_ENDPOINT:-}" ]]; then
+  export CUTOVER_TEST_SQS_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+  if ! port_open "$MOTO_PORT"; then
+    pip_install moto_server "moto[server]==$MOTO_VERSION"
+    say "starting moto (SQS) on 127.0.0.1:$MOTO_PORT"
+    mkdir -p .cutover
+    nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >.cutover/moto.log 2>&1 &
+    echo $! >.cutover/moto.pid
+    wait_port "$MOTO_PORT" moto
+  fi
+fi
+if [[ "$CUTOVER_TEST_SQS_ENDPOINT" == "skip" ]]; then
+  unset CUTOVER_TEST_SQS_ENDPOINT
+fi
+
+say "sources: events file${CUTOVER_TEST_MONGO_URL:+, mongodb}${CUTOVER_TEST_SQS_ENDPOINT:+, sqs}"
 say "warehouses: sqlite${CUTOVER_TEST_MYSQL_URL:+, mysql}${CUTOVER_TEST_POSTGRES_URL:+, postgres}"
 say "cargo test --workspace"
 log=$(mktemp)

@@ -154,8 +154,19 @@ pub fn build_tasks(dag: &Dag<TaskKind>, env: &Env) -> HashMap<String, Arc<dyn Ta
         .collect()
 }
 
+static HIDE_PROGRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Hides the progress counters of tasks from now on, e.g. for the many small
+/// runs of the feed consumer, which reports its own progress.
+pub fn hide_progress() {
+    HIDE_PROGRESS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A progress counter on standard error; hidden when it is not a terminal.
 pub fn progress(label: &str) -> ProgressBar {
+    if HIDE_PROGRESS.load(std::sync::atomic::Ordering::Relaxed) {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} {prefix} {human_pos} rows ({per_sec}, {elapsed})")

@@ -1,11 +1,13 @@
 //! cutover's task kinds and what they share: the event sources, the
 //! warehouse connection, the segment files tasks hand to each other, the
-//! legacy and warehouse reports, and the synthetic event generator.
+//! legacy and warehouse reports, the synthetic event generator, and the
+//! consumer of the live feed (`consume`).
 //!
 //! Every kind is one module (`extract::mongo`, `transform::polars`,
 //! `load::merge`, `verify::reconcile`) with a config struct and one
 //! [`workflows::Task`] implementation; [`kinds::TaskKind`] lists them once.
 
+pub mod consume;
 pub mod error;
 pub mod extract;
 pub mod filter;

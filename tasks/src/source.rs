@@ -1,9 +1,11 @@
 //! Event sources: a MongoDB collection (`mongodb://...`) or, as the embedded
 //! default, an events file in mongoexport form (one document per line, in
-//! MongoDB Extended JSON v2, relaxed or canonical).
+//! MongoDB Extended JSON v2, relaxed or canonical); and the documents of one
+//! micro-batch of the live feed, in memory.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 use futures::stream::{BoxStream, StreamExt};
@@ -95,6 +97,11 @@ pub enum Source {
     File(PathBuf),
     /// A MongoDB deployment.
     Mongo(mongodb::Client),
+    /// Events received from the live feed, in arrival order. A feed batch
+    /// holds whatever arrived, late or early: it is read whole, without a
+    /// time range, and it never moves a watermark (the nightly runs own the
+    /// watermarks; both merge the same events the same way).
+    Feed(Arc<Vec<Document>>),
 }
 
 impl Source {
@@ -118,6 +125,12 @@ impl Source {
     /// a watermark can be committed batch by batch.
     pub fn is_ordered(&self) -> bool {
         matches!(self, Self::Mongo(_))
+    }
+
+    /// Whether this is a batch of the live feed, which is read whole and
+    /// never moves a watermark.
+    pub fn is_feed(&self) -> bool {
+        matches!(self, Self::Feed(_))
     }
 
     /// Streams the documents of `q`'s types in `q`'s time range. MongoDB
@@ -164,6 +177,17 @@ impl Source {
                             .map_err(|e| SourceError::Mongo(what.clone(), e))
                     })
                     .boxed())
+            }
+            Self::Feed(docs) => {
+                let docs = Arc::clone(docs);
+                let q = q.clone();
+                let wanted: Vec<Item> = docs
+                    .iter()
+                    .filter(|d| file_match(d, &q))
+                    .cloned()
+                    .map(Item::Doc)
+                    .collect();
+                Ok(futures::stream::iter(wanted.into_iter().map(Ok)).boxed())
             }
             Self::File(path) => {
                 let file =
@@ -226,7 +250,9 @@ pub fn parse_line(line: &str) -> Result<Document, String> {
     }
 }
 
-fn file_match(doc: &Document, q: &Query) -> bool {
+/// Whether `doc` is one of the documents `q` asks for, as MongoDB would
+/// decide it.
+pub fn file_match(doc: &Document, q: &Query) -> bool {
     let type_ok =
         matches!(doc.get(&q.type_field), Some(Bson::String(t)) if q.types.iter().any(|w| w == t));
     if !type_ok || q.filter.as_ref().is_some_and(|f| !f.matches(doc)) {

@@ -3,10 +3,12 @@
 //! SQLite always runs. MariaDB/MySQL and PostgreSQL run when
 //! `CUTOVER_TEST_MYSQL_URL` / `CUTOVER_TEST_POSTGRES_URL` name a server
 //! (`tests/run.sh` sets them); each test makes its own database and drops it.
-//! MongoDB tests run when `CUTOVER_TEST_MONGO_URL` names a server.
+//! MongoDB tests run when `CUTOVER_TEST_MONGO_URL` names a server, the live
+//! feed's when `CUTOVER_TEST_SQS_ENDPOINT` names an SQS-compatible one.
 
 mod cli;
 mod mongo;
+mod sqs;
 mod star;
 mod support;
 mod views;

@@ -12,7 +12,10 @@ use crate::support::{self, cutover_with, ok, read_events};
 use crate::views::expected_views_daily;
 
 /// Loads an events file into a new database and returns its name.
-async fn load_events(url: &str, path: &std::path::Path) -> Result<(mongodb::Client, String)> {
+pub(crate) async fn load_events(
+    url: &str,
+    path: &std::path::Path,
+) -> Result<(mongodb::Client, String)> {
     let client = mongodb::Client::with_uri_str(url).await?;
     let db = format!("t_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let coll = client.database(&db).collection::<Document>("events");

@@ -4,7 +4,7 @@
 //! and rerun leaves what a clean run leaves.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::Value;
@@ -256,33 +256,14 @@ async fn a_run_killed_halfway_and_rerun_leaves_what_a_clean_run_leaves() -> Resu
             .spawn()?;
         // Kill it once the type 2 user dimension has committed its first
         // segment: mid-merge of a history, with facts still to come.
-        let started = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if let Some(status) = child.try_wait()? {
-                panic!("the run finished ({status}) before it could be killed");
-            }
-            let committed = match support::pool(&wh.url).await {
-                Ok(pool) => {
-                    let n = support::count(
-                        &pool,
-                        "SELECT COUNT(*) FROM cutover_commits WHERE task = 'load_users'",
-                    )
-                    .await
-                    .unwrap_or(0);
-                    pool.close().await;
-                    n
-                }
-                Err(_) => 0,
-            };
-            if committed > 0 {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                child.kill()?;
-                panic!("no commit after 120 s on {}", wh.name);
-            }
-        }
+        support::wait_for_count(
+            &wh.url,
+            "SELECT COUNT(*) FROM cutover_commits WHERE task = 'load_users'",
+            1,
+            &mut child,
+            Duration::from_secs(120),
+        )
+        .await?;
         child.kill()?;
         child.wait()?;
         let pool = support::pool(&wh.url).await?;

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -282,6 +283,12 @@ pub async fn snapshot(pool: &AnyPool, table: &str, columns: &[&str]) -> Result<V
                 .map(|i| {
                     r.try_get::<Option<String>, _>(i)
                         .map(|v| format!("{v:?}"))
+                        .or_else(|_| {
+                            // MySQL returns TEXT of a binary collation as bytes.
+                            r.try_get::<Option<Vec<u8>>, _>(i).map(|v| {
+                                format!("{:?}", v.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                            })
+                        })
                         .or_else(|_| r.try_get::<Option<i64>, _>(i).map(|v| format!("{v:?}")))
                         .or_else(|_| r.try_get::<Option<f64>, _>(i).map(|v| format!("{v:?}")))
                         .unwrap_or_else(|e| format!("<{e}>"))
@@ -300,4 +307,38 @@ pub async fn count(pool: &AnyPool, sql: &str) -> Result<i64> {
         .fetch_one(pool)
         .await?
         .try_get::<i64, _>(0)?)
+}
+
+/// Waits until `sql` counts at least `n` in the warehouse at `url`, while
+/// `child` is still running (it must not end first); panics after `limit`.
+/// A fresh connection per look, so that a SQLite writer is never blocked.
+pub async fn wait_for_count(
+    url: &str,
+    sql: &str,
+    n: i64,
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(status) = child.try_wait()? {
+            panic!("the process ended ({status}) before `{sql}` reached {n}");
+        }
+        let seen = match pool(url).await {
+            Ok(pool) => {
+                let seen = count(&pool, sql).await.unwrap_or(0);
+                pool.close().await;
+                seen
+            }
+            Err(_) => 0,
+        };
+        if seen >= n {
+            return Ok(());
+        }
+        if started.elapsed() > limit {
+            child.kill()?;
+            panic!("`{sql}` did not reach {n} within {limit:?}");
+        }
+    }
 }

@@ -195,3 +195,37 @@ async fn late_events_inside_the_lookback_are_picked_up_by_the_next_run() -> Resu
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_run_is_listed_with_its_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let events_file = support::seed(dir.path(), 200, 7);
+    // A load into a table that no migration creates fails at run time.
+    let dags = support::dags_edited(dir.path(), |text| {
+        text.replace(
+            "{ output = \"fact_views\", key",
+            "{ output = \"fact_views\", table = \"no_such_table\", key",
+        )
+    })?;
+    for wh in support::warehouses().await? {
+        let work = dir.path().join(format!("work-{}", wh.name));
+        let source = events_file.display().to_string();
+        let out = support::cutover_with(&source, &wh.url, &work, &dags, &["run", "views"]);
+        assert!(!out.status.success(), "the run fails on {}", wh.name);
+        let runs: Value = serde_json::from_str(&ok(support::cutover_with(
+            &source,
+            &wh.url,
+            &work,
+            &dags,
+            &["runs", "--format", "json"],
+        )))?;
+        assert_eq!(runs[0]["state"], "failed", "{runs}");
+        let error = runs[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("load_views") && error.contains("no_such_table"),
+            "the error names the task and the table on {}: {error}",
+            wh.name
+        );
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::sql::Backend;
+use crate::sql::{text, Backend};
 use crate::state::{RunState, TaskState};
 
 /// A ledger read or write failed.
@@ -23,6 +23,11 @@ impl LedgerError {
     fn new(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
         let what = what.into();
         move |source| Self { what, source }
+    }
+
+    /// The database's error.
+    pub fn cause(&self) -> &sqlx::Error {
+        &self.source
     }
 }
 
@@ -173,30 +178,41 @@ impl Ledger {
             }
         ) as i64;
         let attempt = i64::from(state.attempt());
-        let del = format!(
-            "DELETE FROM cutover_task_attempts WHERE run_id = {} AND task = {} AND attempt = {}",
-            self.backend.param(1),
-            self.backend.param(2),
-            self.backend.param(3)
-        );
-        let ins = format!(
-            "INSERT INTO cutover_task_attempts (run_id, task, attempt, state, started_at, ended_at, rows_read, rows_written, rows_quarantined, summary, error, retryable) VALUES ({})",
-            self.backend.params(1, 12)
+        // One writer per attempt row (its task), so an update that finds no
+        // row and then an insert, each committing on its own, is an upsert
+        // in every dialect; unlike DELETE and INSERT in one transaction, it
+        // takes no gap locks that concurrent runs' attempts deadlock on.
+        let b = self.backend;
+        let update = format!(
+            "UPDATE cutover_task_attempts SET state = {}, started_at = {}, ended_at = {}, rows_read = {}, rows_written = {}, rows_quarantined = {}, summary = {}, error = {}, retryable = {} WHERE run_id = {} AND task = {} AND attempt = {}",
+            b.param(1), b.param(2), b.param(3), b.param(4), b.param(5), b.param(6),
+            b.param(7), b.param(8), b.param(9), b.param(10), b.param(11), b.param(12)
         );
         let what = format!("recording task {task} of run {run_id}");
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(LedgerError::new(what.clone()))?;
-        sqlx::query(&del)
+        let updated = sqlx::query(&update)
+            .bind(state.name())
+            .bind(started_at.map(timestamp))
+            .bind(ended_at.map(timestamp))
+            .bind(read)
+            .bind(written)
+            .bind(quarantined)
+            .bind(summary.clone())
+            .bind(error.clone())
+            .bind(retryable)
             .bind(run_id)
             .bind(task)
             .bind(attempt)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
             .map_err(LedgerError::new(what.clone()))?;
-        sqlx::query(&ins)
+        if updated.rows_affected() > 0 {
+            return Ok(());
+        }
+        let insert = format!(
+            "INSERT INTO cutover_task_attempts (run_id, task, attempt, state, started_at, ended_at, rows_read, rows_written, rows_quarantined, summary, error, retryable) VALUES ({})",
+            b.params(1, 12)
+        );
+        sqlx::query(&insert)
             .bind(run_id)
             .bind(task)
             .bind(attempt)
@@ -209,10 +225,9 @@ impl Ledger {
             .bind(summary)
             .bind(error)
             .bind(retryable)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
-            .map_err(LedgerError::new(what.clone()))?;
-        tx.commit().await.map_err(LedgerError::new(what))?;
+            .map_err(LedgerError::new(what))?;
         Ok(())
     }
 
@@ -314,7 +329,7 @@ impl Ledger {
                     rows_read: r.try_get("rows_read")?,
                     rows_written: r.try_get("rows_written")?,
                     rows_quarantined: r.try_get("rows_quarantined")?,
-                    error: r.try_get("error")?,
+                    error: text(r, "error")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
@@ -334,6 +349,6 @@ fn run_record(r: &AnyRow) -> Result<RunRecord, sqlx::Error> {
         rows_read: r.try_get("rows_read")?,
         rows_written: r.try_get("rows_written")?,
         rows_quarantined: r.try_get("rows_quarantined")?,
-        error: r.try_get("error")?,
+        error: text(r, "error")?,
     })
 }

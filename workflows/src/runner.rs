@@ -84,10 +84,43 @@ pub struct Runner {
     ledger: Ledger,
 }
 
+/// Writes of a run's end before giving up (about 3.5 s in all).
+const FINISH_ATTEMPTS: u32 = 4;
+
 impl Runner {
     /// A runner that records into `ledger`.
     pub fn new(ledger: Ledger) -> Self {
         Self { ledger }
+    }
+
+    /// Records the end of a run, trying again over a few seconds: a pooled
+    /// connection that broke while the run went on fails the first write,
+    /// and a new one succeeds. A run whose end cannot be recorded at all
+    /// stays `running` in the ledger.
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        state: &RunState,
+        totals: (u64, u64, u64),
+        error: Option<&str>,
+    ) -> Result<(), LedgerError> {
+        let mut attempt = 1u32;
+        loop {
+            match self
+                .ledger
+                .finish_run(run_id, state, Utc::now(), totals, error)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= FINISH_ATTEMPTS => return Err(e),
+                Err(e) => {
+                    let delay = Duration::from_millis(500) * 2u32.pow(attempt - 1);
+                    tracing::warn!(error = %e, cause = %e.cause(), retry_in_ms = delay.as_millis() as u64, "could not record the end of the run; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// The ledger it records into.
@@ -127,11 +160,9 @@ impl Runner {
             Ok(s) => s,
             Err(e) => {
                 let _ = self
-                    .ledger
                     .finish_run(
                         &run_id,
                         &RunState::Failed { failed: vec![] },
-                        Utc::now(),
                         (0, 0, 0),
                         Some(&e.to_string()),
                     )
@@ -143,15 +174,13 @@ impl Runner {
             TaskState::Failed { error, .. } => Some(format!("task {id}: {error}")),
             _ => None,
         });
-        self.ledger
-            .finish_run(
-                &run_id,
-                &summary.state,
-                Utc::now(),
-                summary.totals(),
-                first_error.as_deref(),
-            )
-            .await?;
+        self.finish_run(
+            &run_id,
+            &summary.state,
+            summary.totals(),
+            first_error.as_deref(),
+        )
+        .await?;
         if summary.state == RunState::Succeeded && !opts.keep_work {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
         }
@@ -390,7 +419,7 @@ impl Attempts {
             .record_task(&self.ctx.run_id, &self.ctx.task, state, started, ended)
             .await
         {
-            tracing::error!(error = %e, "could not record the task in the ledger");
+            tracing::error!(error = %e, cause = %e.cause(), "could not record the task in the ledger");
         }
     }
 }

@@ -119,6 +119,23 @@ impl Backend {
     }
 }
 
+/// A text column that may be NULL. MySQL reports a `TEXT` column with a
+/// binary collation (as the warehouse's tables have) as `BLOB`, which the
+/// `Any` driver will not decode as a string; those bytes are read as UTF-8.
+///
+/// # Errors
+/// The column is missing, or holds neither text nor bytes.
+pub fn text(row: &sqlx::any::AnyRow, column: &str) -> Result<Option<String>, sqlx::Error> {
+    use sqlx::Row;
+    match row.try_get::<Option<String>, _>(column) {
+        Ok(v) => Ok(v),
+        Err(sqlx::Error::ColumnDecode { .. }) => Ok(row
+            .try_get::<Option<Vec<u8>>, _>(column)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -320,12 +320,17 @@ pub struct Pass {
 impl Task for ExtractMongo {
     async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
         let cfg = &self.config;
-        let watermark = self
-            .warehouse
-            .watermark(&ctx.dag, &ctx.task)
-            .await
-            .map_err(|e| from_sqlx("reading the watermark", e))?;
-        let since = self.from_ms.or_else(|| cfg.since(watermark));
+        let feed = self.source.is_feed();
+        let since = if feed {
+            None
+        } else {
+            let watermark = self
+                .warehouse
+                .watermark(&ctx.dag, &ctx.task)
+                .await
+                .map_err(|e| from_sqlx("reading the watermark", e))?;
+            self.from_ms.or_else(|| cfg.since(watermark))
+        };
         let query = cfg.query(since, self.until_ms);
         let out_dir = ctx.output_dir(&ctx.task);
         let _ = std::fs::remove_dir_all(&out_dir);
@@ -376,7 +381,9 @@ impl Task for ExtractMongo {
                 source_task: ctx.task.clone(),
                 // An ordered source's watermark may advance segment by segment;
                 // an unordered one's only when everything is committed.
-                watermark: if ordered || last {
+                watermark: if feed {
+                    None
+                } else if ordered || last {
                     max_ts.map(|ts_ms| Watermark { ts_ms })
                 } else {
                     None
@@ -426,7 +433,11 @@ impl Task for ExtractMongo {
             .await
             .map_err(|e| from_sqlx("writing quarantine", e))?;
         progress.finish_and_clear();
-        let from = since.map_or_else(|| "the beginning".to_owned(), crate::reports::format_ms);
+        let from = match since {
+            _ if feed => "the feed".to_owned(),
+            None => "the beginning".to_owned(),
+            Some(ms) => crate::reports::format_ms(ms),
+        };
         Ok(TaskReport {
             rows_read: pass.read,
             rows_written: pass.rows,

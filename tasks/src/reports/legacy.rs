@@ -369,7 +369,7 @@ pub async fn from_legacy(
                     })?
             }
         }
-        Source::File(_) => from_file(events, name, range).await?,
+        Source::File(_) | Source::Feed(_) => from_file(events, name, range).await?,
     };
     Ok(Report::new(name, rows))
 }

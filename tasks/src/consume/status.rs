@@ -1,0 +1,226 @@
+//! A consumer's progress in the ledger (`cutover_consumers`): messages,
+//! events, poison, deletions, batches, errors and lag, updated after every
+//! micro-batch, so that `cutover status` shows every consumer that shares
+//! the warehouse.
+
+use serde::Serialize;
+use sqlx::Row;
+use workflows::ledger::timestamp;
+use workflows::sql::text;
+
+use crate::warehouse::Warehouse;
+
+use super::Flushed;
+
+/// What a consumer has done since it started.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Messages received (every delivery counts).
+    pub messages: u64,
+    /// Of those, deliveries after the first of one message: redeliveries
+    /// after a failure or a crash, and the duplicates SQS may deliver.
+    pub redelivered: u64,
+    /// Of those, bodies that are events.
+    pub events: u64,
+    /// Of those, bodies quarantined as poison.
+    pub poison: u64,
+    /// Messages deleted after their batch committed.
+    pub deleted: u64,
+    /// Micro-batches flushed.
+    pub batches: u64,
+    /// Micro-batches in which some DAG did not commit.
+    pub failed_batches: u64,
+    /// Errors seen (failed runs, deletes, receives).
+    pub errors: u64,
+}
+
+/// One consumer's row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsumerStatus {
+    /// A new id per process.
+    pub consumer_id: String,
+    /// The queue consumed.
+    pub queue_url: String,
+    /// The machine.
+    pub host: String,
+    /// The process id.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: String,
+    /// When the row was last written.
+    pub updated_at: String,
+    /// `running`, `stopped`.
+    pub state: String,
+    /// Its counters.
+    #[serde(flatten)]
+    pub totals: Totals,
+    /// The age of the oldest message of the last batch, in milliseconds.
+    pub lag_ms: Option<i64>,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+}
+
+impl ConsumerStatus {
+    /// A new consumer of `queue_url`.
+    pub fn new(queue_url: &str) -> Self {
+        let now = timestamp(chrono::Utc::now());
+        Self {
+            consumer_id: uuid::Uuid::now_v7().to_string(),
+            queue_url: queue_url.to_owned(),
+            host: hostname(),
+            pid: std::process::id(),
+            started_at: now.clone(),
+            updated_at: now,
+            state: "running".into(),
+            totals: Totals::default(),
+            lag_ms: None,
+            last_error: None,
+        }
+    }
+
+    /// Counts an error and keeps it as the last one.
+    pub fn error(&mut self, message: String) {
+        tracing::warn!(error = %message, "consumer error");
+        self.totals.errors += 1;
+        self.last_error = Some(message);
+    }
+
+    pub(super) fn record(&mut self, f: &Flushed, lag_ms: Option<i64>) {
+        let t = &mut self.totals;
+        t.messages += f.messages;
+        t.redelivered += f.redelivered;
+        t.events += f.events;
+        t.poison += f.poison;
+        t.deleted += f.deleted;
+        t.batches += 1;
+        t.failed_batches += u64::from(!f.failed.is_empty());
+        if lag_ms.is_some() {
+            self.lag_ms = lag_ms;
+        }
+    }
+
+    /// Writes the row as `running`.
+    pub async fn start(&mut self, wh: &Warehouse) {
+        self.state = "running".into();
+        self.save(wh).await;
+    }
+
+    /// Writes the row as `stopped`.
+    pub async fn finish(&mut self, wh: &Warehouse) {
+        self.state = "stopped".into();
+        self.save(wh).await;
+    }
+
+    /// Writes the row; a warehouse that is away is logged, not fatal (the
+    /// next batch writes it again).
+    pub async fn save(&mut self, wh: &Warehouse) {
+        self.updated_at = timestamp(chrono::Utc::now());
+        if let Err(e) = self.upsert(wh).await {
+            tracing::warn!(error = %e, "could not record the consumer's progress");
+        }
+    }
+
+    /// Updates the row, or inserts it when there is none yet: one writer per
+    /// row (the consumer itself), so no dialect's upsert is needed.
+    async fn upsert(&self, wh: &Warehouse) -> Result<(), sqlx::Error> {
+        let b = wh.backend;
+        let update = format!(
+            "UPDATE cutover_consumers SET updated_at = {}, state = {}, messages = {}, redelivered = {}, events = {}, poison = {}, deleted = {}, batches = {}, failed_batches = {}, errors = {}, lag_ms = {}, last_error = {} WHERE consumer_id = {}",
+            b.param(1), b.param(2), b.param(3), b.param(4), b.param(5), b.param(6),
+            b.param(7), b.param(8), b.param(9), b.param(10), b.param(11), b.param(12),
+            b.param(13)
+        );
+        let t = &self.totals;
+        let updated = sqlx::query(&update)
+            .bind(&self.updated_at)
+            .bind(&self.state)
+            .bind(t.messages as i64)
+            .bind(t.redelivered as i64)
+            .bind(t.events as i64)
+            .bind(t.poison as i64)
+            .bind(t.deleted as i64)
+            .bind(t.batches as i64)
+            .bind(t.failed_batches as i64)
+            .bind(t.errors as i64)
+            .bind(self.lag_ms)
+            .bind(self.last_error.clone())
+            .bind(&self.consumer_id)
+            .execute(&wh.pool)
+            .await?;
+        if updated.rows_affected() > 0 {
+            return Ok(());
+        }
+        let insert = format!(
+            "INSERT INTO cutover_consumers (consumer_id, queue_url, host, pid, started_at, updated_at, state, messages, redelivered, events, poison, deleted, batches, failed_batches, errors, lag_ms, last_error) VALUES ({})",
+            b.params(1, 17)
+        );
+        sqlx::query(&insert)
+            .bind(&self.consumer_id)
+            .bind(&self.queue_url)
+            .bind(&self.host)
+            .bind(i64::from(self.pid))
+            .bind(&self.started_at)
+            .bind(&self.updated_at)
+            .bind(&self.state)
+            .bind(t.messages as i64)
+            .bind(t.redelivered as i64)
+            .bind(t.events as i64)
+            .bind(t.poison as i64)
+            .bind(t.deleted as i64)
+            .bind(t.batches as i64)
+            .bind(t.failed_batches as i64)
+            .bind(t.errors as i64)
+            .bind(self.lag_ms)
+            .bind(self.last_error.clone())
+            .execute(&wh.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Every consumer recorded in the warehouse, the most recently updated
+    /// first.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn all(wh: &Warehouse) -> Result<Vec<Self>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT consumer_id, queue_url, host, pid, started_at, updated_at, state, messages, redelivered, events, poison, deleted, batches, failed_batches, errors, lag_ms, last_error FROM cutover_consumers ORDER BY updated_at DESC",
+        )
+        .fetch_all(&wh.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n = |c: &str| r.try_get::<i64, _>(c).map(|v| v.max(0) as u64);
+                Ok(Self {
+                    consumer_id: r.try_get("consumer_id")?,
+                    queue_url: text(r, "queue_url")?.unwrap_or_default(),
+                    host: r.try_get("host")?,
+                    pid: r.try_get::<i64, _>("pid")? as u32,
+                    started_at: r.try_get("started_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                    state: r.try_get("state")?,
+                    totals: Totals {
+                        messages: n("messages")?,
+                        redelivered: n("redelivered")?,
+                        events: n("events")?,
+                        poison: n("poison")?,
+                        deleted: n("deleted")?,
+                        batches: n("batches")?,
+                        failed_batches: n("failed_batches")?,
+                        errors: n("errors")?,
+                    },
+                    lag_ms: r.try_get("lag_ms")?,
+                    last_error: text(r, "last_error")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Benchmark of the live feed, recorded in BENCHMARKS.md.
+#
+#   bash tests/bench/sqs.sh             # 2,000 events
+#   EVENTS=5000 bash tests/bench/sqs.sh
+#
+# On one SQS server (moto on 127.0.0.1:27232, started here unless
+# BENCH_SQS_ENDPOINT names one), in the same run:
+# 1. the seeded events published once each to a queue, then consumed by
+#    `cutover consume --until-idle` into MariaDB (127.0.0.1:3306): events/s;
+# 2. the same events published to a second queue, then drained by a bare
+#    receive-and-delete loop with the same client and receivers
+#    (examples/sqs_feed.rs): messages/s, the ceiling.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+EVENTS=${EVENTS:-2000}
+RECEIVERS=${RECEIVERS:-2}
+DIR=${BENCH_DIR:-.cutover/bench}
+DB=cutover_bench_sqs
+PORT=27232
+mkdir -p "$DIR"
+say() { printf '==> %s\n' "$*"; }
+mysql() { mariadb -uroot -h127.0.0.1 "$@"; }
+now() { date +%s.%N; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+say "building (release)"
+cargo build --release --quiet --bin cutover --example sqs_feed
+bin=target/release/cutover
+feed=target/release/examples/sqs_feed
+
+if [[ -z "${BENCH_SQS_ENDPOINT:-}" ]]; then
+  venv=.cutover/venv
+  [[ -x "$venv/bin/moto_server" ]] || { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "moto[server]==5.2.5"; }
+  if ! port_open $PORT; then
+    "$venv/bin/moto_server" -H 127.0.0.1 -p $PORT > "$DIR/moto.log" 2>&1 &
+    moto_pid=$!
+    trap 'kill $moto_pid 2>/dev/null || true' EXIT
+    for _ in $(seq 1 30); do port_open $PORT && break; sleep 1; done
+  fi
+  BENCH_SQS_ENDPOINT=http://127.0.0.1:$PORT
+fi
+export AWS_ENDPOINT_URL=$BENCH_SQS_ENDPOINT AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+
+events="$DIR/events-$EVENTS.jsonl"
+[[ -s "$events" ]] || "$bin" seed --events "$EVENTS" --out "$events"
+lines=$(grep -c . "$events")
+
+create_queue() {
+  python3 - "$BENCH_SQS_ENDPOINT" "$1" <<'PY'
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1] + "/", data=json.dumps({"QueueName": sys.argv[2]}).encode(),
+    headers={"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "AmazonSQS.CreateQueue",
+             "Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=x"})
+print(json.loads(urllib.request.urlopen(req).read())["QueueUrl"])
+PY
+}
+
+say "1. cutover consume: $lines messages into MariaDB"
+q1=$(create_queue "bench-consume-$$")
+"$feed" publish "$q1" "$events"
+mysql -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+wh="mysql://root@127.0.0.1:3306/$DB"
+"$bin" --warehouse-url "$wh" migrate > /dev/null
+rm -rf "$DIR/work-sqs"
+start=$(now)
+/usr/bin/time -v "$bin" --warehouse-url "$wh" --work-dir "$DIR/work-sqs" consume \
+  --queue-url "$q1" --until-idle 3 --wait 1 --receivers "$RECEIVERS" \
+  > "$DIR/consume.txt" 2> "$DIR/consume-time.txt"
+end=$(now)
+cat "$DIR/consume.txt"
+rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$DIR/consume-time.txt")
+# The idle tail (--until-idle 3) is not consuming: take the last batch's time.
+last=$(mysql -N "$DB" -e "SELECT MAX(ended_at) FROM cutover_runs WHERE trigger_kind = 'sqs'")
+busy=$(python3 -c "
+import datetime as dt
+last = dt.datetime.fromisoformat('$last'.replace('Z', '+00:00')).timestamp()
+print(f'{min(last, $end) - $start:.2f}')")
+consumed=$(python3 -c "print(f'{$lines / $busy:.0f}')")
+
+say "2. bare receive-and-delete loop: $lines messages"
+q2=$(create_queue "bench-drain-$$")
+"$feed" publish "$q2" "$events"
+"$feed" drain "$q2" "$RECEIVERS" 3 | tee "$DIR/drain.txt"
+drained=$(grep -Eo '\(([0-9]+)/s' "$DIR/drain.txt" | tr -dc 0-9)
+
+echo
+echo "consume into MariaDB: $lines events in ${busy}s = $consumed events/s (peak RSS $((rss_kb / 1024)) MiB, $RECEIVERS receivers)"
+echo "bare receive+delete:  $drained messages/s"
+echo "ratio: $(python3 -c "print(f'{$consumed / $drained:.2f}')")"
