@@ -1,8 +1,11 @@
 //! The SQS side of the feed benchmark (`tests/bench/sqs.sh`), with the same
 //! client and requests `cutover consume` uses:
 //!
-//! - `publish QUEUE_URL EVENTS_FILE`: sends every line of an events file as
-//!   one message, ten per request, several requests at once.
+//! - `publish QUEUE_URL EVENTS_FILE [BACKLOG]`: sends every line of an
+//!   events file as one message, ten per request, several requests at once;
+//!   with BACKLOG, waits before each request while the queue holds that many
+//!   messages (visible or in flight), as a live feed that a consumer keeps
+//!   up with.
 //! - `drain QUEUE_URL RECEIVERS IDLE_SECS`: the ceiling for consuming: long
 //!   polls with RECEIVERS receivers and deletes every batch at once, doing
 //!   nothing else, until nothing arrives for IDLE_SECS; prints messages/s.
@@ -19,19 +22,24 @@ use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use tasks::consume::Queue;
 
 const USAGE: &str =
-    "usage: sqs_feed publish QUEUE_URL EVENTS_FILE | drain QUEUE_URL RECEIVERS IDLE_SECS";
+    "usage: sqs_feed publish QUEUE_URL EVENTS_FILE [BACKLOG] | drain QUEUE_URL RECEIVERS IDLE_SECS";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["publish", url, file] => publish(url, file).await,
+        ["publish", url, file] => publish(url, file, None).await,
+        ["publish", url, file, backlog] => publish(url, file, Some(backlog.parse()?)).await,
         ["drain", url, receivers, idle] => drain(url, receivers.parse()?, idle.parse()?).await,
         _ => Err(USAGE.into()),
     }
 }
 
-async fn publish(url: &str, file: &str) -> Result<(), Box<dyn std::error::Error>> {
+async fn publish(
+    url: &str,
+    file: &str,
+    backlog: Option<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let queue = Queue::from_env(url).await;
     let text = std::fs::read_to_string(file)?;
     let lines: Vec<String> = text
@@ -52,6 +60,13 @@ async fn publish(url: &str, file: &str) -> Result<(), Box<dyn std::error::Error>
                 let Some(chunk) = chunks.get(i) else {
                     return Ok::<_, String>(());
                 };
+                while let Some(limit) = backlog {
+                    let (visible, in_flight) = queue.depth().await.map_err(|e| e.to_string())?;
+                    if visible + in_flight < limit {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
                 let entries = chunk
                     .iter()
                     .enumerate()

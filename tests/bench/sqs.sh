@@ -6,11 +6,16 @@
 #
 # On one SQS server (moto on 127.0.0.1:27232, started here unless
 # BENCH_SQS_ENDPOINT names one), in the same run:
-# 1. the seeded events published once each to a queue, then consumed by
-#    `cutover consume --until-idle` into MariaDB (127.0.0.1:3306): events/s;
-# 2. the same events published to a second queue, then drained by a bare
+# 1. the seeded events published once each to a queue while
+#    `cutover consume --until-idle` consumes it into MariaDB
+#    (127.0.0.1:3306): events/s end to end, and the consumer's own time
+#    (micro-batches' took_ms: loading and deleting);
+# 2. the same events published the same way to a second queue while a bare
 #    receive-and-delete loop with the same client and receivers
-#    (examples/sqs_feed.rs): messages/s, the ceiling.
+#    (examples/sqs_feed.rs) drains it: messages/s, the ceiling.
+# The publisher keeps at most BACKLOG (default 200) messages on the queue,
+# as a live feed would: moto's requests cost time in proportion to the
+# queue's length, so a deep queue would measure moto alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -58,35 +63,44 @@ print(json.loads(urllib.request.urlopen(req).read())["QueueUrl"])
 PY
 }
 
-say "1. cutover consume: $lines messages into MariaDB"
+BACKLOG=${BACKLOG:-200}
+
+say "1. cutover consume: $lines messages into MariaDB, published as it goes (backlog at most $BACKLOG)"
 q1=$(create_queue "bench-consume-$$")
-"$feed" publish "$q1" "$events"
 mysql -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
 wh="mysql://root@127.0.0.1:3306/$DB"
 "$bin" --warehouse-url "$wh" migrate > /dev/null
 rm -rf "$DIR/work-sqs"
 start=$(now)
+"$feed" publish "$q1" "$events" "$BACKLOG" > "$DIR/publish-consume.txt" &
+publisher=$!
 /usr/bin/time -v "$bin" --warehouse-url "$wh" --work-dir "$DIR/work-sqs" consume \
   --queue-url "$q1" --until-idle 3 --wait 1 --receivers "$RECEIVERS" \
-  > "$DIR/consume.txt" 2> "$DIR/consume-time.txt"
-end=$(now)
+  > "$DIR/consume.txt" 2> "$DIR/consume-log.txt"
+wait $publisher
 cat "$DIR/consume.txt"
-rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$DIR/consume-time.txt")
-# The idle tail (--until-idle 3) is not consuming: take the last batch's time.
+rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$DIR/consume-log.txt")
+# The idle tail (--until-idle 3) is not consuming: end at the last batch.
 last=$(mysql -N "$DB" -e "SELECT MAX(ended_at) FROM cutover_runs WHERE trigger_kind = 'sqs'")
 busy=$(python3 -c "
 import datetime as dt
 last = dt.datetime.fromisoformat('$last'.replace('Z', '+00:00')).timestamp()
-print(f'{min(last, $end) - $start:.2f}')")
+print(f'{last - $start:.2f}')")
 consumed=$(python3 -c "print(f'{$lines / $busy:.0f}')")
+# The consumer's own time: loading and deleting, summed over micro-batches.
+loading=$(sed 's/\x1b\[[0-9;]*m//g' "$DIR/consume-log.txt" | grep -o 'took_ms=[0-9]*' | cut -d= -f2 | awk '{s+=$1} END {printf "%.2f", s/1000}')
+capacity=$(python3 -c "print(f'{$lines / $loading:.0f}')")
 
-say "2. bare receive-and-delete loop: $lines messages"
+say "2. bare receive-and-delete loop: $lines messages, published the same way"
 q2=$(create_queue "bench-drain-$$")
-"$feed" publish "$q2" "$events"
+"$feed" publish "$q2" "$events" "$BACKLOG" > "$DIR/publish-drain.txt" &
+publisher=$!
 "$feed" drain "$q2" "$RECEIVERS" 3 | tee "$DIR/drain.txt"
+wait $publisher
 drained=$(grep -Eo '\(([0-9]+)/s' "$DIR/drain.txt" | tr -dc 0-9)
 
 echo
 echo "consume into MariaDB: $lines events in ${busy}s = $consumed events/s (peak RSS $((rss_kb / 1024)) MiB, $RECEIVERS receivers)"
+echo "  of which loading and deleting: ${loading}s = $capacity events/s while busy"
 echo "bare receive+delete:  $drained messages/s"
 echo "ratio: $(python3 -c "print(f'{$consumed / $drained:.2f}')")"

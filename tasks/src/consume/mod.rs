@@ -399,6 +399,7 @@ impl Consumer {
 
     /// Loads one micro-batch and deletes what it committed.
     async fn flush(&mut self, batch: Vec<Received>, held: &Held) -> Flushed {
+        let started = Instant::now();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let lag = batch
             .iter()
@@ -517,7 +518,9 @@ impl Consumer {
         });
         held.remove(undone.iter().map(|i| batch[*i].receipt.as_str()));
         let receipts: Vec<&str> = done.iter().map(|i| batch[*i].receipt.as_str()).collect();
+        let deleting = Instant::now();
         out.deleted = self.delete(&receipts).await;
+        let delete_ms = deleting.elapsed().as_millis() as u64;
         held.remove(receipts.iter().copied());
 
         self.status.record(&out, lag);
@@ -530,50 +533,75 @@ impl Consumer {
             deleted = out.deleted,
             failed = out.failed.len(),
             lag_ms = lag.unwrap_or_default(),
+            took_ms = started.elapsed().as_millis() as u64,
+            delete_ms,
             "micro-batch"
         );
         out
     }
 
-    /// Deletes messages, ten at a time, retrying the entries SQS did not
-    /// delete; returns how many were deleted. A message left undeleted comes
-    /// back and is loaded again, which changes nothing.
+    /// Deletes messages, ten per request and several requests at once,
+    /// retrying the entries SQS did not delete; returns how many were
+    /// deleted. A message left undeleted comes back and is loaded again,
+    /// which changes nothing.
     async fn delete(&mut self, receipts: &[&str]) -> u64 {
-        let mut deleted = 0u64;
-        for chunk in receipts.chunks(queue::MAX_BATCH) {
-            let mut todo: Vec<String> = chunk.iter().map(|s| (*s).to_owned()).collect();
-            for attempt in 1..=DELETE_ATTEMPTS {
-                let refs: Vec<&str> = todo.iter().map(String::as_str).collect();
-                match self.queue.delete_batch(&refs).await {
-                    Ok(failed) => {
-                        deleted += (todo.len() - failed.len()) as u64;
-                        if failed.is_empty() {
-                            todo.clear();
-                            break;
-                        }
-                        if attempt == DELETE_ATTEMPTS {
-                            for (_, why) in &failed {
-                                self.status
-                                    .error(format!("deleting a message: {why}; it will come back"));
-                            }
-                        }
-                        todo = failed.into_iter().map(|(r, _)| r).collect();
-                    }
-                    Err(e) => {
-                        if attempt == DELETE_ATTEMPTS {
-                            self.status
-                                .error(format!("{e}; the messages will come back"));
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        use futures::StreamExt;
+        let queue = &self.queue;
+        let results: Vec<(u64, Vec<String>)> =
+            futures::stream::iter(receipts.chunks(queue::MAX_BATCH))
+                .map(|chunk| delete_chunk(queue, chunk))
+                .buffer_unordered(DELETE_REQUESTS)
+                .collect()
+                .await;
+        let mut deleted = 0;
+        for (n, errors) in results {
+            deleted += n;
+            for e in errors {
+                self.status.error(e);
             }
         }
         deleted
     }
 }
 
+/// Deletes up to ten messages, trying the failed entries again; returns how
+/// many were deleted and the errors of the last attempt.
+async fn delete_chunk(queue: &Queue, chunk: &[&str]) -> (u64, Vec<String>) {
+    let mut todo: Vec<String> = chunk.iter().map(|s| (*s).to_owned()).collect();
+    let mut deleted = 0u64;
+    let mut errors = Vec::new();
+    for attempt in 1..=DELETE_ATTEMPTS {
+        let refs: Vec<&str> = todo.iter().map(String::as_str).collect();
+        match queue.delete_batch(&refs).await {
+            Ok(failed) => {
+                deleted += (todo.len() - failed.len()) as u64;
+                if failed.is_empty() {
+                    return (deleted, Vec::new());
+                }
+                if attempt == DELETE_ATTEMPTS {
+                    errors = failed
+                        .iter()
+                        .map(|(_, why)| format!("deleting a message: {why}; it will come back"))
+                        .collect();
+                }
+                todo = failed.into_iter().map(|(r, _)| r).collect();
+            }
+            Err(e) => {
+                if attempt == DELETE_ATTEMPTS {
+                    errors = vec![format!("{e}; the messages will come back")];
+                }
+            }
+        }
+        if attempt < DELETE_ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+        }
+    }
+    (deleted, errors)
+}
+
 const DELETE_ATTEMPTS: u32 = 3;
+/// Delete requests in flight at once.
+const DELETE_REQUESTS: usize = 8;
 /// How often an idle consumer asks the queue whether it is empty.
 const IDLE_LOOK_EVERY: Duration = Duration::from_secs(1);
 const MAX_RECEIVED: usize = 100;
