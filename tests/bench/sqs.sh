@@ -87,9 +87,16 @@ import datetime as dt
 last = dt.datetime.fromisoformat('$last'.replace('Z', '+00:00')).timestamp()
 print(f'{last - $start:.2f}')")
 consumed=$(python3 -c "print(f'{$lines / $busy:.0f}')")
-# The consumer's own time: loading and deleting, summed over micro-batches.
-loading=$(sed 's/\x1b\[[0-9;]*m//g' "$DIR/consume-log.txt" | grep -o 'took_ms=[0-9]*' | cut -d= -f2 | awk '{s+=$1} END {printf "%.2f", s/1000}')
-capacity=$(python3 -c "print(f'{$lines / $loading:.0f}')")
+# The consumer's own time, summed over micro-batches: loading and deleting
+# (took_ms), and loading alone (took_ms - delete_ms).
+sums=$(sed 's/\x1b\[[0-9;]*m//g' "$DIR/consume-log.txt" | grep 'micro-batch' | python3 -c "
+import re, sys
+took = delete = 0
+for line in sys.stdin:
+    f = dict(re.findall(r'(\w+)=(\d+)', line))
+    took += int(f['took_ms']); delete += int(f['delete_ms'])
+print(f'{took / 1000:.2f} {(took - delete) / 1000:.2f}')")
+read -r busy_s load_s <<< "$sums"
 
 say "2. bare receive-and-delete loop: $lines messages, published the same way"
 q2=$(create_queue "bench-drain-$$")
@@ -101,6 +108,6 @@ drained=$(grep -Eo '\(([0-9]+)/s' "$DIR/drain.txt" | tr -dc 0-9)
 
 echo
 echo "consume into MariaDB: $lines events in ${busy}s = $consumed events/s (peak RSS $((rss_kb / 1024)) MiB, $RECEIVERS receivers)"
-echo "  of which loading and deleting: ${loading}s = $capacity events/s while busy"
+echo "  the consumer's own work: ${busy_s}s loading and deleting, of which ${load_s}s loading = $(python3 -c "print(f'{$lines / $load_s:.0f}')") events/s loaded"
 echo "bare receive+delete:  $drained messages/s"
 echo "ratio: $(python3 -c "print(f'{$consumed / $drained:.2f}')")"
