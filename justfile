@@ -19,6 +19,7 @@ test-containers *args:
 # Run the benchmarks recorded in BENCHMARKS.md.
 bench:
     bash tests/bench/star.sh
+    bash tests/bench/sqs.sh
 
 # Run one DAG now, e.g. `just run views`.
 run dag:
@@ -51,3 +52,11 @@ runs *args:
 # Create or upgrade the warehouse schema.
 migrate:
     {{cutover}} migrate
+
+# Consume the live feed from CUTOVER_SQS_QUEUE_URL, e.g. `just consume --until-idle 30`.
+consume *args:
+    {{cutover}} consume {{args}}
+
+# Every DAG's last run and watermarks, and every feed consumer's progress.
+status *args:
+    {{cutover}} status {{args}}
