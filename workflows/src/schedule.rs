@@ -1,6 +1,6 @@
 //! A DAG's schedule: a cron expression evaluated in a time zone.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Offset, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
@@ -37,12 +37,63 @@ impl Schedule {
     }
 
     /// The first fire time strictly after `after`.
+    ///
+    /// Daylight-saving changes neither skip nor double a run:
+    /// - A schedule at fixed hours (the hour field is not `*`) fires once per
+    ///   matching local time: a time in the hour skipped in spring fires at
+    ///   the end of the gap (02:30 becomes 03:00), and a time in the hour
+    ///   repeated in autumn fires on its first pass only.
+    /// - A schedule that fires every hour (the hour field is `*`) follows
+    ///   real time: it fires in both passes of a repeated hour and not in a
+    ///   skipped one, so its runs stay evenly spaced.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let local = after.with_timezone(&self.timezone);
-        self.parsed
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        // croner searches wall-clock time: from inside a repeated hour it can
+        // answer the first pass of a later wall time, an instant already
+        // past; search on from there until the answer is after `after`.
+        let mut from = local;
+        let mut first = None;
+        for _ in 0..8 {
+            let next = self.parsed.find_next_occurrence(&from, false).ok()?;
+            let adjusted = !self.parsed.is_time_matching(&next).unwrap_or(false);
+            if next.with_timezone(&Utc) > after && !(adjusted && self.every_hour()) {
+                first = Some(next.with_timezone(&Utc));
+                break;
+            }
+            from = next;
+        }
+        if !self.every_hour() {
+            return first;
+        }
+        // The second pass of a repeated hour: the same wall times at the
+        // offsets in force at `after` and at the first answer, kept where
+        // the zone has that offset at that instant (a real instant of the
+        // zone that the wall-clock search passed over).
+        let mut best = first;
+        let offsets = [
+            Some(local.offset().fix()),
+            first.map(|f| f.with_timezone(&self.timezone).offset().fix()),
+        ];
+        for offset in offsets.into_iter().flatten() {
+            let candidate = self
+                .parsed
+                .find_next_occurrence(&after.with_timezone(&offset), false)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+                .filter(|t| *t > after && t.with_timezone(&self.timezone).offset().fix() == offset);
+            best = match (best, candidate) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        best
+    }
+
+    /// Whether the hour field is `*`.
+    fn every_hour(&self) -> bool {
+        let fields: Vec<&str> = self.cron.split_whitespace().collect();
+        let hour = if fields.len() >= 6 { 2 } else { 1 };
+        fields.get(hour) == Some(&"*")
     }
 }
 
@@ -72,6 +123,89 @@ mod tests {
             s.next_after(after),
             Some(Utc.with_ymd_and_hms(2026, 1, 11, 1, 30, 0).unwrap())
         );
+    }
+
+    /// The next `n` fire times from `from` (UTC).
+    fn fires(cron: &str, zone: &str, from: (i32, u32, u32, u32, u32), n: usize) -> Vec<String> {
+        let s = Schedule::new(cron, zone).unwrap();
+        let mut t = Utc
+            .with_ymd_and_hms(from.0, from.1, from.2, from.3, from.4, 0)
+            .unwrap();
+        (0..n)
+            .map(|_| {
+                t = s.next_after(t).unwrap();
+                t.format("%m-%d %H:%M").to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_daily_run_in_a_skipped_hour_runs_once_at_the_end_of_the_gap() {
+        // Berlin, 2026-03-29: 02:00 CET becomes 03:00 CEST (01:00 UTC).
+        assert_eq!(
+            fires("0 30 2 * * *", "Europe/Berlin", (2026, 3, 27, 12, 0), 3),
+            ["03-28 01:30", "03-29 01:00", "03-30 00:30"]
+        );
+        // New York, 2026-03-08: 02:00 EST becomes 03:00 EDT (07:00 UTC).
+        assert_eq!(
+            fires("30 2 * * *", "America/New_York", (2026, 3, 6, 12, 0), 3),
+            ["03-07 07:30", "03-08 07:00", "03-09 06:30"]
+        );
+    }
+
+    #[test]
+    fn a_daily_run_in_a_repeated_hour_runs_once() {
+        // Berlin, 2026-10-25: 03:00 CEST becomes 02:00 CET (01:00 UTC).
+        assert_eq!(
+            fires("0 30 2 * * *", "Europe/Berlin", (2026, 10, 23, 12, 0), 3),
+            ["10-24 00:30", "10-25 00:30", "10-26 01:30"]
+        );
+        // New York, 2026-11-01: 02:00 EDT becomes 01:00 EST (06:00 UTC).
+        assert_eq!(
+            fires("30 1 * * *", "America/New_York", (2026, 10, 30, 12, 0), 3),
+            ["10-31 05:30", "11-01 05:30", "11-02 06:30"]
+        );
+        // Asked from inside the second pass, after the run: the next day,
+        // not the first pass again.
+        assert_eq!(
+            fires("0 30 2 * * *", "Europe/Berlin", (2026, 10, 25, 1, 10), 1),
+            ["10-26 01:30"]
+        );
+        assert_eq!(
+            fires("30 1 * * *", "America/New_York", (2026, 11, 1, 6, 10), 1),
+            ["11-02 06:30"]
+        );
+    }
+
+    #[test]
+    fn an_hourly_run_stays_an_hour_apart_in_both_directions() {
+        for (zone, spring, autumn) in [
+            ("Europe/Berlin", (2026, 3, 28, 23, 0), (2026, 10, 24, 22, 0)),
+            ("America/New_York", (2026, 3, 8, 4, 0), (2026, 11, 1, 3, 0)),
+        ] {
+            for (cron, from, step) in [
+                ("0 30 * * * *", spring, 60),
+                ("0 30 * * * *", autumn, 60),
+                ("0 */15 * * * *", spring, 15),
+                ("0 */15 * * * *", autumn, 15),
+            ] {
+                let s = Schedule::new(cron, zone).unwrap();
+                let mut t = Utc
+                    .with_ymd_and_hms(from.0, from.1, from.2, from.3, from.4, 0)
+                    .unwrap();
+                let mut prev = s.next_after(t).unwrap();
+                t = prev;
+                for _ in 0..(6 * 60 / step) {
+                    t = s.next_after(t).unwrap();
+                    assert_eq!(
+                        (t - prev).num_minutes(),
+                        step,
+                        "{cron} in {zone}: {prev} then {t}"
+                    );
+                    prev = t;
+                }
+            }
+        }
     }
 
     #[test]
