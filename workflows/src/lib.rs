@@ -6,6 +6,7 @@
 //! registry, [`task::TaskKinds`], both implemented by the `tasks` crate.
 
 pub mod dag;
+pub mod lease;
 pub mod ledger;
 pub mod runner;
 pub mod schedule;
@@ -14,6 +15,7 @@ pub mod state;
 pub mod task;
 
 pub use dag::{Dag, DagError, TaskSpec};
+pub use lease::{Lease, LeaseError, Leases};
 pub use ledger::Ledger;
 pub use runner::{RunOptions, RunSummary, Runner};
 pub use sql::{Backend, SqlIdent};
