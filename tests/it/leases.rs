@@ -1,5 +1,5 @@
-//! DAG leases on every warehouse: at most one holder per DAG however many
-//! processes race for it, and a holder that lost its lease cannot commit.
+//! DAG leases on every warehouse: one holder per schedule tick however many
+//! schedulers race for it, and a holder that lost its lease cannot commit.
 
 use std::time::Duration;
 
@@ -26,23 +26,29 @@ async fn one_holder_per_tick_and_a_stale_holder_cannot_commit() -> Result<()> {
             &dir.path().join("w"),
             &["migrate"],
         ));
-        // Three schedulers, each with its own connections, race for the
-        // lease at every tick; the lease of the tick before has expired.
+        // Three schedulers, each with its own connections, race for every
+        // tick; the winner's run ends and releases the lease, and a late
+        // scheduler finds the tick taken.
         let racers = [
             leases(&wh.url).await?,
             leases(&wh.url).await?,
             leases(&wh.url).await?,
         ];
         for tick in 1..=20i64 {
-            let now = tick * 1_000;
+            let at = tick * 60_000;
             let (a, b, c) = tokio::join!(
-                racers[0].acquire("views", "s0", TTL, now),
-                racers[1].acquire("views", "s1", TTL, now),
-                racers[2].acquire("views", "s2", TTL, now),
+                racers[0].claim_tick("views", "s0", at, TTL, at + 5),
+                racers[1].claim_tick("views", "s1", at, TTL, at + 7),
+                racers[2].claim_tick("views", "s2", at, TTL, at + 3),
             );
             let won: Vec<_> = [a?, b?, c?].into_iter().flatten().collect();
             assert_eq!(won.len(), 1, "tick {tick} on {}: {won:?}", wh.name);
             assert_eq!(won[0].token, tick, "one token per tick on {}", wh.name);
+            racers[0].release(&won[0]).await?;
+            let late = racers[(tick % 3) as usize]
+                .claim_tick("views", "late", at, TTL, at + 2_000)
+                .await?;
+            assert!(late.is_none(), "tick {tick} ran twice on {}", wh.name);
         }
 
         // The holder of tick 20 pauses past its expiry; another takes over.

@@ -91,6 +91,36 @@ impl Leases {
         ttl: Duration,
         now_ms: i64,
     ) -> Result<Option<Lease>, LeaseError> {
+        self.take(dag, holder, ttl, now_ms, None).await
+    }
+
+    /// Takes the lease of `dag` to run its schedule tick `tick_ms`: as
+    /// [`Leases::acquire`], and only if no holder has claimed this tick or a
+    /// later one. However many schedulers race for a tick, one runs it, and
+    /// a scheduler that comes late (after the run ended and released the
+    /// lease) finds the tick taken.
+    ///
+    /// # Errors
+    /// The warehouse failed.
+    pub async fn claim_tick(
+        &self,
+        dag: &str,
+        holder: &str,
+        tick_ms: i64,
+        ttl: Duration,
+        now_ms: i64,
+    ) -> Result<Option<Lease>, LeaseError> {
+        self.take(dag, holder, ttl, now_ms, Some(tick_ms)).await
+    }
+
+    async fn take(
+        &self,
+        dag: &str,
+        holder: &str,
+        ttl: Duration,
+        now_ms: i64,
+        tick_ms: Option<i64>,
+    ) -> Result<Option<Lease>, LeaseError> {
         let b = self.backend;
         let ensure = match b {
             Backend::Sqlite => "INSERT OR IGNORE INTO cutover_leases (dag, holder, token, expires_ms) VALUES (?, '', 0, 0)",
@@ -105,24 +135,39 @@ impl Leases {
         let expires_ms = now_ms + ttl.as_millis() as i64;
         // The row lock the update takes orders concurrent takers: the second
         // sees the first's expiry and takes nothing.
-        let take = format!(
-            "UPDATE cutover_leases SET holder = {}, token = token + 1, expires_ms = {} WHERE dag = {} AND (expires_ms <= {} OR holder = {})",
-            b.param(1),
-            b.param(2),
-            b.param(3),
-            b.param(4),
-            b.param(5)
+        // Markers in the order they are bound (`?` is positional).
+        let mut n = 0;
+        let mut p = || {
+            n += 1;
+            b.param(n)
+        };
+        let mut take = format!(
+            "UPDATE cutover_leases SET holder = {}, token = token + 1, expires_ms = {}",
+            p(),
+            p()
         );
+        if tick_ms.is_some() {
+            take += &format!(", last_tick_ms = {}", p());
+        }
+        take += &format!(
+            " WHERE dag = {} AND (expires_ms <= {} OR holder = {})",
+            p(),
+            p(),
+            p()
+        );
+        if tick_ms.is_some() {
+            take += &format!(" AND last_tick_ms < {}", p());
+        }
         let mut tx = self.pool.begin().await.map_err(Self::db(dag))?;
-        let taken = sqlx::query(&take)
-            .bind(holder)
-            .bind(expires_ms)
-            .bind(dag)
-            .bind(now_ms)
-            .bind(holder)
-            .execute(&mut *tx)
-            .await
-            .map_err(Self::db(dag))?;
+        let mut q = sqlx::query(&take).bind(holder).bind(expires_ms);
+        if let Some(t) = tick_ms {
+            q = q.bind(t);
+        }
+        q = q.bind(dag).bind(now_ms).bind(holder);
+        if let Some(t) = tick_ms {
+            q = q.bind(t);
+        }
+        let taken = q.execute(&mut *tx).await.map_err(Self::db(dag))?;
         if taken.rows_affected() == 0 {
             return Ok(None);
         }
@@ -321,6 +366,35 @@ mod tests {
         l.release(&b).await.unwrap();
         let a2 = l.acquire("views", "a", TTL, 20_000).await.unwrap().unwrap();
         assert_eq!(a2.token, 3);
+    }
+
+    #[tokio::test]
+    async fn a_tick_is_claimed_once_even_by_a_late_scheduler() {
+        let l = leases().await;
+        let a = l
+            .claim_tick("views", "a", 60_000, TTL, 60_010)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(l
+            .claim_tick("views", "b", 60_000, TTL, 60_020)
+            .await
+            .unwrap()
+            .is_none());
+        // The run ends and releases the lease; a late scheduler finds the
+        // tick taken, and takes the next one.
+        l.release(&a).await.unwrap();
+        assert!(l
+            .claim_tick("views", "b", 60_000, TTL, 61_000)
+            .await
+            .unwrap()
+            .is_none());
+        let b = l
+            .claim_tick("views", "b", 120_000, TTL, 120_010)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.token, 2);
     }
 
     #[tokio::test]
