@@ -305,20 +305,9 @@ impl Leases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sqlx::any::AnyPoolOptions;
 
     async fn leases() -> Leases {
-        sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&pool)
-            .await
-            .unwrap();
-        Leases::new(pool, Backend::Sqlite)
+        Leases::new(crate::test_pool().await, Backend::Sqlite)
     }
 
     const TTL: Duration = Duration::from_secs(10);

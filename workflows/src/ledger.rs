@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::sql::{text, Backend};
+use crate::sql::{text, write_row, Backend};
 use crate::state::{RunState, TaskState};
 
 /// A ledger read or write failed.
@@ -178,57 +178,31 @@ impl Ledger {
             }
         ) as i64;
         let attempt = i64::from(state.attempt());
-        // One writer per attempt row (its task), so an update that finds no
-        // row and then an insert, each committing on its own, is an upsert
-        // in every dialect; unlike DELETE and INSERT in one transaction, it
-        // takes no gap locks that concurrent runs' attempts deadlock on.
-        let b = self.backend;
-        let update = format!(
-            "UPDATE cutover_task_attempts SET state = {}, started_at = {}, ended_at = {}, rows_read = {}, rows_written = {}, rows_quarantined = {}, summary = {}, error = {}, retryable = {} WHERE run_id = {} AND task = {} AND attempt = {}",
-            b.param(1), b.param(2), b.param(3), b.param(4), b.param(5), b.param(6),
-            b.param(7), b.param(8), b.param(9), b.param(10), b.param(11), b.param(12)
-        );
-        let what = format!("recording task {task} of run {run_id}");
-        let updated = sqlx::query(&update)
-            .bind(state.name())
-            .bind(started_at.map(timestamp))
-            .bind(ended_at.map(timestamp))
-            .bind(read)
-            .bind(written)
-            .bind(quarantined)
-            .bind(summary.clone())
-            .bind(error.clone())
-            .bind(retryable)
-            .bind(run_id)
-            .bind(task)
-            .bind(attempt)
-            .execute(&self.pool)
-            .await
-            .map_err(LedgerError::new(what.clone()))?;
-        if updated.rows_affected() > 0 {
-            return Ok(());
-        }
-        let insert = format!(
-            "INSERT INTO cutover_task_attempts (run_id, task, attempt, state, started_at, ended_at, rows_read, rows_written, rows_quarantined, summary, error, retryable) VALUES ({})",
-            b.params(1, 12)
-        );
-        sqlx::query(&insert)
-            .bind(run_id)
-            .bind(task)
-            .bind(attempt)
-            .bind(state.name())
-            .bind(started_at.map(timestamp))
-            .bind(ended_at.map(timestamp))
-            .bind(read)
-            .bind(written)
-            .bind(quarantined)
-            .bind(summary)
-            .bind(error)
-            .bind(retryable)
-            .execute(&self.pool)
-            .await
-            .map_err(LedgerError::new(what))?;
-        Ok(())
+        write_row(
+            &self.pool,
+            self.backend,
+            "cutover_task_attempts",
+            &[
+                ("run_id", run_id.into()),
+                ("task", task.into()),
+                ("attempt", attempt.into()),
+            ],
+            &[
+                ("state", state.name().into()),
+                ("started_at", started_at.map(timestamp).into()),
+                ("ended_at", ended_at.map(timestamp).into()),
+                ("rows_read", read.into()),
+                ("rows_written", written.into()),
+                ("rows_quarantined", quarantined.into()),
+                ("summary", summary.into()),
+                ("error", error.into()),
+                ("retryable", retryable.into()),
+            ],
+        )
+        .await
+        .map_err(LedgerError::new(format!(
+            "recording task {task} of run {run_id}"
+        )))
     }
 
     /// Records the end of a run with its totals.

@@ -21,3 +21,19 @@ pub use runner::{RunOptions, RunSummary, Runner};
 pub use sql::{Backend, SqlIdent};
 pub use state::{RunState, TaskState};
 pub use task::{KindInfo, SettingProblem, Task, TaskContext, TaskError, TaskKinds, TaskReport};
+
+/// A migrated in-memory SQLite warehouse with one connection, for tests.
+#[cfg(test)]
+pub(crate) async fn test_pool() -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::migrate!("../migrations/sqlite")
+        .run(&pool)
+        .await
+        .unwrap();
+    pool
+}

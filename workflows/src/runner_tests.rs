@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use sqlx::any::AnyPoolOptions;
 use tokio::sync::Barrier;
 
 use crate::dag::{parse, Dag};
@@ -49,17 +48,7 @@ fn dag(tasks: &str) -> Dag<Any> {
 }
 
 async fn runner() -> Runner {
-    sqlx::any::install_default_drivers();
-    let pool = AnyPoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
-    sqlx::migrate!("../migrations/sqlite")
-        .run(&pool)
-        .await
-        .unwrap();
-    Runner::new(Ledger::new(pool, Backend::Sqlite))
+    Runner::new(Ledger::new(crate::test_pool().await, Backend::Sqlite))
 }
 
 fn opts(dir: &Path) -> RunOptions {

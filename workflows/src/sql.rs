@@ -136,6 +136,102 @@ pub fn text(row: &sqlx::any::AnyRow, column: &str) -> Result<Option<String>, sql
     }
 }
 
+/// A value bound to a statement: text or an integer, either possibly NULL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bound {
+    /// Text.
+    Text(Option<String>),
+    /// An integer.
+    Int(Option<i64>),
+}
+
+impl From<&str> for Bound {
+    fn from(v: &str) -> Self {
+        Self::Text(Some(v.to_owned()))
+    }
+}
+
+impl From<Option<String>> for Bound {
+    fn from(v: Option<String>) -> Self {
+        Self::Text(v)
+    }
+}
+
+impl From<i64> for Bound {
+    fn from(v: i64) -> Self {
+        Self::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Bound {
+    fn from(v: Option<i64>) -> Self {
+        Self::Int(v)
+    }
+}
+
+/// Writes the row of `table` whose key columns hold `key`, setting the
+/// `values` columns: an update, then an insert when no row matched, each
+/// committing on its own. That is an upsert in every dialect for rows that
+/// only one writer ever writes (a task attempt, a consumer's progress), and
+/// unlike DELETE and INSERT in one transaction it takes no gap locks that
+/// concurrent writers of other rows deadlock on.
+///
+/// # Errors
+/// A statement failed.
+pub async fn write_row(
+    pool: &sqlx::AnyPool,
+    backend: Backend,
+    table: &str,
+    key: &[(&str, Bound)],
+    values: &[(&str, Bound)],
+) -> Result<(), sqlx::Error> {
+    let set: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| format!("{c} = {}", backend.param(i + 1)))
+        .collect();
+    let by: Vec<String> = key
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| format!("{c} = {}", backend.param(values.len() + i + 1)))
+        .collect();
+    let update = format!(
+        "UPDATE {table} SET {} WHERE {}",
+        set.join(", "),
+        by.join(" AND ")
+    );
+    let updated = bind_all(sqlx::query(&update), values, key)
+        .execute(pool)
+        .await?;
+    if updated.rows_affected() > 0 {
+        return Ok(());
+    }
+    let columns: Vec<&str> = values.iter().chain(key).map(|(c, _)| *c).collect();
+    let insert = format!(
+        "INSERT INTO {table} ({}) VALUES ({})",
+        columns.join(", "),
+        backend.params(1, columns.len())
+    );
+    bind_all(sqlx::query(&insert), values, key)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    values: &[(&str, Bound)],
+    key: &[(&str, Bound)],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for (_, v) in values.iter().chain(key) {
+        q = match v.clone() {
+            Bound::Text(t) => q.bind(t),
+            Bound::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 use serde::Serialize;
 use sqlx::Row;
 use workflows::ledger::timestamp;
-use workflows::sql::text;
+use workflows::sql::{text, write_row, Bound};
 
 use crate::warehouse::Warehouse;
 
@@ -120,61 +120,34 @@ impl ConsumerStatus {
         }
     }
 
-    /// Updates the row, or inserts it when there is none yet: one writer per
-    /// row (the consumer itself), so no dialect's upsert is needed.
     async fn upsert(&self, wh: &Warehouse) -> Result<(), sqlx::Error> {
-        let b = wh.backend;
-        let update = format!(
-            "UPDATE cutover_consumers SET updated_at = {}, state = {}, messages = {}, redelivered = {}, events = {}, poison = {}, deleted = {}, batches = {}, failed_batches = {}, errors = {}, lag_ms = {}, last_error = {} WHERE consumer_id = {}",
-            b.param(1), b.param(2), b.param(3), b.param(4), b.param(5), b.param(6),
-            b.param(7), b.param(8), b.param(9), b.param(10), b.param(11), b.param(12),
-            b.param(13)
-        );
         let t = &self.totals;
-        let updated = sqlx::query(&update)
-            .bind(&self.updated_at)
-            .bind(&self.state)
-            .bind(t.messages as i64)
-            .bind(t.redelivered as i64)
-            .bind(t.events as i64)
-            .bind(t.poison as i64)
-            .bind(t.deleted as i64)
-            .bind(t.batches as i64)
-            .bind(t.failed_batches as i64)
-            .bind(t.errors as i64)
-            .bind(self.lag_ms)
-            .bind(self.last_error.clone())
-            .bind(&self.consumer_id)
-            .execute(&wh.pool)
-            .await?;
-        if updated.rows_affected() > 0 {
-            return Ok(());
-        }
-        let insert = format!(
-            "INSERT INTO cutover_consumers (consumer_id, queue_url, host, pid, started_at, updated_at, state, messages, redelivered, events, poison, deleted, batches, failed_batches, errors, lag_ms, last_error) VALUES ({})",
-            b.params(1, 17)
-        );
-        sqlx::query(&insert)
-            .bind(&self.consumer_id)
-            .bind(&self.queue_url)
-            .bind(&self.host)
-            .bind(i64::from(self.pid))
-            .bind(&self.started_at)
-            .bind(&self.updated_at)
-            .bind(&self.state)
-            .bind(t.messages as i64)
-            .bind(t.redelivered as i64)
-            .bind(t.events as i64)
-            .bind(t.poison as i64)
-            .bind(t.deleted as i64)
-            .bind(t.batches as i64)
-            .bind(t.failed_batches as i64)
-            .bind(t.errors as i64)
-            .bind(self.lag_ms)
-            .bind(self.last_error.clone())
-            .execute(&wh.pool)
-            .await?;
-        Ok(())
+        let n = |v: u64| Bound::from(v as i64);
+        write_row(
+            &wh.pool,
+            wh.backend,
+            "cutover_consumers",
+            &[("consumer_id", self.consumer_id.as_str().into())],
+            &[
+                ("queue_url", self.queue_url.as_str().into()),
+                ("host", self.host.as_str().into()),
+                ("pid", i64::from(self.pid).into()),
+                ("started_at", self.started_at.as_str().into()),
+                ("updated_at", self.updated_at.as_str().into()),
+                ("state", self.state.as_str().into()),
+                ("messages", n(t.messages)),
+                ("redelivered", n(t.redelivered)),
+                ("events", n(t.events)),
+                ("poison", n(t.poison)),
+                ("deleted", n(t.deleted)),
+                ("batches", n(t.batches)),
+                ("failed_batches", n(t.failed_batches)),
+                ("errors", n(t.errors)),
+                ("lag_ms", self.lag_ms.into()),
+                ("last_error", self.last_error.clone().into()),
+            ],
+        )
+        .await
     }
 
     /// Every consumer recorded in the warehouse, the most recently updated
