@@ -77,3 +77,61 @@ async fn one_holder_per_tick_and_a_stale_holder_cannot_commit() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_run_whose_lease_was_taken_over_commits_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let events = support::seed(dir.path(), 300, 3);
+    let dags = workflows::dag::load_dir::<tasks::kinds::TaskKind>(&support::root().join("dags"))
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let users = dags.iter().find(|d| d.name == "users").unwrap();
+    for wh in support::warehouses().await? {
+        let warehouse = tasks::warehouse::Warehouse::connect(&wh.url).await?;
+        warehouse.migrate().await?;
+        let leases = Leases::new(warehouse.pool.clone(), warehouse.backend);
+        let now = chrono::Utc::now().timestamp_millis();
+        // This scheduler's lease expired while it was paused, and another
+        // took the DAG over.
+        let stale = leases
+            .acquire("users", "paused", TTL, now - 60_000)
+            .await?
+            .unwrap();
+        leases
+            .acquire("users", "other", Duration::from_secs(600), now)
+            .await?
+            .unwrap();
+        let env = tasks::kinds::Env {
+            source: tasks::source::Source::open(&events.display().to_string()).await?,
+            warehouse: warehouse.clone(),
+        };
+        let opts = workflows::RunOptions {
+            work_root: dir.path().join(format!("work-{}", wh.name)),
+            lease: Some(stale),
+            ..workflows::RunOptions::default()
+        };
+        let summary = workflows::Runner::new(warehouse.ledger())
+            .run(users, tasks::kinds::build_tasks(users, &env), &opts)
+            .await?;
+        assert!(
+            !matches!(summary.state, workflows::RunState::Succeeded),
+            "the run fails on {}",
+            wh.name
+        );
+        let error = summary
+            .tasks
+            .iter()
+            .find_map(|(_, s)| match s {
+                workflows::TaskState::Failed { error, .. } => Some(error.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        assert!(error.contains("lease of dag users lost"), "{error}");
+        let pool = support::pool(&wh.url).await?;
+        for table in ["dim_user", "cutover_commits", "cutover_watermarks"] {
+            let n = support::count(&pool, &format!("SELECT COUNT(*) FROM {table}")).await?;
+            assert_eq!(n, 0, "{table} is untouched on {}", wh.name);
+        }
+        pool.close().await;
+    }
+    Ok(())
+}

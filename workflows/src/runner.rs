@@ -35,6 +35,9 @@ pub struct RunOptions {
     pub max_parallel: usize,
     /// Keep the run's work directory after a successful run.
     pub keep_work: bool,
+    /// The lease on the DAG the run holds (scheduled runs); its commits are
+    /// refused once it is lost.
+    pub lease: Option<crate::Lease>,
 }
 
 impl Default for RunOptions {
@@ -45,6 +48,7 @@ impl Default for RunOptions {
             scheduled_at: None,
             max_parallel: 4,
             keep_work: false,
+            lease: None,
         }
     }
 }
@@ -225,6 +229,7 @@ impl Runner {
                     task: spec.id.clone(),
                     attempt: 0,
                     work_dir: work_dir.to_path_buf(),
+                    lease: opts.lease.clone(),
                 },
                 retries: spec.retries,
                 backoff: spec.backoff,

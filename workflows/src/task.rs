@@ -23,6 +23,10 @@ pub struct TaskContext {
     /// The run's work directory; a task writes its outputs under
     /// `work_dir/<task id>/` and reads its dependencies' outputs there.
     pub work_dir: PathBuf,
+    /// The lease the run holds on its DAG, when it runs under one: a task
+    /// that commits checks it in the committing transaction
+    /// ([`crate::Leases::check`]).
+    pub lease: Option<crate::Lease>,
 }
 
 impl TaskContext {

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::Any;
-use workflows::{Backend, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport};
+use workflows::{
+    Backend, LeaseError, Leases, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport,
+};
 
 use crate::error::{from_io, from_sqlx};
 use crate::schema::{ColumnType, Value};
@@ -624,6 +626,17 @@ impl Task for LoadMerge {
             record_commit(&mut tx, wh.backend, commit)
                 .await
                 .map_err(|e| from_sqlx("recording the commit", e))?;
+            if let Some(lease) = &ctx.lease {
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                Leases::check(&mut tx, wh.backend, lease, now_ms)
+                    .await
+                    .map_err(|e| match e {
+                        LeaseError::Database { source, .. } => {
+                            from_sqlx("checking the DAG's lease", source)
+                        }
+                        lost @ LeaseError::Lost { .. } => TaskError::fatal(lost.to_string()),
+                    })?;
+            }
             tx.commit()
                 .await
                 .map_err(|e| from_sqlx("committing a segment", e))?;
