@@ -60,3 +60,7 @@ consume *args:
 # Every DAG's last run and watermarks, and every feed consumer's progress.
 status *args:
     {{cutover}} status {{args}}
+
+# Run the scheduled DAGs on their schedules until Ctrl-C, e.g. `just schedule`.
+schedule *args:
+    {{cutover}} schedule {{args}}

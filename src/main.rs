@@ -156,6 +156,27 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         visibility_timeout: Option<u64>,
     },
+    /// Run every DAG that has a [schedule] on its cron schedule, in its time
+    /// zone, until SIGINT/SIGTERM.
+    ///
+    /// Several daemons may share a warehouse: each schedule tick is claimed
+    /// by one of them (a lease in the warehouse with a fencing token, renewed
+    /// while the run goes on), so each tick runs once, a DAG still running is
+    /// never overlapped (its next tick is skipped), and a daemon that lost its
+    /// lease cannot commit. On SIGINT/SIGTERM it starts nothing more and lets
+    /// running DAGs finish for the grace period; runs still going then are
+    /// interrupted and the next run recovers.
+    Schedule {
+        /// The DAGs to schedule, by name; every scheduled DAG when none.
+        #[arg(value_name = "DAG")]
+        names: Vec<String>,
+        /// How long a claimed lease lasts unless renewed (renewed every third).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        lease_ttl: Duration,
+        /// How long running DAGs may take to finish after SIGINT/SIGTERM.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+    },
     /// Show where every DAG stands (last run, watermarks) and every feed
     /// consumer (messages, events, poison, errors, lag).
     Status {
@@ -375,6 +396,44 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 },
             };
             consume_feed(g, &dags, &queue_url, settings).await
+        }
+        Command::Schedule {
+            names,
+            lease_ttl,
+            grace,
+        } => {
+            let dags = select(g, &names, names.is_empty())?;
+            let env = env(g).await?;
+            let runner = Runner::new(env.warehouse.ledger());
+            let settings = tasks::daemon::Settings {
+                holder: format!(
+                    "{}:{}:{}",
+                    hostname(),
+                    std::process::id(),
+                    chrono::Utc::now().timestamp_millis()
+                ),
+                lease_ttl,
+                grace,
+                run: RunOptions {
+                    work_root: g.work_dir.clone(),
+                    ..RunOptions::default()
+                },
+            };
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!(
+                    "signal received: starting nothing more, letting running DAGs finish"
+                );
+                let _ = stop_tx.send(true);
+            });
+            tasks::kinds::hide_progress();
+            let ran = tasks::daemon::run(&dags, env, runner, settings, stop).await?;
+            println!(
+                "scheduler stopped: {} runs ({} failed), {} ticks run elsewhere or skipped, {} runs interrupted",
+                ran.runs, ran.failed, ran.not_ours, ran.interrupted
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { format } => status(g, format).await,
         Command::Migrate => {
@@ -982,4 +1041,10 @@ async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
         db.display()
     );
     Ok(code)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into())
 }

@@ -8,6 +8,7 @@
 //! [`workflows::Task`] implementation; [`kinds::TaskKind`] lists them once.
 
 pub mod consume;
+pub mod daemon;
 pub mod error;
 pub mod extract;
 pub mod filter;

@@ -9,6 +9,7 @@
 mod cli;
 mod leases;
 mod mongo;
+mod schedule;
 mod sqs;
 mod star;
 mod support;
