@@ -112,5 +112,38 @@ async fn three_daemons_run_each_tick_once() -> Result<()> {
         assert_eq!(secs % 2, 0, "runs are on the schedule's ticks: {t}");
     }
     pool.close().await;
+
+    // `runs --format json` gives each run's tick, start, end and state, and
+    // no run of the DAG overlaps another.
+    let runs: serde_json::Value = serde_json::from_str(&ok(support::cutover_with(
+        &source,
+        &wh.url,
+        &dir.path().join("w0"),
+        &dags,
+        &[
+            "runs", "--dag", "users", "--limit", "1000", "--format", "json",
+        ],
+    )))?;
+    let mut spans: Vec<(String, String)> = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(
+                r["run_id"].is_string() && r["scheduled_at"].is_string(),
+                "{r}"
+            );
+            assert_eq!(r["state"], "succeeded", "{r}");
+            (
+                r["started_at"].as_str().unwrap().to_owned(),
+                r["ended_at"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(spans.len() >= 20);
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "runs overlap: {pair:?}");
+    }
     Ok(())
 }
