@@ -408,7 +408,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let settings = tasks::daemon::Settings {
                 holder: format!(
                     "{}:{}:{}",
-                    hostname(),
+                    consume::status::hostname(),
                     std::process::id(),
                     chrono::Utc::now().timestamp_millis()
                 ),
@@ -1041,10 +1041,4 @@ async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
         db.display()
     );
     Ok(code)
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "host".into())
 }

@@ -12,7 +12,7 @@
 //! lost its lease cannot commit. A DAG still running (here or in another
 //! daemon) is never overlapped: its next tick is skipped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,7 +99,7 @@ pub async fn run(
     }
     let env = Arc::new(env);
     let mut running: tokio::task::JoinSet<(String, Outcome)> = tokio::task::JoinSet::new();
-    let mut busy: HashMap<String, DateTime<Utc>> = HashMap::new();
+    let mut busy: HashSet<String> = HashSet::new();
     let mut ran = Ran::default();
     loop {
         tokio::select! {
@@ -118,12 +118,12 @@ pub async fn run(
                     if let Some(n) = schedule.next_after(after) {
                         next.insert(dag.name.clone(), n);
                     }
-                    if busy.contains_key(&dag.name) {
+                    if busy.contains(&dag.name) {
                         tracing::warn!(dag = %dag.name, tick = %due, "still running: tick skipped");
                         ran.not_ours += 1;
                         continue;
                     }
-                    busy.insert(dag.name.clone(), due);
+                    busy.insert(dag.name.clone());
                     running.spawn(run_tick(
                         (*dag).clone(),
                         due,

@@ -36,9 +36,13 @@ struct Sqs {
 }
 
 impl Sqs {
-    /// The test server, or `None` (the test is skipped) when none is set.
+    /// The test server, or `None` (the test is skipped, and says so) when
+    /// none is set.
     async fn from_env() -> Option<Self> {
-        let endpoint = std::env::var("CUTOVER_TEST_SQS_ENDPOINT").ok()?;
+        let Ok(endpoint) = std::env::var("CUTOVER_TEST_SQS_ENDPOINT") else {
+            eprintln!("CUTOVER_TEST_SQS_ENDPOINT is not set: skipped");
+            return None;
+        };
         let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "tests");
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
@@ -234,7 +238,6 @@ async fn nightly(events_file: &Path, warehouse: &str, dir: &Path) -> Result<()> 
 #[tokio::test]
 async fn the_feed_loads_what_the_nightly_run_loads() -> Result<()> {
     let Some(sqs) = Sqs::from_env().await else {
-        eprintln!("CUTOVER_TEST_SQS_ENDPOINT is not set: skipped");
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -347,7 +350,6 @@ async fn the_feed_loads_what_the_nightly_run_loads() -> Result<()> {
 #[tokio::test]
 async fn a_consumer_killed_midway_and_restarted_loses_and_doubles_nothing() -> Result<()> {
     let Some(sqs) = Sqs::from_env().await else {
-        eprintln!("CUTOVER_TEST_SQS_ENDPOINT is not set: skipped");
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -463,7 +465,6 @@ impl Cable {
 async fn the_consumer_survives_the_warehouse_going_away_and_stops_cleanly_on_sigterm() -> Result<()>
 {
     let Some(sqs) = Sqs::from_env().await else {
-        eprintln!("CUTOVER_TEST_SQS_ENDPOINT is not set: skipped");
         return Ok(());
     };
     let mut warehouses = support::warehouses().await?;

@@ -190,7 +190,8 @@ impl ConsumerStatus {
     }
 }
 
-fn hostname() -> String {
+/// This machine's name, for telling processes apart in the ledger.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
