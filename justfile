@@ -16,10 +16,16 @@ test *args:
 test-containers *args:
     bash tests/run.sh --containers {{args}}
 
+# Start the local servers the tests use (MariaDB, PostgreSQL, nx-27017, moto)
+# when they are down; prints their addresses as shell exports.
+servers:
+    bash tests/servers.sh
+
 # Run the benchmarks recorded in BENCHMARKS.md.
 bench:
     bash tests/bench/star.sh
     bash tests/bench/sqs.sh
+    bash tests/bench/backfill.sh
 
 # Run one DAG now, e.g. `just run views`.
 run dag:
@@ -64,3 +70,8 @@ status *args:
 # Run the scheduled DAGs on their schedules until Ctrl-C, e.g. `just schedule`.
 schedule *args:
     {{cutover}} schedule {{args}}
+
+# Load a range of event time again in chunks, e.g.
+# `just backfill views 2026-01-01 2026-02-01 --parallel 2 --max-rate 5000`.
+backfill dag from to *args:
+    {{cutover}} backfill {{dag}} --from {{from}} --to {{to}} {{args}}

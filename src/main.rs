@@ -66,6 +66,10 @@ struct Global {
         default_value = ".cutover/work"
     )]
     work_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDR/metrics while a long command
+    /// (run, schedule, consume, backfill) runs, e.g. 127.0.0.1:9187.
+    #[arg(long, global = true, env = "CUTOVER_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Log line format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -139,22 +143,8 @@ enum Command {
         /// Exit once no message has arrived for this many seconds.
         #[arg(long, value_name = "SECS")]
         until_idle: Option<u64>,
-        /// Concurrent long-polling receivers (each receives up to 10 messages).
-        #[arg(long, default_value = "2")]
-        receivers: NonZeroUsize,
-        /// Flush a micro-batch when it holds this many messages...
-        #[arg(long, default_value = "1000")]
-        batch_messages: NonZeroUsize,
-        /// ...or when its oldest message has waited this long.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        batch_age: Duration,
-        /// Long-polling wait per receive, in seconds (at most 20).
-        #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
-        wait: u64,
-        /// Visibility timeout for received messages, in seconds; the queue's
-        /// own when absent. Held messages are extended every third of it.
-        #[arg(long, value_name = "SECS")]
-        visibility_timeout: Option<u64>,
+        #[command(flatten)]
+        feed: FeedArgs,
     },
     /// Run every DAG that has a [schedule] on its cron schedule, in its time
     /// zone, until SIGINT/SIGTERM.
@@ -176,6 +166,54 @@ enum Command {
         /// How long running DAGs may take to finish after SIGINT/SIGTERM.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         grace: Duration,
+        /// Also consume the live feed from SQS in this process, as `cutover
+        /// consume` does, sharing the warehouse connections and the ledger.
+        #[arg(long)]
+        with_sqs: bool,
+        /// The queue's URL, with --with-sqs.
+        #[arg(long, env = "CUTOVER_SQS_QUEUE_URL")]
+        queue_url: Option<String>,
+        #[command(flatten)]
+        feed: FeedArgs,
+    },
+    /// Load a range of event time again through a DAG's extract, transform
+    /// and load (not its verify tasks), in chunks.
+    ///
+    /// Each chunk is its own run (trigger `backfill`, its tick the chunk's
+    /// start) and reads only its window; a backfill never moves a watermark,
+    /// so it can run beside the scheduler. The chunks are recorded in the
+    /// warehouse: run again with the same arguments, it skips the chunks
+    /// done and tries the failed ones again. Several workers, here
+    /// (--parallel) or on other machines sharing the warehouse, claim chunks
+    /// without overlap; a dead worker's chunk is taken again once its claim
+    /// expires. Exits non-zero when a chunk failed.
+    Backfill {
+        /// The DAG to backfill.
+        #[arg(value_name = "DAG")]
+        name: String,
+        /// The first instant of event time (YYYY-MM-DD, midnight UTC, or RFC 3339).
+        #[arg(long)]
+        from: String,
+        /// The first instant after the range (exclusive).
+        #[arg(long)]
+        to: String,
+        /// The length of a chunk.
+        #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+        chunk: Duration,
+        /// Chunks this process runs at once.
+        #[arg(long, default_value = "1")]
+        parallel: NonZeroUsize,
+        /// At most this many events read per second by this process (over
+        /// all its chunks), to spare the live MongoDB.
+        #[arg(long, value_name = "EVENTS_PER_S")]
+        max_rate: Option<std::num::NonZeroU32>,
+        /// How long a claim on a chunk lasts unless renewed (every third of
+        /// it): how soon a dead worker's chunk is taken again.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        claim_ttl: Duration,
+        /// List the chunks and their states without running anything.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Show where every DAG stands (last run, watermarks) and every feed
     /// consumer (messages, events, poison, errors, lag).
@@ -248,6 +286,45 @@ enum Command {
     },
 }
 
+/// How the live feed is consumed.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Feed consumer")]
+struct FeedArgs {
+    /// Concurrent long-polling receivers (each receives up to 10 messages).
+    #[arg(long, default_value = "2")]
+    receivers: NonZeroUsize,
+    /// Flush a micro-batch when it holds this many messages...
+    #[arg(long, default_value = "1000")]
+    batch_messages: NonZeroUsize,
+    /// ...or when its oldest message has waited this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    batch_age: Duration,
+    /// Long-polling wait per receive, in seconds (at most 20).
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+    wait: u64,
+    /// Visibility timeout for received messages, in seconds; the queue's
+    /// own when absent. Held messages are extended every third of it.
+    #[arg(long, value_name = "SECS")]
+    visibility_timeout: Option<u64>,
+}
+
+impl FeedArgs {
+    fn settings(&self, g: &Global, until_idle: Option<u64>) -> consume::Settings {
+        consume::Settings {
+            receivers: self.receivers,
+            batch_messages: self.batch_messages,
+            batch_age: self.batch_age,
+            wait: Duration::from_secs(self.wait),
+            visibility: self.visibility_timeout.map(Duration::from_secs),
+            until_idle: until_idle.map(Duration::from_secs),
+            run: RunOptions {
+                work_root: g.work_dir.clone(),
+                ..RunOptions::default()
+            },
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum DagsCommand {
     /// Check DAG files (default: every file in the DAG directory); exits
@@ -290,7 +367,7 @@ enum ReportFormat {
 
 fn init_logs(g: &Global) {
     let default = match g.verbose {
-        0 => "warn,cutover=info,tasks::consume=info",
+        0 => "warn,cutover=info,tasks::consume=info,tasks::daemon=info,tasks::backfill=info,tasks::metrics=info",
         1 => "warn,workflows=info,tasks=info,cutover=debug",
         _ => "info,workflows=debug,tasks=debug,cutover=trace",
     };
@@ -298,6 +375,7 @@ fn init_logs(g: &Global) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match g.log_format {
         LogFormat::Text => builder.init(),
@@ -350,12 +428,12 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ListFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
                 ListFormat::Table => {
                     println!(
-                        "{:<36}  {:<14}  {:<9}  {:<24}  {:>8}  {:>8}  {:>5}",
+                        "{:<36}  {:<14}  {:<11}  {:<24}  {:>8}  {:>8}  {:>5}",
                         "RUN", "DAG", "STATE", "STARTED", "READ", "WRITTEN", "QUAR"
                     );
                     for r in runs {
                         println!(
-                            "{:<36}  {:<14}  {:<9}  {:<24}  {:>8}  {:>8}  {:>5}",
+                            "{:<36}  {:<14}  {:<11}  {:<24}  {:>8}  {:>8}  {:>5}",
                             r.run_id,
                             r.dag,
                             r.state,
@@ -376,42 +454,26 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             names,
             queue_url,
             until_idle,
-            receivers,
-            batch_messages,
-            batch_age,
-            wait,
-            visibility_timeout,
+            feed,
         } => {
             let dags = select(g, &names, names.is_empty())?;
-            let settings = consume::Settings {
-                receivers,
-                batch_messages,
-                batch_age,
-                wait: Duration::from_secs(wait),
-                visibility: visibility_timeout.map(Duration::from_secs),
-                until_idle: until_idle.map(Duration::from_secs),
-                run: RunOptions {
-                    work_root: g.work_dir.clone(),
-                    ..RunOptions::default()
-                },
-            };
+            let settings = feed.settings(g, until_idle);
             consume_feed(g, &dags, &queue_url, settings).await
         }
         Command::Schedule {
             names,
             lease_ttl,
             grace,
+            with_sqs,
+            queue_url,
+            feed,
         } => {
             let dags = select(g, &names, names.is_empty())?;
             let env = env(g).await?;
+            start_metrics(g, &env.warehouse).await?;
             let runner = Runner::new(env.warehouse.ledger());
             let settings = tasks::daemon::Settings {
-                holder: format!(
-                    "{}:{}:{}",
-                    consume::status::hostname(),
-                    std::process::id(),
-                    chrono::Utc::now().timestamp_millis()
-                ),
+                holder: holder(),
                 lease_ttl,
                 grace,
                 run: RunOptions {
@@ -420,20 +482,154 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 },
             };
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tasks::kinds::hide_progress();
+            let consumer = match (with_sqs, queue_url) {
+                (false, _) => None,
+                (true, None) => {
+                    bail!("--with-sqs needs the queue's URL: --queue-url or CUTOVER_SQS_QUEUE_URL")
+                }
+                (true, Some(url)) => {
+                    let queue = consume::Queue::from_env(&url).await;
+                    let consumer = consume::Consumer::new(
+                        queue,
+                        &dags,
+                        env.warehouse.clone(),
+                        runner.clone(),
+                        feed.settings(g, None),
+                    )
+                    .await
+                    .context("cannot start consuming")?;
+                    tracing::info!(consumer = consumer.id(), queue = %url, "consuming the feed beside the schedule");
+                    Some(consumer)
+                }
+            };
+            let stop_tx = std::sync::Arc::new(stop_tx);
+            let on_signal = std::sync::Arc::clone(&stop_tx);
             tokio::spawn(async move {
                 shutdown_signal().await;
                 tracing::info!(
                     "signal received: starting nothing more, letting running DAGs finish"
                 );
-                let _ = stop_tx.send(true);
+                let _ = on_signal.send(true);
             });
-            tasks::kinds::hide_progress();
-            let ran = tasks::daemon::run(&dags, env, runner, settings, stop).await?;
+            let daemon = async {
+                let ran = tasks::daemon::run(&dags, env, runner, settings, stop.clone()).await;
+                if ran.is_err() {
+                    // The feed stops with the scheduler.
+                    let _ = stop_tx.send(true);
+                }
+                ran
+            };
+            let feed = async {
+                match consumer {
+                    Some(c) => Some(c.run(stop.clone()).await),
+                    None => None,
+                }
+            };
+            let (ran, feed) = tokio::join!(daemon, feed);
+            let ran = ran?;
             println!(
                 "scheduler stopped: {} runs ({} failed), {} ticks run elsewhere or skipped, {} runs interrupted",
                 ran.runs, ran.failed, ran.not_ours, ran.interrupted
             );
+            if let Some(t) = feed {
+                println!(
+                    "consumer stopped: {} messages, {} events, {} poison quarantined, {} deleted, {} errors",
+                    t.messages, t.events, t.poison, t.deleted, t.errors
+                );
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill {
+            name,
+            from,
+            to,
+            chunk,
+            parallel,
+            max_rate,
+            claim_ttl,
+            dry_run,
+        } => {
+            let dag = select(g, std::slice::from_ref(&name), false)?
+                .pop()
+                .context("no DAG selected")?;
+            let settings = tasks::backfill::Settings {
+                from_ms: parse_instant(&from).context("--from")?,
+                until_ms: parse_instant(&to).context("--to")?,
+                chunk,
+                parallel,
+                max_rate,
+                claim_ttl,
+                holder: holder(),
+                run: RunOptions {
+                    work_root: g.work_dir.clone(),
+                    ..RunOptions::default()
+                },
+            };
+            let env = env(g).await?;
+            if dry_run {
+                let chunks = tasks::backfill::dry_run(&dag, &env, &settings).await?;
+                println!(
+                    "backfill {}: {} chunks",
+                    settings.key(&dag.name),
+                    chunks.len()
+                );
+                println!(
+                    "{:<24}  {:<24}  {:<8}  {:>8}  RUN",
+                    "FROM", "UNTIL", "STATE", "EVENTS"
+                );
+                for c in chunks {
+                    println!(
+                        "{:<24}  {:<24}  {:<8}  {:>8}  {}",
+                        reports::format_ms(c.from_ms),
+                        reports::format_ms(c.until_ms),
+                        c.state,
+                        c.events,
+                        c.run_id.unwrap_or_else(|| "-".into())
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            start_metrics(g, &env.warehouse).await?;
+            let runner = Runner::new(env.warehouse.ledger());
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("signal received: finishing the chunks under way, claiming no more");
+                let _ = stop_tx.send(true);
+            });
+            let report = tasks::backfill::run(&dag, env, runner, settings, stop).await?;
+            let secs = report.elapsed.as_secs_f64();
+            println!(
+                "backfill {}: {} chunks; {} done by this process, {} done before or by other workers, {} failed; {} events in {:.1} s ({:.0} events/s)",
+                report.key,
+                report.chunks,
+                report.done_here,
+                report.done_elsewhere,
+                report.failed.len(),
+                report.events,
+                secs,
+                report.events as f64 / secs.max(1e-3)
+            );
+            for c in &report.failed {
+                println!(
+                    "  failed: {} to {}: {}",
+                    reports::format_ms(c.from_ms),
+                    reports::format_ms(c.until_ms),
+                    c.error.as_deref().unwrap_or("?")
+                );
+            }
+            if report.left > 0 {
+                println!(
+                    "stopped with {} chunks left: run the same command again to go on",
+                    report.left
+                );
+            }
+            Ok(if report.failed.is_empty() && report.left == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Status { format } => status(g, format).await,
         Command::Migrate => {
@@ -545,6 +741,26 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Serves the metrics endpoint when --metrics-addr is given.
+async fn start_metrics(g: &Global, wh: &Warehouse) -> Result<()> {
+    if let Some(addr) = g.metrics_addr {
+        tasks::metrics::serve(addr, wh.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
+    Ok(())
+}
+
+/// This process's name in leases and claims: host, pid and start time.
+fn holder() -> String {
+    format!(
+        "{}:{}:{}",
+        consume::status::hostname(),
+        std::process::id(),
+        Utc::now().timestamp_millis()
+    )
+}
+
 /// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 instant into epoch ms.
 fn parse_instant(s: &str) -> Result<i64> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
@@ -611,6 +827,7 @@ async fn consume_feed(
     settings: consume::Settings,
 ) -> Result<ExitCode> {
     let wh = warehouse(g).await?;
+    start_metrics(g, &wh).await?;
     let runner = Runner::new(wh.ledger());
     let queue = consume::Queue::from_env(queue_url).await;
     tasks::kinds::hide_progress();
@@ -777,6 +994,7 @@ async fn run(
     trigger: &str,
 ) -> Result<ExitCode> {
     let env = env(g).await?;
+    start_metrics(g, &env.warehouse).await?;
     let runner = Runner::new(env.warehouse.ledger());
     let opts = RunOptions {
         work_root: g.work_dir.clone(),
@@ -910,7 +1128,12 @@ fn dags_command(g: &Global, cmd: DagsCommand) -> Result<ExitCode> {
             }
             println!("  data point: {}", dag.data_point);
             match &dag.schedule {
-                Some(s) => println!("  schedule: {} in {}", s.cron, s.timezone),
+                Some(s) => println!(
+                    "  schedule: {} in {}, catch up: {}",
+                    s.cron,
+                    s.timezone,
+                    s.catch_up.name()
+                ),
                 None => println!("  schedule: none (ad hoc)"),
             }
             println!("\ntask graph:");
@@ -985,6 +1208,7 @@ async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
         warehouse_url: format!("sqlite:{}", db.display()),
         dags: g.dags.clone(),
         work_dir: dir.join("work"),
+        metrics_addr: g.metrics_addr,
         log_format: g.log_format,
         verbose: g.verbose,
     };

@@ -12,7 +12,7 @@
 //! lost its lease cannot commit. A DAG still running (here or in another
 //! daemon) is never overlapped: its next tick is skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,7 +62,9 @@ pub struct Ran {
 
 /// Runs the scheduled DAGs until `stop` turns true; then starts nothing
 /// more, lets running DAGs finish for the grace period, and interrupts the
-/// rest (their runs stay `running` in the ledger; the next run recovers).
+/// rest (recorded as `interrupted`; the next run goes on from the
+/// watermarks). At start, each DAG's ticks missed since the last tick any
+/// daemon claimed are run first, by the DAG's catch-up policy.
 ///
 /// # Errors
 /// The scheduler could not start, or no DAG is scheduled.
@@ -90,15 +92,44 @@ pub async fn run(
     cron.start().await?;
 
     let now = Utc::now();
-    let mut next: HashMap<String, DateTime<Utc>> = scheduled
-        .iter()
-        .filter_map(|d| Some((d.name.clone(), d.schedule.as_ref()?.next_after(now)?)))
-        .collect();
-    for (dag, at) in &next {
-        tracing::info!(dag = %dag, next_run = %at, "scheduled");
+    let mut next: HashMap<String, DateTime<Utc>> = HashMap::new();
+    // Missed ticks to run first, oldest first, by each DAG's catch-up policy.
+    let mut catch_up: HashMap<String, VecDeque<DateTime<Utc>>> = HashMap::new();
+    for dag in &scheduled {
+        let schedule = dag.schedule.as_ref().expect("scheduled");
+        if let Some(at) = schedule.next_after(now) {
+            tracing::info!(dag = %dag.name, next_run = %at, catch_up = schedule.catch_up.name(), "scheduled");
+            next.insert(dag.name.clone(), at);
+        }
+        let last = match leases.last_tick(&dag.name).await {
+            Ok(last) => last.and_then(DateTime::from_timestamp_millis),
+            Err(e) => {
+                tracing::warn!(dag = %dag.name, error = %e, "could not read the last tick; no catch-up");
+                None
+            }
+        };
+        let missed = last.map(|l| schedule.missed(l, now)).unwrap_or_default();
+        if !missed.is_empty() {
+            tracing::info!(
+                dag = %dag.name,
+                policy = schedule.catch_up.name(),
+                runs = missed.len(),
+                from = %missed[0],
+                "catching up ticks missed while no scheduler ran"
+            );
+            catch_up.insert(dag.name.clone(), missed.into());
+        }
     }
     let env = Arc::new(env);
-    let mut running: tokio::task::JoinSet<(String, Outcome)> = tokio::task::JoinSet::new();
+    let (interrupt_tx, interrupt) = watch::channel(false);
+    let settings = Settings {
+        run: RunOptions {
+            interrupt: Some(interrupt),
+            ..settings.run
+        },
+        ..settings
+    };
+    let mut running: tokio::task::JoinSet<Ended> = tokio::task::JoinSet::new();
     let mut busy: HashSet<String> = HashSet::new();
     let mut ran = Ran::default();
     loop {
@@ -106,27 +137,39 @@ pub async fn run(
             _ = ticks.recv() => {
                 let now = Utc::now();
                 for dag in &scheduled {
-                    let Some(due) = next.get(&dag.name).copied().filter(|t| *t <= now) else {
-                        continue;
-                    };
-                    let schedule = dag.schedule.as_ref().expect("scheduled");
-                    // Ticks missed while this one was due are not run twice.
-                    let mut after = due;
-                    while let Some(n) = schedule.next_after(after).filter(|n| *n <= now) {
-                        after = n;
+                    let mut start = None;
+                    if !busy.contains(&dag.name) {
+                        start = catch_up
+                            .get_mut(&dag.name)
+                            .and_then(VecDeque::pop_front)
+                            .map(|tick| (tick, true));
                     }
-                    if let Some(n) = schedule.next_after(after) {
-                        next.insert(dag.name.clone(), n);
+                    if let Some(due) = next.get(&dag.name).copied().filter(|t| *t <= now) {
+                        let schedule = dag.schedule.as_ref().expect("scheduled");
+                        // Ticks missed while this one was due are not run twice.
+                        let mut after = due;
+                        while let Some(n) = schedule.next_after(after).filter(|n| *n <= now) {
+                            after = n;
+                        }
+                        if let Some(n) = schedule.next_after(after) {
+                            next.insert(dag.name.clone(), n);
+                        }
+                        if busy.contains(&dag.name) {
+                            tracing::warn!(dag = %dag.name, tick = %due, "still running: tick skipped");
+                            ran.not_ours += 1;
+                        } else if start.is_some() {
+                            tracing::warn!(dag = %dag.name, tick = %due, "catching up: tick skipped");
+                            ran.not_ours += 1;
+                        } else {
+                            start = Some((due, false));
+                        }
                     }
-                    if busy.contains(&dag.name) {
-                        tracing::warn!(dag = %dag.name, tick = %due, "still running: tick skipped");
-                        ran.not_ours += 1;
-                        continue;
-                    }
+                    let Some((tick, catching_up)) = start else { continue };
                     busy.insert(dag.name.clone());
                     running.spawn(run_tick(
                         (*dag).clone(),
-                        due,
+                        tick,
+                        catching_up,
                         Arc::clone(&env),
                         runner.clone(),
                         leases.clone(),
@@ -135,9 +178,15 @@ pub async fn run(
                 }
             }
             Some(done) = running.join_next(), if !running.is_empty() => {
-                if let Ok((dag, outcome)) = done {
-                    busy.remove(&dag);
-                    ran.count(outcome);
+                if let Ok(ended) = done {
+                    busy.remove(&ended.dag);
+                    if ended.outcome == Outcome::LeaseHeld && ended.catching_up {
+                        // Another daemon runs the DAG: this missed tick
+                        // waits its turn (ticks are claimed in order).
+                        catch_up.entry(ended.dag.clone()).or_default().push_front(ended.tick);
+                    } else {
+                        ran.count(ended.outcome);
+                    }
                 }
             }
             _ = stop.changed() => break,
@@ -156,14 +205,28 @@ pub async fn run(
     loop {
         tokio::select! {
             done = running.join_next() => match done {
-                Some(Ok((_, outcome))) => ran.count(outcome),
+                Some(Ok(ended)) => ran.count(ended.outcome),
                 Some(Err(_)) => {}
                 None => break,
             },
             _ = &mut deadline => {
-                ran.interrupted += running.len() as u64;
                 tracing::warn!(runs = running.len(), "grace period over: interrupting the runs still going; the next run recovers");
-                running.shutdown().await;
+                let _ = interrupt_tx.send(true);
+                // The runs record themselves as interrupted; give them a
+                // moment to do so before leaving.
+                let recorded = tokio::time::timeout(RECORD_INTERRUPTED, async {
+                    while let Some(done) = running.join_next().await {
+                        if let Ok(ended) = done {
+                            ran.count(ended.outcome);
+                        }
+                    }
+                });
+                if recorded.await.is_err() {
+                    // Not even recorded: they stay `running` until the next
+                    // daemon to claim their DAG records them.
+                    ran.interrupted += running.len() as u64;
+                    running.shutdown().await;
+                }
                 break;
             }
         }
@@ -171,12 +234,27 @@ pub async fn run(
     Ok(ran)
 }
 
+/// How long interrupted runs get to record themselves.
+const RECORD_INTERRUPTED: Duration = Duration::from_secs(10);
+
 /// How one tick ended for this daemon.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Succeeded,
     Failed,
+    Interrupted,
+    /// Another daemon claimed the tick (or a later one).
     NotOurs,
+    /// The tick is still unclaimed, but another daemon runs the DAG.
+    LeaseHeld,
+}
+
+/// A tick this daemon handled.
+struct Ended {
+    dag: String,
+    tick: DateTime<Utc>,
+    catching_up: bool,
+    outcome: Outcome,
 }
 
 impl Ran {
@@ -187,7 +265,8 @@ impl Ran {
                 self.runs += 1;
                 self.failed += 1;
             }
-            Outcome::NotOurs => self.not_ours += 1,
+            Outcome::Interrupted => self.interrupted += 1,
+            Outcome::NotOurs | Outcome::LeaseHeld => self.not_ours += 1,
         }
     }
 }
@@ -197,12 +276,19 @@ impl Ran {
 async fn run_tick(
     dag: Dag<TaskKind>,
     tick: DateTime<Utc>,
+    catching_up: bool,
     env: Arc<Env>,
     runner: Runner,
     leases: Leases,
     settings: Settings,
-) -> (String, Outcome) {
+) -> Ended {
     let name = dag.name.clone();
+    let ended = |outcome| Ended {
+        dag: dag.name.clone(),
+        tick,
+        catching_up,
+        outcome,
+    };
     let now_ms = Utc::now().timestamp_millis();
     let claimed = leases
         .claim_tick(
@@ -217,13 +303,32 @@ async fn run_tick(
         Ok(Some(lease)) => lease,
         Ok(None) => {
             tracing::debug!(dag = %name, tick = %tick, "tick claimed elsewhere, or the DAG is running");
-            return (name, Outcome::NotOurs);
+            let unclaimed = matches!(
+                leases.last_tick(&name).await,
+                Ok(last) if last.is_none_or(|l| l < tick.timestamp_millis())
+            );
+            return ended(if unclaimed {
+                Outcome::LeaseHeld
+            } else {
+                Outcome::NotOurs
+            });
         }
         Err(e) => {
             tracing::warn!(dag = %name, tick = %tick, error = %e, "could not claim the tick");
-            return (name, Outcome::NotOurs);
+            return ended(Outcome::NotOurs);
         }
     };
+    // A scheduled run holds the DAG's lease, and this daemon holds it now:
+    // a scheduled run the ledger still shows as running was abandoned by a
+    // daemon that died (or lost its lease and can no longer commit).
+    let reason = "interrupted: the scheduler running it stopped or lost its lease before the run ended; later runs went on from the watermarks";
+    if let Err(e) = runner
+        .ledger()
+        .interrupt_abandoned(&name, "schedule", None, reason)
+        .await
+    {
+        tracing::warn!(dag = %name, error = %e, "could not record abandoned runs");
+    }
     let (done_tx, done) = watch::channel(false);
     let renewer = tokio::spawn(renew(
         leases.clone(),
@@ -249,12 +354,13 @@ async fn run_tick(
             tracing::warn!(dag = %name, run_id = %s.run_id, "scheduled run failed");
             Outcome::Failed
         }
+        Err(workflows::runner::RunError::Interrupted(_)) => Outcome::Interrupted,
         Err(e) => {
             tracing::warn!(dag = %name, error = %e, "scheduled run could not start");
             Outcome::Failed
         }
     };
-    (name, outcome)
+    ended(outcome)
 }
 
 /// Renews `lease` every third of its time to live until `done`.

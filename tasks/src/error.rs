@@ -26,6 +26,32 @@ pub fn sqlx_retryable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether a database error is a unique-key violation.
+pub fn unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(
+            db.code().as_deref(),
+            // PostgreSQL, MySQL/MariaDB, SQLite (unique, primary key).
+            Some("23505" | "1062" | "2067" | "1555")
+        ),
+        _ => false,
+    }
+}
+
+/// A task error from a failed merge statement. Merges insert only keys they
+/// found missing, so a unique-key violation means another load (a backfill
+/// worker, the feed, a nightly run) inserted the same key meanwhile: the
+/// attempt is retryable, and the retry finds the row and merges into it.
+pub fn from_merge(what: impl Into<String>, e: sqlx::Error) -> TaskError {
+    if unique_violation(&e) {
+        return TaskError::Retryable(Box::new(Context {
+            what: format!("{} (a concurrent load inserted the same key)", what.into()),
+            source: Box::new(e),
+        }));
+    }
+    from_sqlx(what, e)
+}
+
 /// A task error from a database error, with `what` saying what was being done.
 pub fn from_sqlx(what: impl Into<String>, e: sqlx::Error) -> TaskError {
     let retryable = sqlx_retryable(&e);

@@ -2,7 +2,7 @@
 //! variant to its module. Validation, `cutover dags kinds` and errors all
 //! come from this table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde_aux::serde_introspection::serde_introspect;
 use workflows::{Dag, KindInfo, SettingProblem, Task, TaskKinds};
 
+use crate::extract::mongo::Window;
+use crate::rate::RateLimit;
 use crate::source::Source;
 use crate::warehouse::Warehouse;
 use crate::{extract, load, transform, verify};
@@ -125,16 +127,62 @@ pub struct Env {
     pub warehouse: Warehouse,
 }
 
+/// How a run reads other than a nightly run does.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Read this window of event time instead of from the watermarks.
+    pub window: Option<Window>,
+    /// A read-rate limit shared with other runs (overrides `max_rate`).
+    pub limit: Option<Arc<RateLimit>>,
+}
+
+/// A DAG as the feed and backfills run it: its tasks without the verify
+/// tasks (and anything after them), which reconcile a whole range against
+/// the source database. `None` when the DAG reads no events.
+pub fn without_verify(dag: &Dag<TaskKind>) -> Option<Dag<TaskKind>> {
+    let mut dropped: HashSet<String> = HashSet::new();
+    let mut tasks = Vec::new();
+    for t in &dag.tasks {
+        let drop = matches!(t.kind, TaskKind::VerifyReconcile(_))
+            || t.depends_on.iter().any(|d| dropped.contains(d));
+        if drop {
+            dropped.insert(t.id.clone());
+        } else {
+            tasks.push(t.clone());
+        }
+    }
+    let reads = tasks
+        .iter()
+        .any(|t| matches!(t.kind, TaskKind::ExtractMongo(_)));
+    reads.then(|| Dag {
+        tasks,
+        ..dag.clone()
+    })
+}
+
 /// Builds the implementation of every task of `dag`.
 pub fn build_tasks(dag: &Dag<TaskKind>, env: &Env) -> HashMap<String, Arc<dyn Task>> {
+    build_tasks_with(dag, env, &ReadOptions::default())
+}
+
+/// Builds the implementation of every task of `dag`, reading as `read` says.
+pub fn build_tasks_with(
+    dag: &Dag<TaskKind>,
+    env: &Env,
+    read: &ReadOptions,
+) -> HashMap<String, Arc<dyn Task>> {
     let all: Vec<(&str, &TaskKind)> = dag.tasks.iter().map(|t| (t.id.as_str(), &t.kind)).collect();
     dag.tasks
         .iter()
         .map(|spec| {
             let task: Arc<dyn Task> = match &spec.kind {
-                TaskKind::ExtractMongo(c) => {
-                    extract::mongo::build(c.clone(), env.source.clone(), env.warehouse.clone())
-                }
+                TaskKind::ExtractMongo(c) => extract::mongo::build(
+                    c.clone(),
+                    env.source.clone(),
+                    env.warehouse.clone(),
+                    read.window,
+                    read.limit.clone(),
+                ),
                 TaskKind::TransformPolars(c) => transform::polars::build(c.clone()),
                 TaskKind::LoadMerge(c) => load::merge::build(c.clone(), env.warehouse.clone()),
                 TaskKind::VerifyReconcile(c) => {

@@ -7,6 +7,7 @@
 //! `load::merge`, `verify::reconcile`) with a config struct and one
 //! [`workflows::Task`] implementation; [`kinds::TaskKind`] lists them once.
 
+pub mod backfill;
 pub mod consume;
 pub mod daemon;
 pub mod error;
@@ -14,6 +15,8 @@ pub mod extract;
 pub mod filter;
 pub mod kinds;
 pub mod load;
+pub mod metrics;
+pub mod rate;
 pub mod reports;
 pub mod schema;
 pub mod seed;

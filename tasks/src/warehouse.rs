@@ -126,10 +126,23 @@ impl Warehouse {
             Backend::MySql => &MYSQL,
             Backend::Postgres => &POSTGRES,
         };
-        migrator
-            .run(&self.pool)
-            .await
-            .map_err(WarehouseError::Migrate)
+        // Two processes starting at once on a fresh warehouse can race to
+        // apply the same migration (seen on SQLite, which has no migration
+        // lock, and on MariaDB). The loser fails; running again finds the
+        // winner's work recorded and applies what is left.
+        let attempts = 5;
+        let mut attempt = 1;
+        loop {
+            match migrator.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt >= attempts => return Err(WarehouseError::Migrate(e)),
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "migrating the warehouse again");
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                    attempt += 1;
+                }
+            }
+        }
     }
 
     /// The run ledger in this warehouse.

@@ -6,6 +6,7 @@
 //! MongoDB tests run when `CUTOVER_TEST_MONGO_URL` names a server, the live
 //! feed's when `CUTOVER_TEST_SQS_ENDPOINT` names an SQS-compatible one.
 
+mod backfill;
 mod cli;
 mod leases;
 mod mongo;

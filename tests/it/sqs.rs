@@ -126,8 +126,20 @@ impl Sqs {
 
     /// The `cutover consume` command for a queue.
     fn consume(&self, url: &str, warehouse: &str, work: &Path, args: &[&str]) -> Command {
+        self.cutover("consume", url, warehouse, work, args)
+    }
+
+    /// A `cutover` command given the queue and the SQS settings.
+    fn cutover(
+        &self,
+        command: &str,
+        url: &str,
+        warehouse: &str,
+        work: &Path,
+        args: &[&str],
+    ) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
-        cmd.arg("consume")
+        cmd.arg(command)
             .args(args)
             .env("CUTOVER_SQS_QUEUE_URL", url)
             .env("CUTOVER_WAREHOUSE_URL", warehouse)
@@ -553,5 +565,111 @@ async fn the_consumer_survives_the_warehouse_going_away_and_stops_cleanly_on_sig
     );
     sqs.delete(&queue).await;
     cable.cut();
+    Ok(())
+}
+
+/// `GET /metrics` from a `--metrics-addr` endpoint.
+async fn scrape(port: u16) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await?;
+    anyhow::ensure!(response.starts_with("HTTP/1.1 200"), "{response}");
+    Ok(response)
+}
+
+#[tokio::test]
+async fn the_scheduler_hosts_the_feed_and_serves_metrics() -> Result<()> {
+    let Some(sqs) = Sqs::from_env().await else {
+        return Ok(());
+    };
+    let wh = support::warehouses().await?.swap_remove(0);
+    let nightly_wh = support::warehouses().await?.swap_remove(0);
+    let dir = tempfile::tempdir()?;
+    let events_file = support::seed(dir.path(), 150, 53);
+    let queue = sqs.queue(10).await?;
+    sqs.publish(&queue, &feed(&events_file, 53)).await?;
+    let work = dir.path().join("work");
+    // A nightly run of `users` first, so that it has a watermark.
+    ok(support::cutover(
+        &events_file,
+        &wh.url,
+        &work,
+        &["run", "users"],
+    ));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let mut child = sqs
+        .cutover(
+            "schedule",
+            &queue,
+            &wh.url,
+            &work,
+            &[
+                "--with-sqs",
+                "--wait",
+                "1",
+                "--batch-messages",
+                "100",
+                "--batch-age",
+                "1s",
+                "--metrics-addr",
+                &metrics_addr,
+            ],
+        )
+        .env("CUTOVER_SOURCE_URL", &events_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(child.try_wait()?.is_none(), "the scheduler ended early");
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "the scheduler did not consume the queue"
+        );
+        if sqs.depth(&queue).await? == 0 {
+            break;
+        }
+    }
+    let metrics = scrape(port).await?;
+    for series in [
+        r#"cutover_runs{dag="users",state="succeeded"}"#,
+        r#"cutover_runs_finished_total{dag="views",trigger="sqs",state="succeeded"}"#,
+        r#"cutover_task_duration_seconds_bucket{le="+Inf",dag="views",task="load_views",state="succeeded"}"#,
+        r#"cutover_rows_total{dag="views",task="extract_views",kind="read"}"#,
+        r#"cutover_watermark_lag_seconds{dag="users",task="extract_users"}"#,
+        "cutover_consumer_lag_seconds{consumer=",
+    ] {
+        assert!(metrics.contains(series), "no {series} in\n{metrics}");
+    }
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{report}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("scheduler stopped"), "{report}");
+    assert!(report.contains("consumer stopped"), "{report}");
+
+    nightly(&events_file, &nightly_wh.url, dir.path()).await?;
+    assert_eq!(
+        star_tables(&wh.url).await?,
+        star_tables(&nightly_wh.url).await?,
+        "the feed the scheduler consumed differs from the nightly run"
+    );
+    sqs.delete(&queue).await;
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::schedule::Schedule;
+use crate::schedule::{CatchUp, Schedule};
 use crate::task::{SettingProblem, TaskKinds};
 
 /// One problem in a DAG file.
@@ -148,7 +148,7 @@ const TOP_FIELDS: &[&str] = &[
     "defaults",
     "tasks",
 ];
-const SCHEDULE_FIELDS: &[&str] = &["cron", "timezone"];
+const SCHEDULE_FIELDS: &[&str] = &["cron", "timezone", "catch_up"];
 const DEFAULT_FIELDS: &[&str] = &["retries", "backoff", "max_backoff", "timeout"];
 const TASK_FIELDS: &[&str] = &[
     "id",
@@ -606,6 +606,27 @@ fn parse_schedule(p: &mut Problems<'_>, t: &toml::Table) -> Option<Schedule> {
         }
         None => "UTC".to_owned(),
     };
+    let catch_up = match t.get("catch_up") {
+        Some(toml::Value::String(s)) => match CatchUp::from_name(s) {
+            Some(c) => c,
+            None => {
+                p.push(
+                    None,
+                    Some("schedule.catch_up"),
+                    format!(
+                        "`{s}` is not a catch-up policy; expected one of {}",
+                        CatchUp::NAMES.join(", ")
+                    ),
+                );
+                return None;
+            }
+        },
+        Some(_) => {
+            p.push(None, Some("schedule.catch_up"), "expected a string");
+            return None;
+        }
+        None => CatchUp::default(),
+    };
     // Report both parts when both are wrong.
     let mut ok = true;
     if let Err(e) = crate::schedule::parse_cron(&cron) {
@@ -618,7 +639,9 @@ fn parse_schedule(p: &mut Problems<'_>, t: &toml::Table) -> Option<Schedule> {
         ok = false;
     }
     if ok {
-        Schedule::new(&cron, &timezone).ok()
+        Schedule::new(&cron, &timezone)
+            .ok()
+            .map(|s| s.with_catch_up(catch_up))
     } else {
         None
     }

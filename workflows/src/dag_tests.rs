@@ -113,6 +113,10 @@ fn every_problem_is_named_with_file_task_and_field() {
             ],
         ),
         (
+            "[schedule]\ncron = \"0 2 * * *\"\ncatch_up = \"every\"\n[[tasks]]\nid = \"a\"\nkind = \"noop\"\n",
+            &["dags/t.toml: field `schedule.catch_up`: `every` is not a catch-up policy; expected one of none, latest, all"],
+        ),
+        (
             "[[tasks]]\nid = \"a\"\nkind = \"copy\"\ntable = \"x; drop table y\"\n",
             &["dags/t.toml: task `a`: field `table`: `x; drop table y` is not a plain SQL name"],
         ),

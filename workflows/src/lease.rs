@@ -189,6 +189,28 @@ impl Leases {
         }))
     }
 
+    /// The latest schedule tick claimed on `dag` (epoch ms); `None` if no
+    /// tick ever was.
+    ///
+    /// # Errors
+    /// The warehouse failed.
+    pub async fn last_tick(&self, dag: &str) -> Result<Option<i64>, LeaseError> {
+        let sql = format!(
+            "SELECT last_tick_ms FROM cutover_leases WHERE dag = {}",
+            self.backend.param(1)
+        );
+        let row = sqlx::query(&sql)
+            .bind(dag)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Self::db(dag))?;
+        let ms = match row {
+            Some(r) => r.try_get::<i64, _>(0).map_err(Self::db(dag))?,
+            None => 0,
+        };
+        Ok((ms > 0).then_some(ms))
+    }
+
     /// Extends a lease held to `ttl` from `now_ms`.
     ///
     /// # Errors
@@ -384,6 +406,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(b.token, 2);
+        assert_eq!(l.last_tick("views").await.unwrap(), Some(120_000));
+        assert_eq!(l.last_tick("users").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -46,7 +46,7 @@ pub struct RunRecord {
     pub started_at: String,
     /// When it ended.
     pub ended_at: Option<String>,
-    /// `running`, `succeeded` or `failed`.
+    /// `running`, `succeeded`, `failed` or `interrupted`.
     pub state: String,
     /// Rows read by all its tasks.
     pub rows_read: i64,
@@ -242,6 +242,111 @@ impl Ledger {
                 "recording the end of run {run_id}"
             )))?;
         Ok(())
+    }
+
+    /// Records that run `run_id` was interrupted: the run and its attempts
+    /// still `running` become `interrupted`, with `reason` as their error.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn interrupt_run(&self, run_id: &str, reason: &str) -> Result<(), LedgerError> {
+        let b = self.backend;
+        let now = timestamp(Utc::now());
+        let what = || LedgerError::new(format!("recording that run {run_id} was interrupted"));
+        let attempts = format!(
+            "UPDATE cutover_task_attempts SET state = {}, ended_at = {}, error = {} WHERE run_id = {} AND state = {}",
+            b.param(1),
+            b.param(2),
+            b.param(3),
+            b.param(4),
+            b.param(5)
+        );
+        sqlx::query(&attempts)
+            .bind(RunState::Interrupted.name())
+            .bind(&now)
+            .bind(reason)
+            .bind(run_id)
+            .bind(RunState::Running.name())
+            .execute(&self.pool)
+            .await
+            .map_err(what())?;
+        let run = format!(
+            "UPDATE cutover_runs SET state = {}, ended_at = {}, error = {} WHERE run_id = {} AND state = {}",
+            b.param(1),
+            b.param(2),
+            b.param(3),
+            b.param(4),
+            b.param(5)
+        );
+        sqlx::query(&run)
+            .bind(RunState::Interrupted.name())
+            .bind(&now)
+            .bind(reason)
+            .bind(run_id)
+            .bind(RunState::Running.name())
+            .execute(&self.pool)
+            .await
+            .map_err(what())?;
+        Ok(())
+    }
+
+    /// The runs of `dag` started by `trigger` (for the tick `scheduled_at`,
+    /// when given) that the ledger still shows as `running`, oldest first.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn running(
+        &self,
+        dag: &str,
+        trigger: &str,
+        scheduled_at: Option<DateTime<Utc>>,
+    ) -> Result<Vec<String>, LedgerError> {
+        let b = self.backend;
+        let tick = if scheduled_at.is_some() {
+            format!(" AND scheduled_at = {}", b.param(4))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT run_id FROM cutover_runs WHERE dag = {} AND trigger_kind = {} AND state = {}{tick} ORDER BY started_at",
+            b.param(1),
+            b.param(2),
+            b.param(3)
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(dag)
+            .bind(trigger)
+            .bind(RunState::Running.name());
+        if let Some(t) = scheduled_at {
+            q = q.bind(timestamp(t));
+        }
+        let what = || LedgerError::new(format!("reading the running runs of {dag}"));
+        let rows = q.fetch_all(&self.pool).await.map_err(what())?;
+        rows.iter()
+            .map(|r| text(r, "run_id").map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()
+            .map_err(what())
+    }
+
+    /// Records the runs of `dag` started by `trigger` (for the tick
+    /// `scheduled_at`, when given) that the ledger still shows as `running`
+    /// as interrupted, with `reason`: runs whose process died. Returns them.
+    ///
+    /// # Errors
+    /// The ledger failed.
+    pub async fn interrupt_abandoned(
+        &self,
+        dag: &str,
+        trigger: &str,
+        scheduled_at: Option<DateTime<Utc>>,
+        reason: &str,
+    ) -> Result<Vec<String>, LedgerError> {
+        let abandoned = self.running(dag, trigger, scheduled_at).await?;
+        for run_id in &abandoned {
+            tracing::warn!(dag = %dag, run_id = %run_id, "recording an abandoned run as interrupted");
+            self.interrupt_run(run_id, reason).await?;
+        }
+        Ok(abandoned)
     }
 
     /// The latest runs, newest first, of one DAG or of all.

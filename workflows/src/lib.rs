@@ -5,15 +5,18 @@
 //! does through one trait, [`task::Task`], and the kinds of task through one
 //! registry, [`task::TaskKinds`], both implemented by the `tasks` crate.
 
+pub mod chunks;
 pub mod dag;
 pub mod lease;
 pub mod ledger;
+pub mod metrics;
 pub mod runner;
 pub mod schedule;
 pub mod sql;
 pub mod state;
 pub mod task;
 
+pub use chunks::{Chunks, Claim};
 pub use dag::{Dag, DagError, TaskSpec};
 pub use lease::{Lease, LeaseError, Leases};
 pub use ledger::Ledger;

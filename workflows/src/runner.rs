@@ -38,6 +38,10 @@ pub struct RunOptions {
     /// The lease on the DAG the run holds (scheduled runs); its commits are
     /// refused once it is lost.
     pub lease: Option<crate::Lease>,
+    /// Turns true to interrupt the run: its tasks are stopped where they
+    /// are (a load's open transaction rolls back) and the run is recorded
+    /// as `interrupted`.
+    pub interrupt: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for RunOptions {
@@ -49,6 +53,7 @@ impl Default for RunOptions {
             max_parallel: 4,
             keep_work: false,
             lease: None,
+            interrupt: None,
         }
     }
 }
@@ -160,6 +165,17 @@ impl Runner {
             .drive(dag, &mut implementations, opts, &run_id, &work_dir)
             .instrument(span)
             .await;
+        if let Err(RunError::Interrupted(_)) = &summary {
+            let reason = "interrupted: the scheduler stopped before the run ended; the next run goes on from the watermarks";
+            tracing::warn!(dag = %dag.name, run_id = %run_id, "run interrupted");
+            self.ledger.interrupt_run(&run_id, reason).await?;
+            crate::metrics::metrics().run_ended(
+                &dag.name,
+                &opts.trigger,
+                RunState::Interrupted.name(),
+            );
+            return Err(RunError::Interrupted(run_id));
+        }
         let summary = match summary {
             Ok(s) => s,
             Err(e) => {
@@ -185,6 +201,7 @@ impl Runner {
             first_error.as_deref(),
         )
         .await?;
+        crate::metrics::metrics().run_ended(&dag.name, &opts.trigger, summary.state.name());
         if summary.state == RunState::Succeeded && !opts.keep_work {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
         }
@@ -252,7 +269,19 @@ impl Runner {
         for spec in dag.tasks.iter().filter(|t| t.depends_on.is_empty()) {
             start(spec, &mut running)?;
         }
-        while let Some(joined) = running.join_next().await {
+        let mut interrupt = opts.interrupt.clone();
+        loop {
+            let joined = tokio::select! {
+                joined = running.join_next() => joined,
+                () = interrupted(&mut interrupt) => {
+                    // Stop every task where it is and wait until they have
+                    // stopped, so that none records anything after the run's
+                    // interruption is recorded.
+                    running.shutdown().await;
+                    return Err(RunError::Interrupted(run_id.to_owned()));
+                }
+            };
+            let Some(joined) = joined else { break };
             let (id, state) = joined.map_err(|e| RunError::Panicked(e.to_string()))?;
             let succeeded = matches!(state, TaskState::Succeeded { .. });
             states.insert(id.clone(), state);
@@ -339,6 +368,9 @@ pub enum RunError {
     /// A task panicked.
     #[error("a task panicked: {0}")]
     Panicked(String),
+    /// The run was interrupted (recorded as `interrupted`).
+    #[error("run {0} was interrupted")]
+    Interrupted(String),
 }
 
 /// The attempts of one task.
@@ -374,6 +406,19 @@ impl Attempts {
                 )),
             };
             let ended_at = Utc::now();
+            let took = (ended_at - started_at).to_std().unwrap_or_default();
+            let report = outcome.as_ref().ok();
+            crate::metrics::metrics().task_ended(
+                &self.ctx.dag,
+                &self.ctx.task,
+                if report.is_some() {
+                    "succeeded"
+                } else {
+                    "failed"
+                },
+                took,
+                report,
+            );
             let state = match outcome {
                 Ok(report) => {
                     let state = running.succeed(report);
@@ -426,6 +471,18 @@ impl Attempts {
         {
             tracing::error!(error = %e, cause = %e.cause(), "could not record the task in the ledger");
         }
+    }
+}
+
+/// Resolves when `interrupt` turns true; never when there is none, or when
+/// no one can turn it any more.
+async fn interrupted(interrupt: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    let asked = match interrupt {
+        Some(rx) => rx.wait_for(|stop| *stop).await.is_ok(),
+        None => false,
+    };
+    if !asked {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -1,6 +1,6 @@
 //! A DAG's schedule: a cron expression evaluated in a time zone.
 
-use chrono::{DateTime, Offset, Utc};
+use chrono::{DateTime, Offset, SubsecRound, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
@@ -13,7 +13,53 @@ pub struct Schedule {
     pub cron: String,
     /// The zone the expression is evaluated in.
     pub timezone: Tz,
+    /// What a scheduler that starts does about the ticks missed while no
+    /// scheduler ran.
+    pub catch_up: CatchUp,
     parsed: Cron,
+}
+
+/// What a scheduler that starts does about the ticks missed since the last
+/// tick any scheduler claimed (`[schedule] catch_up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatchUp {
+    /// Runs none of them: the next run is the next tick.
+    None,
+    /// Runs the latest one at once. An incremental DAG reads from its
+    /// watermark, so that one run loads everything the missed ones would
+    /// have.
+    #[default]
+    Latest,
+    /// Runs every one, oldest first, one at a time (at most
+    /// [`MAX_CATCH_UP`], the latest ones), each with its own tick.
+    All,
+}
+
+/// The most missed ticks `catch_up = "all"` runs.
+pub const MAX_CATCH_UP: usize = 1000;
+
+impl CatchUp {
+    /// The policies as DAG files name them.
+    pub const NAMES: [&'static str; 3] = ["none", "latest", "all"];
+
+    /// The policy named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "none" => Some(Self::None),
+            "latest" => Some(Self::Latest),
+            "all" => Some(Self::All),
+            _ => None,
+        }
+    }
+
+    /// Its name in DAG files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Latest => "latest",
+            Self::All => "all",
+        }
+    }
 }
 
 impl Schedule {
@@ -32,8 +78,44 @@ impl Schedule {
         Ok(Self {
             cron: cron.to_owned(),
             timezone,
+            catch_up: CatchUp::default(),
             parsed,
         })
+    }
+
+    /// The same schedule with another catch-up policy.
+    pub fn with_catch_up(self, catch_up: CatchUp) -> Self {
+        Self { catch_up, ..self }
+    }
+
+    /// The missed ticks to run now, oldest first, by the catch-up policy:
+    /// the fire times after `last_tick` (the latest tick any scheduler
+    /// claimed) up to and including `now`.
+    pub fn missed(&self, last_tick: DateTime<Utc>, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        let wanted = match self.catch_up {
+            CatchUp::None => return Vec::new(),
+            CatchUp::Latest => 1,
+            CatchUp::All => MAX_CATCH_UP,
+        };
+        // Only the latest ticks count: look back from `now` over a window
+        // that doubles until it holds enough of them or reaches
+        // `last_tick`, rather than walking every tick since `last_tick`
+        // (a schedule every second, down for a week).
+        let mut window = chrono::Duration::seconds(1);
+        loop {
+            let from = (now - window).max(last_tick);
+            let mut ticks = Vec::new();
+            let mut t = from;
+            while let Some(n) = self.next_after(t).filter(|n| *n <= now) {
+                ticks.push(n);
+                t = n;
+            }
+            if ticks.len() >= wanted || from == last_tick {
+                let keep = ticks.len().saturating_sub(wanted);
+                return ticks.split_off(keep);
+            }
+            window = window * 2;
+        }
     }
 
     /// The first fire time strictly after `after`.
@@ -46,7 +128,12 @@ impl Schedule {
     /// - A schedule that fires every hour (the hour field is `*`) follows
     ///   real time: it fires in both passes of a repeated hour and not in a
     ///   skipped one, so its runs stay evenly spaced.
+    ///
+    /// Fire times are whole seconds, whatever the fraction of `after`.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // croner keeps the fraction of a second it is asked from; every
+        // process must agree on a tick to the millisecond.
+        let after = after.trunc_subsecs(0);
         let local = after.with_timezone(&self.timezone);
         // croner searches wall-clock time: from inside a repeated hour it can
         // answer the first pass of a later wall time, an instant already
@@ -206,6 +293,73 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn fire_times_are_whole_seconds() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let every_two = Schedule::new("*/2 * * * * *", "UTC").unwrap();
+        assert_eq!(
+            every_two.next_after(at("2026-01-01T12:00:00.5Z")),
+            Some(at("2026-01-01T12:00:02Z"))
+        );
+        assert_eq!(
+            every_two.next_after(at("2026-01-01T12:00:01.999Z")),
+            Some(at("2026-01-01T12:00:02Z"))
+        );
+        let nightly = Schedule::new("0 30 2 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(
+            nightly.next_after(at("2026-01-01T12:00:00.5Z")),
+            Some(at("2026-01-02T01:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn catch_up_policies_pick_the_missed_ticks() {
+        let at = |h, m| Utc.with_ymd_and_hms(2026, 1, 10, h, m, 0).unwrap();
+        let hourly = Schedule::new("0 0 * * * *", "UTC").unwrap();
+        let last = at(2, 0);
+        let now = at(5, 30);
+        assert_eq!(
+            hourly
+                .clone()
+                .with_catch_up(CatchUp::None)
+                .missed(last, now),
+            Vec::<DateTime<Utc>>::new()
+        );
+        assert_eq!(
+            hourly
+                .clone()
+                .with_catch_up(CatchUp::Latest)
+                .missed(last, now),
+            [at(5, 0)]
+        );
+        assert_eq!(
+            hourly.clone().with_catch_up(CatchUp::All).missed(last, now),
+            [at(3, 0), at(4, 0), at(5, 0)]
+        );
+        // Nothing missed: nothing to run, whatever the policy.
+        assert_eq!(
+            hourly
+                .clone()
+                .with_catch_up(CatchUp::All)
+                .missed(at(5, 0), now),
+            Vec::<DateTime<Utc>>::new()
+        );
+        // `all` keeps the latest MAX_CATCH_UP ticks.
+        let every_second = Schedule::new("* * * * * *", "UTC")
+            .unwrap()
+            .with_catch_up(CatchUp::All);
+        let many = every_second.missed(at(0, 0), at(1, 0));
+        assert_eq!(many.len(), MAX_CATCH_UP);
+        assert_eq!(many.last(), Some(&at(1, 0)));
+        assert!(many.windows(2).all(|w| (w[1] - w[0]).num_seconds() == 1));
+        // A week of missed seconds: only the latest ones are looked at.
+        let week_ago = Utc.with_ymd_and_hms(2026, 1, 3, 1, 0, 0).unwrap();
+        let latest = Schedule::new("* * * * * *", "UTC")
+            .unwrap()
+            .with_catch_up(CatchUp::Latest);
+        assert_eq!(latest.missed(week_ago, at(1, 0)), [at(1, 0)]);
     }
 
     #[test]

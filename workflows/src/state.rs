@@ -95,6 +95,10 @@ pub enum RunState {
         /// The tasks that failed.
         failed: Vec<String>,
     },
+    /// Stopped before it ended (the scheduler stopped, or the process that
+    /// ran it died). What it committed stays; the next run goes on from its
+    /// watermarks.
+    Interrupted,
 }
 
 impl RunState {
@@ -104,6 +108,7 @@ impl RunState {
             Self::Running => "running",
             Self::Succeeded => "succeeded",
             Self::Failed { .. } => "failed",
+            Self::Interrupted => "interrupted",
         }
     }
 }

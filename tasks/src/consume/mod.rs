@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch};
 use workflows::{Dag, RunOptions, RunState, Runner};
 
 use crate::extract::mongo::{quarantine, short_hash, Rejected};
-use crate::kinds::{build_tasks, Env, TaskKind};
+use crate::kinds::{build_tasks, without_verify, Env, TaskKind};
 use crate::source::{file_match, parse_line, Query, Source};
 use crate::warehouse::Warehouse;
 
@@ -169,30 +169,6 @@ impl Activity {
     }
 }
 
-/// A DAG as the feed runs it: its tasks without the verify tasks (and
-/// anything after them), which reconcile against the source database.
-/// `None` when the DAG reads no events.
-pub fn feed_dag(dag: &Dag<TaskKind>) -> Option<Dag<TaskKind>> {
-    let mut dropped: HashSet<String> = HashSet::new();
-    let mut tasks = Vec::new();
-    for t in &dag.tasks {
-        let drop = matches!(t.kind, TaskKind::VerifyReconcile(_))
-            || t.depends_on.iter().any(|d| dropped.contains(d));
-        if drop {
-            dropped.insert(t.id.clone());
-        } else {
-            tasks.push(t.clone());
-        }
-    }
-    let reads = tasks
-        .iter()
-        .any(|t| matches!(t.kind, TaskKind::ExtractMongo(_)));
-    reads.then(|| Dag {
-        tasks,
-        ..dag.clone()
-    })
-}
-
 /// The queries of a DAG's extracts, without a time range.
 fn queries(dag: &Dag<TaskKind>) -> Vec<Query> {
     dag.tasks
@@ -257,7 +233,7 @@ impl Consumer {
         runner: Runner,
         mut settings: Settings,
     ) -> Result<Self, ConsumeError> {
-        let dags: Vec<Dag<TaskKind>> = dags.iter().filter_map(feed_dag).collect();
+        let dags: Vec<Dag<TaskKind>> = dags.iter().filter_map(without_verify).collect();
         if dags.is_empty() {
             return Err(ConsumeError::NoDags);
         }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use workflows::{SettingProblem, Task, TaskContext, TaskError, TaskReport};
 
 use crate::error::{from_io, from_sqlx};
+use crate::rate::RateLimit;
 use crate::schema::{read_row, ColumnType, Columns, Value};
 use crate::segment::{self, Meta, Watermark};
 use crate::source::{Item, Query, Source};
@@ -53,6 +54,10 @@ pub struct Config {
     /// Rows per segment, and documents per MongoDB round trip.
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroU32,
+    /// At most this many documents read per second, to spare a live
+    /// MongoDB; unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<NonZeroU32>,
     /// The columns to read, by name: path, type and constraints.
     pub columns: Columns,
 }
@@ -271,10 +276,21 @@ pub struct ExtractMongo {
     pub source: Source,
     /// Where watermarks and quarantine are.
     pub warehouse: Warehouse,
-    /// Read only events before this instant (epoch ms), for backfills.
-    pub until_ms: Option<i64>,
-    /// Ignore the watermark and read from this instant (epoch ms).
-    pub from_ms: Option<i64>,
+    /// Read only this window of event time instead of from the watermark
+    /// (backfills); such a read never moves the watermark.
+    pub window: Option<Window>,
+    /// The limit on the read rate (the task's `max_rate`, or a backfill's
+    /// shared one).
+    pub limit: Option<Arc<RateLimit>>,
+}
+
+/// A window of event time, `[from_ms, until_ms)` in epoch ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The first instant read.
+    pub from_ms: i64,
+    /// The first instant not read.
+    pub until_ms: i64,
 }
 
 const READ_FROM: &str = "read_from.json";
@@ -321,17 +337,21 @@ impl Task for ExtractMongo {
     async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
         let cfg = &self.config;
         let feed = self.source.is_feed();
+        // The feed and backfill windows leave the watermark to nightly runs.
+        let keeps_watermark = feed || self.window.is_some();
         let since = if feed {
             None
+        } else if let Some(w) = self.window {
+            Some(w.from_ms)
         } else {
             let watermark = self
                 .warehouse
                 .watermark(&ctx.dag, &ctx.task)
                 .await
                 .map_err(|e| from_sqlx("reading the watermark", e))?;
-            self.from_ms.or_else(|| cfg.since(watermark))
+            cfg.since(watermark)
         };
-        let query = cfg.query(since, self.until_ms);
+        let query = cfg.query(since, self.window.map(|w| w.until_ms));
         let out_dir = ctx.output_dir(&ctx.task);
         let _ = std::fs::remove_dir_all(&out_dir);
         std::fs::create_dir_all(&out_dir)
@@ -381,7 +401,7 @@ impl Task for ExtractMongo {
                 source_task: ctx.task.clone(),
                 // An ordered source's watermark may advance segment by segment;
                 // an unordered one's only when everything is committed.
-                watermark: if feed {
+                watermark: if keeps_watermark {
                     None
                 } else if ordered || last {
                     max_ts.map(|ts_ms| Watermark { ts_ms })
@@ -395,6 +415,11 @@ impl Task for ExtractMongo {
             Ok(())
         };
         while let Some(item) = stream.next().await {
+            if let Some(limit) = &self.limit {
+                if pass.read % limit.step() == 0 {
+                    limit.until_ready().await;
+                }
+            }
             pass.read += 1;
             progress.inc(1);
             match item? {
@@ -435,6 +460,11 @@ impl Task for ExtractMongo {
         progress.finish_and_clear();
         let from = match since {
             _ if feed => "the feed".to_owned(),
+            Some(ms) if self.window.is_some() => format!(
+                "the window {} to {}",
+                crate::reports::format_ms(ms),
+                crate::reports::format_ms(self.window.map_or(ms, |w| w.until_ms))
+            ),
             None => "the beginning".to_owned(),
             Some(ms) => crate::reports::format_ms(ms),
         };
@@ -450,13 +480,21 @@ impl Task for ExtractMongo {
     }
 }
 
-/// Builds the task.
-pub fn build(config: Config, source: Source, warehouse: Warehouse) -> Arc<dyn Task> {
+/// Builds the task: a read from the watermark, or of `window`; at the
+/// rate of `limit`, else of the task's own `max_rate`.
+pub fn build(
+    config: Config,
+    source: Source,
+    warehouse: Warehouse,
+    window: Option<Window>,
+    limit: Option<Arc<RateLimit>>,
+) -> Arc<dyn Task> {
+    let limit = limit.or_else(|| config.max_rate.map(|r| Arc::new(RateLimit::new(r))));
     Arc::new(ExtractMongo {
         config,
         source,
         warehouse,
-        until_ms: None,
-        from_ms: None,
+        window,
+        limit,
     })
 }

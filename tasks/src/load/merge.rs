@@ -17,7 +17,7 @@ use workflows::{
     Backend, LeaseError, Leases, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport,
 };
 
-use crate::error::{from_io, from_sqlx};
+use crate::error::{from_io, from_merge, from_sqlx};
 use crate::schema::{ColumnType, Value};
 use crate::segment;
 use crate::transform::polars::output_dir;
@@ -529,7 +529,7 @@ async fn merge_round(
         let done = sqlx::query(&sql)
             .execute(&mut *tx)
             .await
-            .map_err(|e| from_sqlx(format!("merging into {}", t.table()), e))?;
+            .map_err(|e| from_merge(format!("merging into {}", t.table()), e))?;
         changed += if backend == Backend::Sqlite {
             // sqlx reports SQLite's change count of the last statement that
             // changed rows, not of this one.

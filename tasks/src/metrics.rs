@@ -1,0 +1,121 @@
+//! The metrics endpoint (`--metrics-addr`): `GET /metrics` in the
+//! Prometheus text format. Before each scrape it refreshes, from the
+//! warehouse, the runs by state, each extract's watermark lag and each feed
+//! consumer's lag; the rest ([`workflows::metrics`]) is what this process
+//! measured as it ran.
+
+use std::net::SocketAddr;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use chrono::Utc;
+use sqlx::Row;
+use workflows::metrics::metrics;
+use workflows::sql::text;
+
+use crate::consume::status::ConsumerStatus;
+use crate::warehouse::Warehouse;
+
+/// The Prometheus text format's content type.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `/metrics` on `addr` until the process ends.
+///
+/// # Errors
+/// The address could not be bound.
+pub async fn serve(addr: SocketAddr, warehouse: Warehouse) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving metrics at /metrics");
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let warehouse = warehouse.clone();
+            async move { scrape(&warehouse).await }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(())
+}
+
+async fn scrape(warehouse: &Warehouse) -> impl IntoResponse {
+    // One scrape at a time: a refresh clears the gauges before setting them.
+    static SCRAPING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = SCRAPING.lock().await;
+    match refresh(warehouse).await {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, CONTENT_TYPE)],
+            metrics().encode(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: could not read the warehouse");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("cannot read the warehouse: {e}\n"),
+            )
+        }
+    }
+}
+
+/// Sets the gauges that come from the warehouse.
+///
+/// # Errors
+/// A read failed.
+pub async fn refresh(warehouse: &Warehouse) -> Result<(), sqlx::Error> {
+    let m = metrics();
+    let runs =
+        sqlx::query("SELECT dag, state, COUNT(*) AS n FROM cutover_runs GROUP BY dag, state")
+            .fetch_all(&warehouse.pool)
+            .await?;
+    m.runs.clear();
+    for r in &runs {
+        m.runs
+            .get_or_create(&vec![
+                ("dag", string(r, "dag")?),
+                ("state", string(r, "state")?),
+            ])
+            .set(r.try_get("n")?);
+    }
+    let now_ms = Utc::now().timestamp_millis();
+    let watermarks = sqlx::query("SELECT dag, task, ts_ms FROM cutover_watermarks")
+        .fetch_all(&warehouse.pool)
+        .await?;
+    m.watermark_lag.clear();
+    for r in &watermarks {
+        let ts: i64 = r.try_get("ts_ms")?;
+        m.watermark_lag
+            .get_or_create(&vec![
+                ("dag", string(r, "dag")?),
+                ("task", string(r, "task")?),
+            ])
+            .set((now_ms - ts) as f64 / 1000.0);
+    }
+    m.consumer_lag.clear();
+    for c in ConsumerStatus::all(warehouse).await? {
+        // A stopped consumer has no lag; its row stays for `cutover status`.
+        if c.state == "stopped" {
+            continue;
+        }
+        if let Some(lag) = c.lag_ms {
+            m.consumer_lag
+                .get_or_create(&vec![
+                    ("consumer", c.consumer_id.clone()),
+                    ("host", c.host.clone()),
+                    ("state", c.state.clone()),
+                ])
+                .set(lag as f64 / 1000.0);
+        }
+    }
+    Ok(())
+}
+
+fn string(r: &sqlx::any::AnyRow, column: &str) -> Result<String, sqlx::Error> {
+    Ok(text(r, column)?.unwrap_or_default())
+}
