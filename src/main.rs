@@ -186,7 +186,8 @@ enum Command {
     /// done and tries the failed ones again. Several workers, here
     /// (--parallel) or on other machines sharing the warehouse, claim chunks
     /// without overlap; a dead worker's chunk is taken again once its claim
-    /// expires. Exits non-zero when a chunk failed.
+    /// expires. Exits non-zero when a chunk failed, or when it was stopped
+    /// (SIGINT/SIGTERM: the chunks under way finish) with chunks left.
     Backfill {
         /// The DAG to backfill.
         #[arg(value_name = "DAG")]

@@ -214,3 +214,47 @@ async fn two_backfill_workers_split_the_chunks() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backfill_from_mongodb_loads_what_a_nightly_run_loads() -> Result<()> {
+    let Ok(mongo) = std::env::var("CUTOVER_TEST_MONGO_URL") else {
+        eprintln!("CUTOVER_TEST_MONGO_URL is not set: skipped");
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let events = support::seed(dir.path(), 600, 23);
+    let (client, db) = crate::mongo::load_events(&mongo, &events).await?;
+    let dags = support::dags_for_database(dir.path(), &db)?;
+    let backfilled = format!("sqlite:{}", dir.path().join("b.db").display());
+    let nightly = format!("sqlite:{}", dir.path().join("n.db").display());
+    let mut args = vec!["backfill", "views"];
+    args.extend(RANGE);
+    args.extend(["--parallel", "3", "--max-rate", "200"]);
+    let out = ok(support::cutover_with(
+        &mongo,
+        &backfilled,
+        &dir.path().join("wb"),
+        &dags,
+        &args,
+    ));
+    assert!(out.contains("12 done by this process"), "{out}");
+    ok(support::cutover_with(
+        &mongo,
+        &nightly,
+        &dir.path().join("wn"),
+        &dags,
+        &["run", "views"],
+    ));
+    let columns = [
+        "event_id", "ts_ms", "date_key", "user_id", "device", "doc_id",
+    ];
+    let (b, n) = (
+        support::pool(&backfilled).await?,
+        support::pool(&nightly).await?,
+    );
+    let facts = support::snapshot(&b, "fact_views", &columns).await?;
+    assert!(!facts.is_empty());
+    assert_eq!(facts, support::snapshot(&n, "fact_views", &columns).await?);
+    client.database(&db).drop().await?;
+    Ok(())
+}
