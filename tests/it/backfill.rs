@@ -2,7 +2,7 @@
 //! backfill finished by a rerun, two workers sharing the chunks, and the
 //! result equal to a nightly run's.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -20,18 +20,15 @@ const RANGE: [&str; 6] = [
 const CHUNKS: i64 = 12;
 
 fn backfill(source: &str, warehouse: &str, work: &std::path::Path, args: &[&str]) -> Result<Child> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["backfill", "views"])
-        .args(RANGE)
-        .args(args)
-        .env("CUTOVER_SOURCE_URL", source)
-        .env("CUTOVER_WAREHOUSE_URL", warehouse)
-        .env("CUTOVER_WORK_DIR", work)
-        .env("CUTOVER_DAGS", support::root().join("dags"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?)
+    Ok(
+        support::command(source, warehouse, work, &support::root().join("dags"))
+            .args(["backfill", "views"])
+            .args(RANGE)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    )
 }
 
 async fn finish(child: Child) -> Result<String> {

@@ -11,32 +11,11 @@ use sqlx::{Column, Row};
 
 use crate::support::{self, ok};
 
-fn daemon(
-    source: &str,
-    warehouse: &str,
-    work: &std::path::Path,
-    dags: &std::path::Path,
-) -> Result<Child> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["schedule", "users", "--lease-ttl", "3s", "--grace", "20s"])
-        .env("CUTOVER_SOURCE_URL", source)
-        .env("CUTOVER_WAREHOUSE_URL", warehouse)
-        .env("CUTOVER_WORK_DIR", work)
-        .env("CUTOVER_DAGS", dags)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?)
-}
-
 #[tokio::test]
 async fn three_daemons_run_each_tick_once() -> Result<()> {
-    let mut warehouses = support::warehouses().await?;
-    let Some(i) = warehouses.iter().position(|w| w.name == "mysql") else {
-        eprintln!("CUTOVER_TEST_MYSQL_URL is not set: skipped");
+    let Some(wh) = support::mysql_warehouse().await? else {
         return Ok(());
     };
-    let wh = warehouses.swap_remove(i);
     let dir = tempfile::tempdir()?;
     let events = support::seed(dir.path(), 200, 9);
     let source = events.display().to_string();
@@ -52,11 +31,12 @@ async fn three_daemons_run_each_tick_once() -> Result<()> {
     ));
     let mut daemons = Vec::new();
     for n in 0..3 {
-        daemons.push(daemon(
+        daemons.push(schedule_daemon(
             &source,
             &wh.url,
             &dir.path().join(format!("w{n}")),
             &dags,
+            &["users", "--lease-ttl", "3s", "--grace", "20s"],
         )?);
     }
     // At least 20 ticks.
@@ -177,35 +157,12 @@ fn schedule_daemon(
     dags: &std::path::Path,
     args: &[&str],
 ) -> Result<Child> {
-    Ok(Command::new(env!("CARGO_BIN_EXE_cutover"))
+    Ok(support::command(source, warehouse, work, dags)
         .arg("schedule")
         .args(args)
-        .env("CUTOVER_SOURCE_URL", source)
-        .env("CUTOVER_WAREHOUSE_URL", warehouse)
-        .env("CUTOVER_WORK_DIR", work)
-        .env("CUTOVER_DAGS", dags)
-        .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?)
-}
-
-/// Sends SIGTERM and returns the daemon's output, which must be a clean exit.
-async fn terminate(child: Child) -> Result<(String, String)> {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(
-        out.status.success(),
-        "SIGTERM ends a daemon cleanly: {}\n{stdout}\n{stderr}",
-        out.status
-    );
-    Ok((stdout, stderr))
 }
 
 /// The ticks (`scheduled_at`) of a DAG's scheduled runs, oldest first, with
@@ -232,12 +189,9 @@ async fn strings(pool: &sqlx::AnyPool, sql: &str) -> Result<Vec<(String, String)
 
 #[tokio::test]
 async fn catch_up_policies_run_the_ticks_missed_while_no_daemon_ran() -> Result<()> {
-    let mut warehouses = support::warehouses().await?;
-    let Some(i) = warehouses.iter().position(|w| w.name == "mysql") else {
-        eprintln!("CUTOVER_TEST_MYSQL_URL is not set: skipped");
+    let Some(wh) = support::mysql_warehouse().await? else {
         return Ok(());
     };
-    let wh = warehouses.swap_remove(i);
     let dir = tempfile::tempdir()?;
     let events = support::seed(dir.path(), 200, 9);
     let source = events.display().to_string();
@@ -293,7 +247,7 @@ async fn catch_up_policies_run_the_ticks_missed_while_no_daemon_ran() -> Result<
         Duration::from_secs(180),
     )
     .await?;
-    terminate(daemon).await?;
+    support::terminate(daemon).await?;
 
     let minute = |ms: i64| {
         chrono::DateTime::from_timestamp_millis(ms)
@@ -327,12 +281,9 @@ async fn catch_up_policies_run_the_ticks_missed_while_no_daemon_ran() -> Result<
 
 #[tokio::test]
 async fn a_slow_run_is_never_overlapped_and_sigterm_mid_run_is_recorded() -> Result<()> {
-    let mut warehouses = support::warehouses().await?;
-    let Some(i) = warehouses.iter().position(|w| w.name == "mysql") else {
-        eprintln!("CUTOVER_TEST_MYSQL_URL is not set: skipped");
+    let Some(wh) = support::mysql_warehouse().await? else {
         return Ok(());
     };
-    let wh = warehouses.swap_remove(i);
     let dir = tempfile::tempdir()?;
     let events = support::seed(dir.path(), 400, 11);
     let source = events.display().to_string();
@@ -379,7 +330,7 @@ async fn a_slow_run_is_never_overlapped_and_sigterm_mid_run_is_recorded() -> Res
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (stdout, stderr) = terminate(daemon).await?;
+    let (stdout, stderr) = support::terminate(daemon).await?;
     assert!(stdout.contains("1 runs interrupted"), "{stdout}\n{stderr}");
 
     let pool = support::pool(&wh.url).await?;
@@ -445,7 +396,7 @@ async fn a_slow_run_is_never_overlapped_and_sigterm_mid_run_is_recorded() -> Res
         Duration::from_secs(60),
     )
     .await?;
-    terminate(daemon).await?;
+    support::terminate(daemon).await?;
     let reference = tempfile::tempdir()?;
     let reference_url = format!("sqlite:{}", reference.path().join("r.db").display());
     ok(support::cutover_with(

@@ -479,17 +479,10 @@ async fn the_consumer_survives_the_warehouse_going_away_and_stops_cleanly_on_sig
     let Some(sqs) = Sqs::from_env().await else {
         return Ok(());
     };
-    let mut warehouses = support::warehouses().await?;
-    let Some(i) = warehouses.iter().position(|w| w.name == "mysql") else {
-        eprintln!("CUTOVER_TEST_MYSQL_URL is not set: skipped");
+    let Some(wh) = support::mysql_warehouse().await? else {
         return Ok(());
     };
-    let wh = warehouses.swap_remove(i);
-    let nightly_wh = support::warehouses()
-        .await?
-        .into_iter()
-        .find(|w| w.name == "mysql")
-        .unwrap();
+    let nightly_wh = support::mysql_warehouse().await?.expect("set above");
     let dir = tempfile::tempdir()?;
     let events_file = support::seed(dir.path(), 200, 47);
     let bodies = feed(&events_file, 47);
@@ -650,17 +643,7 @@ async fn the_scheduler_hosts_the_feed_and_serves_metrics() -> Result<()> {
         assert!(metrics.contains(series), "no {series} in\n{metrics}");
     }
 
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()?;
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{report}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (report, _) = support::terminate(child).await?;
     assert!(report.contains("scheduler stopped"), "{report}");
     assert!(report.contains("consumer stopped"), "{report}");
 

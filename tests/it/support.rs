@@ -104,6 +104,16 @@ pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
     Ok(out)
 }
 
+/// A MariaDB/MySQL warehouse for one test, or `None` (the test is skipped,
+/// and says so) when `CUTOVER_TEST_MYSQL_URL` is not set.
+pub async fn mysql_warehouse() -> Result<Option<TestWarehouse>> {
+    let found = warehouses().await?.into_iter().find(|w| w.name == "mysql");
+    if found.is_none() {
+        eprintln!("CUTOVER_TEST_MYSQL_URL is not set: skipped");
+    }
+    Ok(found)
+}
+
 /// The URL without its database path.
 fn base(url: &str) -> String {
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
@@ -139,6 +149,18 @@ pub fn cutover(source: &Path, warehouse: &str, work: &Path, args: &[&str]) -> Ou
     )
 }
 
+/// The `cutover` binary set to a source URL, a warehouse, a work directory
+/// and a DAG directory.
+pub fn command(source: &str, warehouse: &str, work: &Path, dags: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+    cmd.env("CUTOVER_SOURCE_URL", source)
+        .env("CUTOVER_WAREHOUSE_URL", warehouse)
+        .env("CUTOVER_WORK_DIR", work)
+        .env("CUTOVER_DAGS", dags)
+        .env_remove("RUST_LOG");
+    cmd
+}
+
 /// Runs the `cutover` binary with a source URL and a DAG directory.
 pub fn cutover_with(
     source: &str,
@@ -147,15 +169,29 @@ pub fn cutover_with(
     dags: &Path,
     args: &[&str],
 ) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cutover"))
+    command(source, warehouse, work, dags)
         .args(args)
-        .env("CUTOVER_SOURCE_URL", source)
-        .env("CUTOVER_WAREHOUSE_URL", warehouse)
-        .env("CUTOVER_WORK_DIR", work)
-        .env("CUTOVER_DAGS", dags)
-        .env_remove("RUST_LOG")
         .output()
         .expect("the cutover binary runs")
+}
+
+/// Sends SIGTERM to a long-running `cutover` and returns its standard
+/// output and error; it must exit cleanly.
+pub async fn terminate(child: std::process::Child) -> Result<(String, String)> {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "SIGTERM ends it cleanly: {}\n{stdout}\n{stderr}",
+        out.status
+    );
+    Ok((stdout, stderr))
 }
 
 /// A copy of the shipped DAGs in `dir/dags`, each file's text passed

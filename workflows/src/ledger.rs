@@ -253,40 +253,27 @@ impl Ledger {
         let b = self.backend;
         let now = timestamp(Utc::now());
         let what = || LedgerError::new(format!("recording that run {run_id} was interrupted"));
-        let attempts = format!(
-            "UPDATE cutover_task_attempts SET state = {}, ended_at = {}, error = {} WHERE run_id = {} AND state = {}",
-            b.param(1),
-            b.param(2),
-            b.param(3),
-            b.param(4),
-            b.param(5)
-        );
-        sqlx::query(&attempts)
-            .bind(RunState::Interrupted.name())
-            .bind(&now)
-            .bind(reason)
-            .bind(run_id)
-            .bind(RunState::Running.name())
-            .execute(&self.pool)
-            .await
-            .map_err(what())?;
-        let run = format!(
-            "UPDATE cutover_runs SET state = {}, ended_at = {}, error = {} WHERE run_id = {} AND state = {}",
-            b.param(1),
-            b.param(2),
-            b.param(3),
-            b.param(4),
-            b.param(5)
-        );
-        sqlx::query(&run)
-            .bind(RunState::Interrupted.name())
-            .bind(&now)
-            .bind(reason)
-            .bind(run_id)
-            .bind(RunState::Running.name())
-            .execute(&self.pool)
-            .await
-            .map_err(what())?;
+        // Its attempts first, so that a run recorded as interrupted has no
+        // attempt left running.
+        for table in ["cutover_task_attempts", "cutover_runs"] {
+            let sql = format!(
+                "UPDATE {table} SET state = {}, ended_at = {}, error = {} WHERE run_id = {} AND state = {}",
+                b.param(1),
+                b.param(2),
+                b.param(3),
+                b.param(4),
+                b.param(5)
+            );
+            sqlx::query(&sql)
+                .bind(RunState::Interrupted.name())
+                .bind(&now)
+                .bind(reason)
+                .bind(run_id)
+                .bind(RunState::Running.name())
+                .execute(&self.pool)
+                .await
+                .map_err(what())?;
+        }
         Ok(())
     }
 
