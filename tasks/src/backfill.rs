@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 use tracing::Instrument;
 use workflows::chunks::{plan, Chunk, ChunkError};
@@ -419,18 +419,18 @@ async fn renew(chunks: Chunks, claim: Claim, ttl: Duration, mut done: watch::Rec
 struct Progress {
     bar: ProgressBar,
     started: Instant,
-    total: u64,
     on_terminal: bool,
 }
 
 impl Progress {
     fn new(total: u64, done: u64) -> Self {
         let on_terminal = std::io::stderr().is_terminal();
-        let bar = if on_terminal {
-            ProgressBar::new(total)
+        let target = if on_terminal {
+            ProgressDrawTarget::stderr()
         } else {
-            ProgressBar::hidden()
+            ProgressDrawTarget::hidden()
         };
+        let bar = ProgressBar::with_draw_target(Some(total), target);
         bar.set_style(
             ProgressStyle::with_template(
                 "{bar:30} {pos}/{len} chunks  {msg}  {elapsed} elapsed, eta {eta}",
@@ -442,7 +442,6 @@ impl Progress {
         Self {
             bar,
             started: Instant::now(),
-            total,
             on_terminal,
         }
     }
@@ -463,7 +462,7 @@ impl Progress {
                 run_id = %run_id,
                 events,
                 done = self.bar.position(),
-                of = self.total,
+                of = self.bar.length().unwrap_or_default(),
                 events_per_s = rate.round() as u64,
                 eta_s = eta.as_secs(),
                 "chunk done"

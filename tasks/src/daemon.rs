@@ -303,10 +303,13 @@ async fn run_tick(
         Ok(Some(lease)) => lease,
         Ok(None) => {
             tracing::debug!(dag = %name, tick = %tick, "tick claimed elsewhere, or the DAG is running");
-            let unclaimed = matches!(
-                leases.last_tick(&name).await,
-                Ok(last) if last.is_none_or(|l| l < tick.timestamp_millis())
-            );
+            // Only a missed tick waits for its turn; a regular one is simply
+            // skipped, so only then is it worth asking whether it is claimed.
+            let unclaimed = catching_up
+                && matches!(
+                    leases.last_tick(&name).await,
+                    Ok(last) if last.is_none_or(|l| l < tick.timestamp_millis())
+                );
             return ended(if unclaimed {
                 Outcome::LeaseHeld
             } else {

@@ -290,7 +290,7 @@ impl Chunks {
         claim(&row).map(Some).map_err(self.err("claiming"))
     }
 
-    /// Whether any chunk is still to do: pending, or claimed by a worker
+    /// How many chunks are still to do: pending, or claimed by a worker
     /// (which may yet fail or die, and its claim expire).
     ///
     /// # Errors

@@ -279,10 +279,7 @@ impl Ledger {
 
     /// The runs of `dag` started by `trigger` (for the tick `scheduled_at`,
     /// when given) that the ledger still shows as `running`, oldest first.
-    ///
-    /// # Errors
-    /// The read failed.
-    pub async fn running(
+    async fn running(
         &self,
         dag: &str,
         trigger: &str,
