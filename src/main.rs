@@ -43,6 +43,7 @@ struct Global {
         long,
         global = true,
         env = "CUTOVER_SOURCE_URL",
+        hide_env_values = true,
         default_value = ".cutover/events.jsonl"
     )]
     source_url: String,
@@ -52,6 +53,7 @@ struct Global {
         long,
         global = true,
         env = "CUTOVER_WAREHOUSE_URL",
+        hide_env_values = true,
         default_value = "sqlite:.cutover/warehouse.db"
     )]
     warehouse_url: String,
@@ -117,7 +119,16 @@ enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ListFormat::Table)]
         format: ListFormat,
+        /// First record runs still `running` whose process is gone (killed,
+        /// crashed: on this host a dead pid, elsewhere no heartbeat for 2
+        /// minutes) as interrupted. Every run does this for its own DAG.
+        #[arg(long)]
+        sweep: bool,
     },
+    /// Inspect the quarantine (documents and rows set aside, with why and
+    /// where), and replay it once the cause is fixed.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Consume the live event feed from an SQS queue into the warehouse, through
     /// the DAGs' own extract, transform and load tasks (not their verify
     /// tasks), in micro-batches.
@@ -138,7 +149,7 @@ enum Command {
         #[arg(value_name = "DAG")]
         names: Vec<String>,
         /// The queue's URL.
-        #[arg(long, env = "CUTOVER_SQS_QUEUE_URL")]
+        #[arg(long, env = "CUTOVER_SQS_QUEUE_URL", hide_env_values = true)]
         queue_url: String,
         /// Exit once no message has arrived for this many seconds.
         #[arg(long, value_name = "SECS")]
@@ -160,8 +171,9 @@ enum Command {
         /// The DAGs to schedule, by name; every scheduled DAG when none.
         #[arg(value_name = "DAG")]
         names: Vec<String>,
-        /// How long a claimed lease lasts unless renewed (renewed every third).
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        /// How long a claimed lease lasts unless renewed (renewed every
+        /// third); at least 3s.
+        #[arg(long, default_value = "30s", value_parser = at_least_3s)]
         lease_ttl: Duration,
         /// How long running DAGs may take to finish after SIGINT/SIGTERM.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -171,7 +183,7 @@ enum Command {
         #[arg(long)]
         with_sqs: bool,
         /// The queue's URL, with --with-sqs.
-        #[arg(long, env = "CUTOVER_SQS_QUEUE_URL")]
+        #[arg(long, env = "CUTOVER_SQS_QUEUE_URL", hide_env_values = true)]
         queue_url: Option<String>,
         #[command(flatten)]
         feed: FeedArgs,
@@ -198,7 +210,8 @@ enum Command {
         /// The first instant after the range (exclusive).
         #[arg(long)]
         to: String,
-        /// The length of a chunk.
+        /// The length of a chunk: at least 1s, and at most 100,000 chunks in
+        /// the range.
         #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
         chunk: Duration,
         /// Chunks this process runs at once.
@@ -209,8 +222,8 @@ enum Command {
         #[arg(long, value_name = "EVENTS_PER_S")]
         max_rate: Option<std::num::NonZeroU32>,
         /// How long a claim on a chunk lasts unless renewed (every third of
-        /// it): how soon a dead worker's chunk is taken again.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        /// it): how soon a dead worker's chunk is taken again; at least 3s.
+        #[arg(long, default_value = "60s", value_parser = at_least_3s)]
         claim_ttl: Duration,
         /// List the chunks and their states without running anything.
         #[arg(long)]
@@ -303,9 +316,10 @@ struct FeedArgs {
     /// Long-polling wait per receive, in seconds (at most 20).
     #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
     wait: u64,
-    /// Visibility timeout for received messages, in seconds; the queue's
-    /// own when absent. Held messages are extended every third of it.
-    #[arg(long, value_name = "SECS")]
+    /// Visibility timeout for received messages, in seconds (3 to 43200);
+    /// the queue's own when absent. Held messages are extended every third
+    /// of it.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..=43_200))]
     visibility_timeout: Option<u64>,
 }
 
@@ -324,6 +338,51 @@ impl FeedArgs {
             },
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCommand {
+    /// List what is quarantined, newest first: DAG, task, document id,
+    /// where it was (a line of the events file, an `_id`, a message) and why.
+    List {
+        /// Only this DAG's.
+        #[arg(long)]
+        dag: Option<String>,
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Show quarantined documents whole: why, where, and the raw form (bytes
+    /// that are not UTF-8 shown as \xNN).
+    Show {
+        /// The document ids (the `_id`, or the hash `list` shows).
+        #[arg(required = true)]
+        doc_ids: Vec<String>,
+        /// Only this DAG's.
+        #[arg(long)]
+        dag: Option<String>,
+    },
+    /// Run quarantined documents through their DAG again (extract,
+    /// transform, load; not verify), after fixing what set them aside: those
+    /// that now load leave the quarantine, the others stay with the new
+    /// reason. Rows a load or transform set aside are read again from the
+    /// source by their `_id`.
+    Replay {
+        /// Only this DAG's.
+        #[arg(long)]
+        dag: Option<String>,
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only these documents.
+        doc_ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -377,7 +436,7 @@ fn init_logs(g: &Global) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| RedactingStderr);
     match g.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -394,15 +453,72 @@ async fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Every file cutover makes (the SQLite warehouse, work files, events
+    // files) is its owner's alone.
+    #[cfg(unix)]
+    // SAFETY: umask only sets this process's file creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+    // Secrets from the command line and the environment are known before
+    // anything can print them.
+    for arg in std::env::args().skip(1) {
+        workflows::redact::register_url(&arg);
+    }
+    for var in [
+        "CUTOVER_SOURCE_URL",
+        "CUTOVER_WAREHOUSE_URL",
+        "CUTOVER_SQS_QUEUE_URL",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SQS",
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            workflows::redact::register_url(&v);
+        }
+    }
+    workflows::redact::register_env();
     let cli = Cli::parse();
     init_logs(&cli.global);
     match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let chain = workflows::redact::chain(e.as_ref());
+            eprintln!("error: {}", redact(&chain));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `text` with every secret hidden.
+fn redact(text: &str) -> std::borrow::Cow<'_, str> {
+    workflows::redact::redact(text)
+}
+
+/// Standard error, with every secret hidden from what is written.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// A duration of at least three seconds (leases and claims renewed every
+/// third of it, at most once a second).
+fn at_least_3s(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(3) {
+        return Err(format!(
+            "{} is too short: at least 3s, so that renewing every third of it keeps it",
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(d)
 }
 
 async fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -422,11 +538,20 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 run(g, &selected, keep_work, "manual").await
             }
         }
-        Command::Runs { dag, limit, format } => {
+        Command::Runs {
+            dag,
+            limit,
+            format,
+            sweep,
+        } => {
             let wh = warehouse(g).await?;
+            if sweep {
+                let dead = wh.ledger().interrupt_dead(dag.as_deref()).await?;
+                eprintln!("{} dead runs recorded as interrupted", dead.len());
+            }
             let runs = wh.ledger().runs(dag.as_deref(), limit).await?;
             match format {
-                ListFormat::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
+                ListFormat::Json => println!("{}", redact(&serde_json::to_string_pretty(&runs)?)),
                 ListFormat::Table => {
                     println!(
                         "{:<36}  {:<14}  {:<11}  {:<24}  {:>8}  {:>8}  {:>5}",
@@ -444,7 +569,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                             r.rows_quarantined
                         );
                         if let Some(e) = r.error {
-                            println!("    error: {}", e.lines().next().unwrap_or_default());
+                            println!(
+                                "    error: {}",
+                                redact(e.lines().next().unwrap_or_default())
+                            );
                         }
                     }
                 }
@@ -491,9 +619,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                 }
                 (true, Some(url)) => {
                     let queue = consume::Queue::from_env(&url).await;
+                    let all = load_dags(&g.dags)?;
                     let consumer = consume::Consumer::new(
                         queue,
                         &dags,
+                        &all,
                         env.warehouse.clone(),
                         runner.clone(),
                         feed.settings(g, None),
@@ -567,6 +697,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
                     ..RunOptions::default()
                 },
             };
+            settings.check()?;
             let env = env(g).await?;
             if dry_run {
                 let chunks = tasks::backfill::dry_run(&dag, &env, &settings).await?;
@@ -633,6 +764,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Status { format } => status(g, format).await,
+        Command::Quarantine(cmd) => quarantine_command(g, cmd).await,
         Command::Migrate => {
             let wh = warehouse(g).await?;
             println!("warehouse {} is migrated", wh.display_url);
@@ -832,7 +964,8 @@ async fn consume_feed(
     let runner = Runner::new(wh.ledger());
     let queue = consume::Queue::from_env(queue_url).await;
     tasks::kinds::hide_progress();
-    let consumer = consume::Consumer::new(queue, dags, wh, runner, settings)
+    let all = load_dags(&g.dags)?;
+    let consumer = consume::Consumer::new(queue, dags, &all, wh, runner, settings)
         .await
         .context("cannot start consuming")?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -844,8 +977,8 @@ async fn consume_feed(
     tracing::info!(consumer = consumer.id(), queue = queue_url, "consuming");
     let t = consumer.run(stop).await;
     println!(
-        "consumed {} messages ({} redelivered): {} events, {} poison quarantined, {} deleted, {} micro-batches ({} with a failed DAG), {} errors",
-        t.messages, t.redelivered, t.events, t.poison, t.deleted, t.batches, t.failed_batches, t.errors
+        "consumed {} messages ({} redelivered): {} events, {} poison quarantined, {} deleted, {} left for consumers of other DAGs, {} of types no DAG takes, {} events quarantined for breaking a run, {} micro-batches ({} with a failed DAG), {} errors",
+        t.messages, t.redelivered, t.events, t.poison, t.deleted, t.left_for_others, t.ignored, t.isolated, t.batches, t.failed_batches, t.errors
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -893,9 +1026,9 @@ async fn status(g: &Global, format: ListFormat) -> Result<ExitCode> {
     match format {
         ListFormat::Json => println!(
             "{}",
-            serde_json::to_string_pretty(
+            redact(&serde_json::to_string_pretty(
                 &serde_json::json!({ "dags": rows, "consumers": consumers })
-            )?
+            )?)
         ),
         ListFormat::Table => {
             println!(
@@ -956,7 +1089,10 @@ async fn status(g: &Global, format: ListFormat) -> Result<ExitCode> {
                         lag
                     );
                     if let Some(e) = &c.last_error {
-                        println!("    last error: {}", e.lines().next().unwrap_or_default());
+                        println!(
+                            "    last error: {}",
+                            redact(e.lines().next().unwrap_or_default())
+                        );
                     }
                 }
             }
@@ -982,6 +1118,7 @@ async fn env(g: &Global) -> Result<Env> {
             );
         }
     }
+    source.check().await?;
     Ok(Env {
         source,
         warehouse: warehouse(g).await?,
@@ -1023,7 +1160,10 @@ async fn run(
                     println!("  {id:<22} ok{retried}: {}", report.summary);
                 }
                 TaskState::Failed { attempt, error, .. } => {
-                    println!("  {id:<22} FAILED after {attempt} attempt(s): {error}")
+                    println!(
+                        "  {id:<22} FAILED after {attempt} attempt(s): {}",
+                        redact(error)
+                    )
                 }
                 TaskState::Skipped { because } => {
                     println!("  {id:<22} skipped ({because} did not succeed)")
@@ -1031,6 +1171,18 @@ async fn run(
                 other => println!("  {id:<22} {}", other.name()),
             }
         }
+        let t = summary.totals;
+        println!(
+            "  {} documents read, {} rows changed, {} quarantined{}",
+            t.read,
+            t.written,
+            t.quarantined,
+            if t.quarantined > 0 {
+                " (`cutover quarantine list` shows them)"
+            } else {
+                ""
+            }
+        );
         if matches!(summary.state, RunState::Failed { .. }) {
             failed += 1;
             println!("  work files kept in {}", summary.work_dir.display());
@@ -1266,4 +1418,128 @@ async fn demo(g: &Global, events: u64, dir: &Path) -> Result<ExitCode> {
         db.display()
     );
     Ok(code)
+}
+
+async fn quarantine_command(g: &Global, cmd: QuarantineCommand) -> Result<ExitCode> {
+    use tasks::quarantine::{self, Filter};
+    let wh = warehouse(g).await?;
+    match cmd {
+        QuarantineCommand::List {
+            dag,
+            task,
+            limit,
+            format,
+        } => {
+            let rows = quarantine::list(
+                &wh,
+                &Filter {
+                    dag,
+                    task,
+                    doc_ids: Vec::new(),
+                    limit: Some(limit),
+                },
+            )
+            .await
+            .context("reading the quarantine")?;
+            match format {
+                ListFormat::Json => println!("{}", redact(&serde_json::to_string_pretty(&rows)?)),
+                ListFormat::Table => {
+                    if rows.is_empty() {
+                        println!("the quarantine is empty");
+                    }
+                    println!(
+                        "{:<14}  {:<18}  {:<24}  {:<30}  REASON",
+                        "DAG", "TASK", "DOCUMENT", "WHERE"
+                    );
+                    for r in rows {
+                        let reason: String = r.reason.chars().take(160).collect();
+                        println!(
+                            "{:<14}  {:<18}  {:<24}  {:<30}  {}",
+                            r.dag,
+                            r.task,
+                            r.doc_id,
+                            r.location.as_deref().unwrap_or("-"),
+                            redact(&reason)
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QuarantineCommand::Show { doc_ids, dag } => {
+            let rows = quarantine::list(
+                &wh,
+                &Filter {
+                    dag,
+                    task: None,
+                    doc_ids: doc_ids.clone(),
+                    limit: None,
+                },
+            )
+            .await
+            .context("reading the quarantine")?;
+            if rows.is_empty() {
+                bail!(
+                    "nothing in the quarantine has the id {}",
+                    doc_ids.join(", ")
+                );
+            }
+            for r in rows {
+                println!("document:    {}", r.doc_id);
+                println!("dag, task:   {} {}", r.dag, r.task);
+                println!(
+                    "event:       {} {}",
+                    r.event_type.as_deref().unwrap_or("-"),
+                    r.event_id.as_deref().unwrap_or("-")
+                );
+                println!("where:       {}", r.location.as_deref().unwrap_or("-"));
+                println!("run, when:   {} {}", r.run_id, r.quarantined_at);
+                println!("reason:      {}", redact(&r.reason));
+                println!("raw ({}):", r.raw_encoding);
+                println!("{}\n", redact(&r.raw().display()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        QuarantineCommand::Replay { dag, task, doc_ids } => {
+            let dags = load_dags(&g.dags)?;
+            let env = env(g).await?;
+            let runner = Runner::new(env.warehouse.ledger());
+            let opts = RunOptions {
+                work_root: g.work_dir.clone(),
+                ..RunOptions::default()
+            };
+            let filter = Filter {
+                dag,
+                task,
+                doc_ids,
+                limit: None,
+            };
+            let done = tasks::replay::replay(&dags, &env, &runner, &opts, &filter).await?;
+            if done.is_empty() {
+                println!("nothing in the quarantine matches");
+            }
+            let mut code = ExitCode::SUCCESS;
+            for r in done {
+                println!(
+                    "{}: {} rows, {} documents replayed{}: {} left the quarantine, {} stay",
+                    r.dag,
+                    r.rows,
+                    r.documents,
+                    r.run_id
+                        .as_deref()
+                        .map_or(String::new(), |id| format!(" (run {id})")),
+                    r.released,
+                    r.rows as u64 - r.released.min(r.rows as u64)
+                );
+                for (doc, why) in &r.skipped {
+                    println!("  {doc}: not replayed: {why}");
+                }
+                if let Some(e) = &r.error {
+                    println!("  the run failed: {}", redact(e));
+                    code = ExitCode::FAILURE;
+                }
+            }
+            Ok(code)
+        }
+    }
 }

@@ -64,9 +64,55 @@ impl Settings {
     }
 }
 
+/// The most chunks one backfill may have: a plan beyond it is a chunk
+/// size that makes no sense for the range.
+pub const MAX_CHUNKS: i64 = 100_000;
+
+/// The shortest claim: renewed every third of it, at least once a second.
+pub const MIN_CLAIM_TTL: Duration = Duration::from_secs(3);
+
+impl Settings {
+    /// Checks the settings before anything runs.
+    ///
+    /// # Errors
+    /// The range is empty, the chunk is shorter than a second or makes more
+    /// than [`MAX_CHUNKS`] chunks, or the claim is shorter than
+    /// [`MIN_CLAIM_TTL`].
+    pub fn check(&self) -> Result<(), BackfillError> {
+        if self.from_ms >= self.until_ms {
+            return Err(BackfillError::EmptyRange);
+        }
+        if self.chunk < Duration::from_secs(1) {
+            return Err(BackfillError::Settings(format!(
+                "--chunk {} is shorter than a second",
+                humantime::format_duration(self.chunk)
+            )));
+        }
+        let step = self.chunk.as_millis().min(i64::MAX as u128) as i64;
+        let chunks = (self.until_ms - self.from_ms).div_euclid(step) + 1;
+        if chunks > MAX_CHUNKS {
+            return Err(BackfillError::Settings(format!(
+                "--chunk {} cuts the range into {chunks} chunks, more than {MAX_CHUNKS}; use a longer --chunk",
+                humantime::format_duration(self.chunk)
+            )));
+        }
+        if self.claim_ttl < MIN_CLAIM_TTL {
+            return Err(BackfillError::Settings(format!(
+                "--claim-ttl {} is shorter than {}: a claim renewed every third of it would expire while its worker is busy, and another worker would take its chunk",
+                humantime::format_duration(self.claim_ttl),
+                humantime::format_duration(MIN_CLAIM_TTL)
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The backfill could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
+    /// A setting makes no sense.
+    #[error("{0}")]
+    Settings(String),
     /// The DAG has no extract: there is nothing to backfill.
     #[error("dag {0} reads no events: there is nothing to backfill")]
     NothingToRead(String),
@@ -109,6 +155,7 @@ pub async fn dry_run(
     env: &Env,
     settings: &Settings,
 ) -> Result<Vec<Chunk>, BackfillError> {
+    settings.check()?;
     let chunks = chunks_of(dag, env, settings)?;
     let recorded = chunks.list().await?;
     Ok(plan(settings.from_ms, settings.until_ms, settings.chunk)
@@ -158,6 +205,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<Report, BackfillError> {
     let started = Instant::now();
+    settings.check()?;
     let chunks = chunks_of(dag, &env, &settings)?;
     let dag = without_verify(dag).ok_or_else(|| BackfillError::NothingToRead(dag.name.clone()))?;
     chunks

@@ -38,6 +38,44 @@ pub fn unique_violation(e: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether the database refused a statement because of the data it
+/// carried (a value too long or out of range, a character it cannot
+/// store, a null or check constraint, an index entry too large, a packet
+/// too large), so that loading the other rows without it may succeed.
+pub fn data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or_default();
+            matches!(
+                code,
+                // MySQL/MariaDB: data too long, out of range, incorrect
+                // string or value, data truncated, cannot be null, check
+                // constraint, packet too large, BIGINT out of range.
+                "1406" | "1264" | "1366" | "1292" | "1265" | "1048" | "3819" | "4025"
+                    | "1153" | "1690" | "1367"
+                // SQLite: constraint (check, not null), too big, mismatch.
+                    | "19" | "275" | "1299" | "18" | "20"
+                // PostgreSQL: not null, check, program limit (index row
+                // too large).
+                    | "23502" | "23514" | "54000"
+            ) || code.starts_with("22")
+        }
+        _ => false,
+    }
+}
+
+/// A database error's own message, without the driver's framing.
+pub fn db_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (code {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
 /// A task error from a failed merge statement. Merges insert only keys they
 /// found missing, so a unique-key violation means another load (a backfill
 /// worker, the feed, a nightly run) inserted the same key meanwhile: the

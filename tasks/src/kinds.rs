@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_aux::serde_introspection::serde_introspect;
-use workflows::{Dag, KindInfo, SettingProblem, Task, TaskKinds};
+use workflows::{Dag, KindInfo, Role, SettingProblem, Task, TaskKinds};
 
 use crate::extract::mongo::Window;
 use crate::rate::RateLimit;
@@ -98,14 +98,62 @@ impl TaskKinds for TaskKind {
         }
     }
 
+    fn role(&self) -> Role {
+        match self {
+            Self::ExtractMongo(_) => Role::Extract,
+            Self::TransformPolars(_) => Role::Transform,
+            Self::LoadMerge(_) => Role::Load,
+            Self::VerifyReconcile(_) => Role::Verify,
+        }
+    }
+
     fn check(&self, depends_on: &[String], tasks: &[(&str, &Self)]) -> Vec<SettingProblem> {
         match self {
             Self::ExtractMongo(c) => c.check(),
-            Self::TransformPolars(c) => c.check(depends_on),
-            Self::LoadMerge(c) => c.check(depends_on),
+            Self::TransformPolars(c) => {
+                let mut out = c.check(depends_on);
+                if let Some(planned) = plan(tasks, c) {
+                    for (name, result) in planned {
+                        if let Err(e) = result {
+                            out.push(SettingProblem::field(format!("outputs.{name}.sql"), e));
+                        }
+                    }
+                }
+                out
+            }
+            Self::LoadMerge(c) => {
+                let mut out = c.check(depends_on);
+                if let Some(TaskKind::TransformPolars(t)) = find(tasks, &c.input) {
+                    let planned = plan(tasks, t);
+                    out.extend(c.check_outputs(
+                        &t.outputs.keys().cloned().collect::<Vec<_>>(),
+                        planned.as_ref(),
+                    ));
+                } else if depends_on.contains(&c.input) {
+                    out.push(SettingProblem::field(
+                        "input",
+                        format!("`{}` is not a transform.polars task of this DAG", c.input),
+                    ));
+                }
+                out
+            }
             Self::VerifyReconcile(c) => c.check(extract_config(tasks, &c.source)),
         }
     }
+}
+
+fn find<'a>(tasks: &[(&str, &'a TaskKind)], id: &str) -> Option<&'a TaskKind> {
+    tasks.iter().find(|(t, _)| *t == id).map(|(_, k)| *k)
+}
+
+/// A transform's outputs planned over its input extract's columns (without
+/// data); `None` when its input is not an extract of the DAG.
+fn plan(
+    tasks: &[(&str, &TaskKind)],
+    t: &transform::polars::Config,
+) -> Option<transform::polars::Planned> {
+    let extract = extract_config(tasks, &t.input)?;
+    Some(t.plan(&extract.segment_columns()))
 }
 
 fn extract_config<'a>(
@@ -183,7 +231,9 @@ pub fn build_tasks_with(
                     read.window,
                     read.limit.clone(),
                 ),
-                TaskKind::TransformPolars(c) => transform::polars::build(c.clone()),
+                TaskKind::TransformPolars(c) => {
+                    transform::polars::build(c.clone(), env.warehouse.clone())
+                }
                 TaskKind::LoadMerge(c) => load::merge::build(c.clone(), env.warehouse.clone()),
                 TaskKind::VerifyReconcile(c) => {
                     let extract = extract_config(&all, &c.source)

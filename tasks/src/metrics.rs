@@ -5,6 +5,10 @@
 //! measured as it ran.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -35,12 +39,62 @@ pub async fn serve(addr: SocketAddr, warehouse: Warehouse) -> std::io::Result<()
             async move { scrape(&warehouse).await }
         }),
     );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics endpoint stopped");
-        }
-    });
+    tokio::spawn(serve_router(listener, app, Limits::default()));
     Ok(())
+}
+
+/// What one HTTP server accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more are closed at once.
+    pub connections: usize,
+    /// How long a client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// How long one connection may stay open.
+    pub connection_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections: 64,
+            header_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves `app` on `listener` (HTTP/1) with `limits`: a client that sends
+/// its headers slowly, or holds a connection too long, is cut off, and
+/// connections beyond the limit are closed at once.
+pub async fn serve_router(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let permits = Arc::new(Semaphore::new(limits.connections));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::debug!("too many connections; closing one");
+            drop(stream);
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_timeout, conn).await;
+        });
+    }
 }
 
 async fn scrape(warehouse: &Warehouse) -> impl IntoResponse {
@@ -51,14 +105,15 @@ async fn scrape(warehouse: &Warehouse) -> impl IntoResponse {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            metrics().encode(),
+            workflows::redact::redact(&metrics().encode()).into_owned(),
         ),
         Err(e) => {
-            tracing::warn!(error = %e, "metrics: could not read the warehouse");
+            // The database's error goes to the log, not to the client.
+            tracing::warn!(error = %workflows::redact::redact(&e.to_string()), "metrics: could not read the warehouse");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                format!("cannot read the warehouse: {e}\n"),
+                "cannot read the warehouse; the cutover log says why\n".to_owned(),
             )
         }
     }

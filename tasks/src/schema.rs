@@ -145,6 +145,12 @@ impl<'de> Deserialize<'de> for Value {
     }
 }
 
+/// 0001-01-01T00:00:00Z in epoch ms: the earliest date a column holds.
+pub const EARLIEST_MS: i64 = -62_135_596_800_000;
+/// 9999-12-31T23:59:59.999Z in epoch ms: the latest date a column holds.
+/// Later dates have no calendar day the warehouse's date keys can name.
+pub const LATEST_MS: i64 = 253_402_300_799_999;
+
 /// The columns of an extract, in name order.
 pub type Columns = BTreeMap<SqlIdent, ColumnSpec>;
 
@@ -183,7 +189,16 @@ pub fn read_column(doc: &Document, name: &str, spec: &ColumnSpec) -> Result<Valu
         (ColumnType::Float, Bson::Int32(i)) => Value::Float(f64::from(*i)),
         (ColumnType::Float, Bson::Int64(i)) => Value::Float(*i as f64),
         (ColumnType::Bool, Bson::Boolean(b)) => Value::Bool(*b),
-        (ColumnType::Timestamp, Bson::DateTime(d)) => Value::Int(d.timestamp_millis()),
+        (ColumnType::Timestamp, Bson::DateTime(d)) => {
+            let ms = d.timestamp_millis();
+            if !(EARLIEST_MS..=LATEST_MS).contains(&ms) {
+                return Err(format!(
+                    "column {name}: {} is a date outside the years 1 to 9999 ({ms} ms since 1970)",
+                    spec.path.describe()
+                ));
+            }
+            Value::Int(ms)
+        }
         (ColumnType::ObjectId, Bson::ObjectId(o)) => Value::Str(o.to_hex()),
         (_, v) => return Err(wrong(v)),
     };

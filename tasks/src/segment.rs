@@ -35,6 +35,12 @@ pub struct Meta {
     pub watermark: Option<Watermark>,
 }
 
+/// The directory holding output `name` of a task that makes several (a
+/// transform's outputs, one per table).
+pub fn output_dir(task_dir: &Path, name: &str) -> PathBuf {
+    task_dir.join(name)
+}
+
 fn rows_path(dir: &Path, seq: u32) -> PathBuf {
     dir.join(format!("{seq:06}.rows.jsonl"))
 }

@@ -4,8 +4,10 @@
 //! micro-batch of the live feed, in memory.
 
 use std::io::{BufRead, BufReader};
+
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bson::{doc, Bson, Document};
 use futures::stream::{BoxStream, StreamExt};
@@ -79,16 +81,23 @@ pub struct Query {
 /// One item read from a source.
 #[derive(Debug, Clone)]
 pub enum Item {
-    /// A document.
-    Doc(Document),
+    /// A document, with its line number when it comes from an events file.
+    Doc(Document, Option<u64>),
     /// A line of an events file that is not a document.
     Unreadable {
-        /// The line as read.
-        raw: String,
+        /// The line as read: text, or bytes that are not UTF-8.
+        raw: crate::quarantine::Raw,
         /// Why it is not a document.
         reason: String,
+        /// Its line number (from 1).
+        line: u64,
     },
 }
+
+/// The longest line of an events file read whole: a MongoDB document is at
+/// most 16 MiB, and its Extended JSON a few times that. Longer lines are
+/// unreadable (their head is kept in the quarantine).
+pub const MAX_LINE: usize = 64 << 20;
 
 /// An event source.
 #[derive(Debug, Clone)]
@@ -112,12 +121,129 @@ impl Source {
     /// The MongoDB URL is invalid.
     pub async fn open(url: &str) -> Result<Self, SourceError> {
         if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
-            let client = mongodb::Client::with_uri_str(url)
+            let mut options = mongodb::options::ClientOptions::parse(url)
                 .await
+                .map_err(|e| SourceError::Mongo("connection string is invalid".into(), e))?;
+            // An unreachable server is reported in seconds, with its cause,
+            // unless the URL asks for other timeouts.
+            options
+                .server_selection_timeout
+                .get_or_insert(Duration::from_secs(10));
+            options
+                .connect_timeout
+                .get_or_insert(Duration::from_secs(5));
+            let client = mongodb::Client::with_options(options)
                 .map_err(|e| SourceError::Mongo("connection string is invalid".into(), e))?;
             Ok(Self::Mongo(client))
         } else {
             Ok(Self::File(PathBuf::from(url.trim_start_matches("file:"))))
+        }
+    }
+
+    /// Checks that the source can be read: MongoDB answers a ping (within
+    /// the server selection timeout, with the cause when it does not), an
+    /// events file exists.
+    ///
+    /// # Errors
+    /// The source cannot be reached.
+    pub async fn check(&self) -> Result<(), SourceError> {
+        match self {
+            Self::Mongo(client) => client
+                .database("admin")
+                .run_command(doc! { "ping": 1 })
+                .await
+                .map(|_| ())
+                .map_err(|e| SourceError::Mongo("is not reachable".into(), e)),
+            Self::File(path) => std::fs::metadata(path)
+                .map(|_| ())
+                .map_err(|e| SourceError::File(path.clone(), e)),
+            Self::Feed(_) => Ok(()),
+        }
+    }
+
+    /// The documents with these `_id`s (MongoDB: of `database.collection`),
+    /// in no particular order; ids the source does not hold are left out.
+    ///
+    /// # Errors
+    /// The source cannot be read.
+    pub async fn by_ids(
+        &self,
+        database: &str,
+        collection: &str,
+        ids: &[bson::oid::ObjectId],
+    ) -> Result<Vec<Document>, SourceError> {
+        match self {
+            Self::Mongo(client) => {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(1000) {
+                    let mut cursor = client
+                        .database(database)
+                        .collection::<Document>(collection)
+                        .find(doc! { "_id": { "$in": chunk.to_vec() } })
+                        .await
+                        .map_err(|e| {
+                            SourceError::Mongo(format!("find on {database}.{collection}"), e)
+                        })?;
+                    while let Some(d) = cursor.next().await {
+                        out.push(d.map_err(|e| {
+                            SourceError::Mongo(format!("reading {database}.{collection}"), e)
+                        })?);
+                    }
+                }
+                Ok(out)
+            }
+            Self::Feed(docs) => Ok(docs
+                .iter()
+                .filter(|d| d.get_object_id("_id").is_ok_and(|o| ids.contains(&o)))
+                .cloned()
+                .collect()),
+            Self::File(path) => {
+                let path = path.clone();
+                let ids: Vec<bson::oid::ObjectId> = ids.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::open(&path)
+                        .map_err(|e| SourceError::File(path.clone(), e))?;
+                    let hexes: Vec<String> = ids.iter().map(|o| o.to_hex()).collect();
+                    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, file));
+                    let mut out = Vec::new();
+                    while let Some((_, line)) = lines
+                        .next_line()
+                        .map_err(|e| SourceError::File(path.clone(), e))?
+                    {
+                        let Line::Whole(bytes) = line else { continue };
+                        if !hexes
+                            .iter()
+                            .any(|h| memchr::memmem::find(bytes, h.as_bytes()).is_some())
+                        {
+                            continue;
+                        }
+                        let Ok(text) = std::str::from_utf8(bytes) else {
+                            continue;
+                        };
+                        if let Ok(d) = parse_line(text) {
+                            if d.get_object_id("_id").is_ok_and(|o| ids.contains(&o)) {
+                                out.push(d);
+                            }
+                        }
+                    }
+                    Ok(out)
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(SourceError::File(
+                        PathBuf::new(),
+                        std::io::Error::other(e.to_string()),
+                    ))
+                })
+            }
+        }
+    }
+
+    /// Where line `n` of this source is, for messages and the quarantine.
+    pub fn line_location(&self, n: u64) -> String {
+        match self {
+            Self::File(path) => format!("line {n} of {}", path.display()),
+            _ => format!("line {n}"),
         }
     }
 
@@ -173,7 +299,7 @@ impl Source {
                 let what = format!("reading {}.{}", q.database, q.collection);
                 Ok(cursor
                     .map(move |r| {
-                        r.map(Item::Doc)
+                        r.map(|d| Item::Doc(d, None))
                             .map_err(|e| SourceError::Mongo(what.clone(), e))
                     })
                     .boxed())
@@ -184,8 +310,7 @@ impl Source {
                 let wanted: Vec<Item> = docs
                     .iter()
                     .filter(|d| file_match(d, &q))
-                    .cloned()
-                    .map(Item::Doc)
+                    .map(|d| Item::Doc(d.clone(), None))
                     .collect();
                 Ok(futures::stream::iter(wanted.into_iter().map(Ok)).boxed())
             }
@@ -195,29 +320,21 @@ impl Source {
                 let (tx, rx) = tokio::sync::mpsc::channel::<Result<Item, SourceError>>(1024);
                 let q = q.clone();
                 let path = path.clone();
-                // A line that does not contain any wanted type as a JSON
-                // string cannot be of that type: skip it without parsing.
-                let needles: Vec<String> = q
+                let needles: Vec<Vec<u8>> = q
                     .types
                     .iter()
-                    .map(|t| serde_json::Value::from(t.as_str()).to_string())
+                    .map(|t| serde_json::Value::from(t.as_str()).to_string().into_bytes())
                     .collect();
                 tokio::task::spawn_blocking(move || {
-                    let reader = BufReader::with_capacity(1 << 20, file);
-                    for line in reader.lines() {
-                        let item = match line {
+                    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, file));
+                    loop {
+                        let item = match lines.next_line() {
                             Err(e) => Err(SourceError::File(path.clone(), e)),
-                            Ok(line) if line.trim().is_empty() => continue,
-                            Ok(line)
-                                if line.starts_with('{')
-                                    && !needles.iter().any(|n| line.contains(n.as_str())) =>
+                            Ok(None) => break,
+                            Ok(Some((number, line))) => match read_item(line, number, &q, &needles)
                             {
-                                continue
-                            }
-                            Ok(line) => match parse_line(&line) {
-                                Ok(doc) if !file_match(&doc, &q) => continue,
-                                Ok(doc) => Ok(Item::Doc(doc)),
-                                Err(reason) => Ok(Item::Unreadable { raw: line, reason }),
+                                Some(item) => Ok(item),
+                                None => continue,
                             },
                         };
                         let stop = item.is_err();
@@ -232,6 +349,146 @@ impl Source {
                 )
                 .boxed())
             }
+        }
+    }
+}
+
+/// One line of an events file as read.
+#[derive(Debug)]
+pub enum Line<'a> {
+    /// The line's bytes (without the line end).
+    Whole(&'a [u8]),
+    /// A line longer than [`MAX_LINE`]: its head, and its length.
+    TooLong(&'a [u8], usize),
+}
+
+/// The lines of an events file, as bytes (a line need not be UTF-8), with
+/// their numbers; memory is bounded by [`MAX_LINE`].
+pub struct Lines<R> {
+    reader: R,
+    buf: Vec<u8>,
+    /// The number of the line last returned, from 1.
+    pub number: u64,
+}
+
+impl<R: BufRead> Lines<R> {
+    /// Lines of `reader`.
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buf: Vec::new(),
+            number: 0,
+        }
+    }
+
+    /// The next line with its number, or `None` at the end.
+    ///
+    /// # Errors
+    /// Reading failed.
+    pub fn next_line(&mut self) -> std::io::Result<Option<(u64, Line<'_>)>> {
+        self.buf.clear();
+        let mut total = 0usize;
+        let mut any = false;
+        loop {
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            any = true;
+            let (part, done) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..i], Some(i + 1)),
+                None => (chunk, None),
+            };
+            total += part.len();
+            let room = MAX_LINE.saturating_sub(self.buf.len());
+            self.buf.extend_from_slice(&part[..part.len().min(room)]);
+            let used = done.unwrap_or(chunk.len());
+            self.reader.consume(used);
+            if done.is_some() {
+                break;
+            }
+        }
+        if !any {
+            return Ok(None);
+        }
+        self.number += 1;
+        if self.buf.last() == Some(&b'\r') && total <= MAX_LINE {
+            self.buf.pop();
+            total -= 1;
+        }
+        let line = if total > MAX_LINE {
+            Line::TooLong(&self.buf, total)
+        } else {
+            Line::Whole(&self.buf)
+        };
+        Ok(Some((self.number, line)))
+    }
+}
+
+/// What one line of an events file yields for query `q`: a document it
+/// asks for, an unreadable line (every extract sees those: its type cannot
+/// be told), or nothing.
+fn read_item(line: Line<'_>, number: u64, q: &Query, needles: &[Vec<u8>]) -> Option<Item> {
+    use crate::quarantine::Raw;
+    let bytes = match line {
+        Line::TooLong(head, len) => return Some(Item::Unreadable {
+            raw: match std::str::from_utf8(head) {
+                Ok(s) => Raw::Text(s.to_owned()),
+                Err(_) => Raw::Bytes(head.to_vec()),
+            },
+            reason: format!(
+                "line {number} is {len} bytes long, more than any MongoDB document ({} bytes read)",
+                MAX_LINE
+            ),
+            line: number,
+        }),
+        Line::Whole(b) => b,
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    // A line that does not contain any wanted type as a JSON string cannot
+    // be of that type: skip it without parsing.
+    let has_type = |text: &[u8]| {
+        needles
+            .iter()
+            .any(|n| memchr::memmem::find(text, n).is_some())
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            if text.starts_with('{') && !has_type(bytes) {
+                return None;
+            }
+            match parse_line(text) {
+                Ok(doc) if !file_match(&doc, q) => None,
+                Ok(doc) => Some(Item::Doc(doc, Some(number))),
+                Err(reason) => Some(Item::Unreadable {
+                    raw: Raw::Text(text.to_owned()),
+                    reason: format!("line {number}: {reason}"),
+                    line: number,
+                }),
+            }
+        }
+        Err(e) => {
+            // Not UTF-8: it belongs to this query if, read leniently, it is
+            // a document this query asks for, or is no document at all.
+            let lossy = String::from_utf8_lossy(bytes);
+            let ours = match parse_line(&lossy) {
+                Ok(doc) => file_match(&doc, q),
+                Err(_) => !lossy.starts_with('{') || has_type(bytes),
+            };
+            ours.then(|| Item::Unreadable {
+                raw: Raw::Bytes(bytes.to_vec()),
+                reason: format!(
+                    "line {number} is not UTF-8: invalid bytes at offset {}",
+                    e.valid_up_to()
+                ),
+                line: number,
+            })
         }
     }
 }

@@ -8,11 +8,15 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
+use workflows::redact::redact_url;
 use workflows::{Backend, Ledger};
 
 static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
 static MYSQL: Migrator = sqlx::migrate!("../migrations/mysql");
 static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How long connecting to the warehouse may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A warehouse could not be reached or prepared.
 #[derive(Debug, thiserror::Error)]
@@ -48,20 +52,6 @@ pub struct Warehouse {
     pub display_url: String,
 }
 
-/// `url` with the password part of its authority replaced by `***`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.find('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let auth = &url[s + 3..at];
-            match auth.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &auth[..c], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 impl Warehouse {
     /// Connects to the warehouse at `url`. A SQLite file and its directory
     /// are created when missing.
@@ -70,8 +60,9 @@ impl Warehouse {
     /// The scheme is unknown or the database cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, WarehouseError> {
         sqlx::any::install_default_drivers();
-        let backend = Backend::from_url(url).ok_or_else(|| WarehouseError::Scheme(redact(url)))?;
-        let display_url = redact(url);
+        let backend =
+            Backend::from_url(url).ok_or_else(|| WarehouseError::Scheme(redact_url(url)))?;
+        let display_url = redact_url(url);
         let mut url = url.to_owned();
         if backend == Backend::Sqlite {
             let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
@@ -94,6 +85,26 @@ impl Warehouse {
             source,
         };
         let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
+        // One connection first, so that an unreachable server is reported in
+        // seconds with its cause (refused, unknown host, denied), not as a
+        // pool timeout after a minute of retries.
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            <sqlx::AnyConnection as sqlx::Connection>::connect_with(&options),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+            }
+            Ok(Err(e)) => return Err(connect_error(e)),
+            Err(_) => {
+                return Err(connect_error(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                ))))
+            }
+        }
         // SQLite takes one writer at a time: one connection avoids busy
         // errors between the ledger and a load's transaction.
         let max = if backend == Backend::Sqlite { 1 } else { 8 };
@@ -187,6 +198,139 @@ impl Warehouse {
     }
 }
 
+/// What one column of a warehouse table can hold, as its definition says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// The column's name.
+    pub name: String,
+    /// The most characters a string may have (`VARCHAR(n)`).
+    pub max_chars: Option<u64>,
+    /// The most bytes a string may have (MySQL's `TEXT` family).
+    pub max_bytes: Option<u64>,
+    /// The range of an integer column.
+    pub int_range: Option<(i64, i64)>,
+    /// Whether the column refuses null.
+    pub not_null: bool,
+    /// Whether strings may hold NUL characters (not in PostgreSQL).
+    pub nul_ok: bool,
+}
+
+impl ColumnInfo {
+    fn new(
+        name: String,
+        backend: Backend,
+        data_type: &str,
+        length: Option<i64>,
+        octets: Option<i64>,
+        not_null: bool,
+        unsigned: bool,
+    ) -> Self {
+        let ty = data_type.to_ascii_lowercase();
+        let signed = |bits: u32| -> (i64, i64) {
+            if unsigned {
+                (
+                    0,
+                    if bits >= 64 {
+                        i64::MAX
+                    } else {
+                        (1i64 << bits) - 1
+                    },
+                )
+            } else if bits >= 64 {
+                (i64::MIN, i64::MAX)
+            } else {
+                (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1)
+            }
+        };
+        let int_range = match ty.as_str() {
+            "tinyint" => Some(signed(8)),
+            "smallint" | "int2" => Some(signed(16)),
+            "mediumint" => Some(signed(24)),
+            "int" | "integer" | "int4" if backend != Backend::Sqlite => Some(signed(32)),
+            _ => None,
+        };
+        let text_family = matches!(ty.as_str(), "tinytext" | "text" | "mediumtext" | "longtext");
+        let char_family = matches!(
+            ty.as_str(),
+            "varchar" | "char" | "character varying" | "character"
+        );
+        Self {
+            name,
+            max_chars: if char_family {
+                length.map(|n| n as u64)
+            } else {
+                None
+            },
+            max_bytes: if text_family && backend == Backend::MySql {
+                octets.map(|n| n as u64)
+            } else {
+                None
+            },
+            int_range,
+            not_null,
+            nul_ok: backend != Backend::Postgres,
+        }
+    }
+}
+
+impl Warehouse {
+    /// The columns of `table` and what each can hold; empty when the table
+    /// does not exist.
+    ///
+    /// # Errors
+    /// The catalog could not be read.
+    pub async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, sqlx::Error> {
+        use workflows::sql::text;
+        let b = self.backend;
+        let sql = match b {
+            Backend::MySql => "SELECT COLUMN_NAME AS name, DATA_TYPE AS data_type, \
+                CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS len, CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
+                IS_NULLABLE AS nullable, COLUMN_TYPE AS column_type, EXTRA AS extra \
+                FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?".to_owned(),
+            Backend::Postgres => "SELECT column_name::text AS name, data_type::text AS data_type, \
+                character_maximum_length::bigint AS len, character_octet_length::bigint AS octets, \
+                is_nullable::text AS nullable, data_type::text AS column_type, \
+                CASE WHEN is_generated = 'ALWAYS' THEN 'GENERATED' ELSE '' END AS extra \
+                FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1".to_owned(),
+            Backend::Sqlite => "SELECT name, type AS data_type, NULL AS len, NULL AS octets, \
+                CASE WHEN \"notnull\" = 1 THEN 'NO' ELSE 'YES' END AS nullable, type AS column_type, \
+                CASE WHEN hidden <> 0 THEN 'GENERATED' ELSE '' END AS extra \
+                FROM pragma_table_xinfo(?)".to_owned(),
+        };
+        let rows = sqlx::query(&sql).bind(table).fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let name = text(r, "name")?.unwrap_or_default();
+            let extra = text(r, "extra")?.unwrap_or_default();
+            if extra.to_ascii_uppercase().contains("GENERATED") {
+                continue;
+            }
+            let data_type = text(r, "data_type")?.unwrap_or_default();
+            // SQLite declares types freely: `VARCHAR(64)` is only a name.
+            let data_type = data_type
+                .split('(')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            let column_type = text(r, "column_type")?.unwrap_or_default();
+            let len: Option<i64> = r.try_get("len").ok().flatten();
+            let octets: Option<i64> = r.try_get("octets").ok().flatten();
+            let not_null = text(r, "nullable")?.is_some_and(|n| n.eq_ignore_ascii_case("NO"));
+            out.push(ColumnInfo::new(
+                name,
+                b,
+                &data_type,
+                len,
+                octets,
+                not_null,
+                column_type.to_ascii_lowercase().contains("unsigned"),
+            ));
+        }
+        Ok(out)
+    }
+}
+
 /// Writes or advances a watermark inside a transaction; it never moves back.
 ///
 /// # Errors
@@ -273,19 +417,4 @@ pub async fn record_commit(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn hides_passwords() {
-        assert_eq!(
-            redact("mysql://root:secret@db:3306/w"),
-            "mysql://root:***@db:3306/w"
-        );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact("sqlite:x.db"), "sqlite:x.db");
-    }
 }

@@ -129,7 +129,7 @@ async fn a_killed_backfill_rerun_completes_each_chunk_once() -> Result<()> {
             &source,
             &wh.url,
             &work,
-            &["--max-rate", "20", "--claim-ttl", "2s"],
+            &["--max-rate", "20", "--claim-ttl", "3s"],
         )?;
         support::wait_for_count(
             &wh.url,
@@ -142,7 +142,7 @@ async fn a_killed_backfill_rerun_completes_each_chunk_once() -> Result<()> {
         first.kill()?;
         first.wait()?;
 
-        let rerun = finish(backfill(&source, &wh.url, &work, &["--claim-ttl", "2s"])?).await?;
+        let rerun = finish(backfill(&source, &wh.url, &work, &["--claim-ttl", "3s"])?).await?;
         assert!(rerun.contains("0 failed"), "{}: {rerun}", wh.name);
         assert!(
             rerun.contains("done before or by other workers"),
@@ -214,8 +214,7 @@ async fn two_backfill_workers_split_the_chunks() -> Result<()> {
 
 #[tokio::test]
 async fn a_backfill_from_mongodb_loads_what_a_nightly_run_loads() -> Result<()> {
-    let Ok(mongo) = std::env::var("CUTOVER_TEST_MONGO_URL") else {
-        eprintln!("CUTOVER_TEST_MONGO_URL is not set: skipped");
+    let Some(mongo) = support::server("CUTOVER_TEST_MONGO_URL") else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;

@@ -8,6 +8,7 @@
 
 mod backfill;
 mod cli;
+mod hostile;
 mod leases;
 mod mongo;
 mod schedule;

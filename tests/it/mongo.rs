@@ -37,8 +37,7 @@ pub(crate) async fn load_events(
 
 #[tokio::test]
 async fn views_from_mongodb_match_an_independent_count() -> Result<()> {
-    let Ok(url) = std::env::var("CUTOVER_TEST_MONGO_URL") else {
-        eprintln!("CUTOVER_TEST_MONGO_URL is not set: skipped");
+    let Some(url) = support::server("CUTOVER_TEST_MONGO_URL") else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -125,8 +124,7 @@ fn run_all_and_compare(
 
 #[tokio::test]
 async fn the_star_schema_from_100k_mongodb_events_equals_the_legacy_pipelines() -> Result<()> {
-    let Ok(url) = std::env::var("CUTOVER_TEST_MONGO_URL") else {
-        eprintln!("CUTOVER_TEST_MONGO_URL is not set: skipped");
+    let Some(url) = support::server("CUTOVER_TEST_MONGO_URL") else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;
@@ -161,8 +159,7 @@ async fn the_star_schema_from_100k_mongodb_events_equals_the_legacy_pipelines() 
 #[tokio::test]
 async fn later_events_from_mongodb_appear_after_the_next_run_with_the_reports_still_equal(
 ) -> Result<()> {
-    let Ok(url) = std::env::var("CUTOVER_TEST_MONGO_URL") else {
-        eprintln!("CUTOVER_TEST_MONGO_URL is not set: skipped");
+    let Some(url) = support::server("CUTOVER_TEST_MONGO_URL") else {
         return Ok(());
     };
     let dir = tempfile::tempdir()?;

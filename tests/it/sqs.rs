@@ -30,7 +30,7 @@ const POISON: &[(&str, &str)] = &[
 ];
 
 /// An SQS endpoint and a client for it.
-struct Sqs {
+pub(crate) struct Sqs {
     endpoint: String,
     client: aws_sdk_sqs::Client,
 }
@@ -38,11 +38,8 @@ struct Sqs {
 impl Sqs {
     /// The test server, or `None` (the test is skipped, and says so) when
     /// none is set.
-    async fn from_env() -> Option<Self> {
-        let Ok(endpoint) = std::env::var("CUTOVER_TEST_SQS_ENDPOINT") else {
-            eprintln!("CUTOVER_TEST_SQS_ENDPOINT is not set: skipped");
-            return None;
-        };
+    pub(crate) async fn from_env() -> Option<Self> {
+        let endpoint = support::server("CUTOVER_TEST_SQS_ENDPOINT")?;
         let creds = aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "tests");
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
@@ -57,7 +54,7 @@ impl Sqs {
     }
 
     /// A new queue with this visibility timeout; returns its URL.
-    async fn queue(&self, visibility_secs: u32) -> Result<String> {
+    pub(crate) async fn queue(&self, visibility_secs: u32) -> Result<String> {
         let name = format!(
             "cutover-t-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -77,7 +74,7 @@ impl Sqs {
     }
 
     /// Sends every body, ten per request.
-    async fn publish(&self, url: &str, bodies: &[String]) -> Result<()> {
+    pub(crate) async fn publish(&self, url: &str, bodies: &[String]) -> Result<()> {
         for chunk in bodies.chunks(10) {
             let entries = chunk
                 .iter()
@@ -103,7 +100,7 @@ impl Sqs {
     }
 
     /// Messages visible plus in flight.
-    async fn depth(&self, url: &str) -> Result<u64> {
+    pub(crate) async fn depth(&self, url: &str) -> Result<u64> {
         let out = self
             .client
             .get_queue_attributes()
@@ -120,17 +117,23 @@ impl Sqs {
             .sum())
     }
 
-    async fn delete(&self, url: &str) {
+    pub(crate) async fn delete(&self, url: &str) {
         let _ = self.client.delete_queue().queue_url(url).send().await;
     }
 
     /// The `cutover consume` command for a queue.
-    fn consume(&self, url: &str, warehouse: &str, work: &Path, args: &[&str]) -> Command {
+    pub(crate) fn consume(
+        &self,
+        url: &str,
+        warehouse: &str,
+        work: &Path,
+        args: &[&str],
+    ) -> Command {
         self.cutover("consume", url, warehouse, work, args)
     }
 
     /// A `cutover` command given the queue and the SQS settings.
-    fn cutover(
+    pub(crate) fn cutover(
         &self,
         command: &str,
         url: &str,
@@ -174,7 +177,7 @@ fn feed(events_file: &Path, seed: u64) -> Vec<String> {
 }
 
 /// The fact and dimension tables.
-async fn star_tables(url: &str) -> Result<Vec<Vec<String>>> {
+pub(crate) async fn star_tables(url: &str) -> Result<Vec<Vec<String>>> {
     let pool = support::pool(url).await?;
     let mut out = Vec::new();
     for (table, cols) in STAR.iter().filter(|(t, _)| !t.starts_with("cutover_")) {

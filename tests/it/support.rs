@@ -54,6 +54,22 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// The address of a test server from the environment variable `var`.
+/// Outside CI a missing one skips the test (it says so); under `CI=true`
+/// it fails the test, so that a green CI run has tested every server.
+pub fn server(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{var} is not set, and under CI=true every test server is required")
+        }
+        _ => {
+            eprintln!("{var} is not set: skipped");
+            None
+        }
+    }
+}
+
 /// Every warehouse backend available to this test run.
 pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
     sqlx::any::install_default_drivers();
@@ -65,7 +81,7 @@ pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
         _dir: Some(dir),
         drop_sql: None,
     });
-    if let Ok(admin) = std::env::var("CUTOVER_TEST_MYSQL_URL") {
+    if let Some(admin) = server("CUTOVER_TEST_MYSQL_URL") {
         let db = unique("cutover_t");
         let pool = AnyPoolOptions::new()
             .max_connections(1)
@@ -84,7 +100,7 @@ pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
             drop_sql: Some((admin, format!("DROP DATABASE IF EXISTS {db}"))),
         });
     }
-    if let Ok(admin) = std::env::var("CUTOVER_TEST_POSTGRES_URL") {
+    if let Some(admin) = server("CUTOVER_TEST_POSTGRES_URL") {
         let db = unique("cutover_t");
         let pool = AnyPoolOptions::new()
             .max_connections(1)
@@ -105,13 +121,9 @@ pub async fn warehouses() -> Result<Vec<TestWarehouse>> {
 }
 
 /// A MariaDB/MySQL warehouse for one test, or `None` (the test is skipped,
-/// and says so) when `CUTOVER_TEST_MYSQL_URL` is not set.
+/// and says so) when `CUTOVER_TEST_MYSQL_URL` is not set (outside CI).
 pub async fn mysql_warehouse() -> Result<Option<TestWarehouse>> {
-    let found = warehouses().await?.into_iter().find(|w| w.name == "mysql");
-    if found.is_none() {
-        eprintln!("CUTOVER_TEST_MYSQL_URL is not set: skipped");
-    }
-    Ok(found)
+    Ok(warehouses().await?.into_iter().find(|w| w.name == "mysql"))
 }
 
 /// The URL without its database path.
@@ -377,4 +389,19 @@ pub async fn wait_for_count(
             panic!("`{sql}` did not reach {n} within {limit:?}");
         }
     }
+}
+
+/// A text column as a string, whether the backend gives text or bytes
+/// (MySQL gives TEXT of a binary collation as bytes); empty for null.
+pub fn text(r: &sqlx::any::AnyRow, column: &str) -> String {
+    r.try_get::<Option<String>, _>(column)
+        .ok()
+        .flatten()
+        .or_else(|| {
+            r.try_get::<Option<Vec<u8>>, _>(column)
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        })
+        .unwrap_or_default()
 }

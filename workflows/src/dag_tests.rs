@@ -60,6 +60,9 @@ impl TaskKinds for TestKind {
         }
     }
 
+    fn role(&self) -> crate::task::Role {
+        crate::task::Role::Transform
+    }
     fn check(&self, depends_on: &[String], _tasks: &[(&str, &Self)]) -> Vec<SettingProblem> {
         match self {
             Self::Copy(Copy { input: Some(i), .. }) if !depends_on.contains(i) => {

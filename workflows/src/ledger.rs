@@ -122,8 +122,8 @@ impl Ledger {
         started_at: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
         let sql = format!(
-            "INSERT INTO cutover_runs (run_id, dag, trigger_kind, scheduled_at, started_at, state, rows_read, rows_written, rows_quarantined) VALUES ({}, 0, 0, 0)",
-            self.backend.params(1, 6)
+            "INSERT INTO cutover_runs (run_id, dag, trigger_kind, scheduled_at, started_at, state, host, pid, heartbeat_ms, rows_read, rows_written, rows_quarantined) VALUES ({}, 0, 0, 0)",
+            self.backend.params(1, 9)
         );
         sqlx::query(&sql)
             .bind(run_id)
@@ -132,6 +132,9 @@ impl Ledger {
             .bind(scheduled_at.map(timestamp))
             .bind(timestamp(started_at))
             .bind(RunState::Running.name())
+            .bind(hostname())
+            .bind(i64::from(std::process::id()))
+            .bind(started_at.timestamp_millis())
             .execute(&self.pool)
             .await
             .map_err(LedgerError::new(format!(
@@ -157,10 +160,16 @@ impl Ledger {
                 report.rows_read as i64,
                 report.rows_written as i64,
                 report.rows_quarantined as i64,
-                Some(report.summary.clone()),
+                Some(crate::redact::redact(&report.summary).into_owned()),
                 None,
             ),
-            TaskState::Failed { error, .. } => (0, 0, 0, None, Some(error.clone())),
+            TaskState::Failed { error, .. } => (
+                0,
+                0,
+                0,
+                None,
+                Some(clip(&crate::redact::redact(error), MAX_ERROR)),
+            ),
             TaskState::Skipped { because } => (
                 0,
                 0,
@@ -214,10 +223,11 @@ impl Ledger {
         run_id: &str,
         state: &RunState,
         ended_at: DateTime<Utc>,
-        totals: (u64, u64, u64),
+        totals: crate::runner::Totals,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
         let b = self.backend;
+        let error = error.map(|e| clip(&crate::redact::redact(e), MAX_ERROR));
         let sql = format!(
             "UPDATE cutover_runs SET state = {}, ended_at = {}, rows_read = {}, rows_written = {}, rows_quarantined = {}, error = {} WHERE run_id = {}",
             b.param(1),
@@ -231,9 +241,9 @@ impl Ledger {
         sqlx::query(&sql)
             .bind(state.name())
             .bind(timestamp(ended_at))
-            .bind(totals.0 as i64)
-            .bind(totals.1 as i64)
-            .bind(totals.2 as i64)
+            .bind(totals.read as i64)
+            .bind(totals.written as i64)
+            .bind(totals.quarantined as i64)
             .bind(error)
             .bind(run_id)
             .execute(&self.pool)
@@ -242,6 +252,119 @@ impl Ledger {
                 "recording the end of run {run_id}"
             )))?;
         Ok(())
+    }
+
+    /// Records that run `run_id` is alive (its process goes on).
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn heartbeat(&self, run_id: &str) -> Result<(), LedgerError> {
+        let b = self.backend;
+        let sql = format!(
+            "UPDATE cutover_runs SET heartbeat_ms = {} WHERE run_id = {} AND state = {}",
+            b.param(1),
+            b.param(2),
+            b.param(3)
+        );
+        sqlx::query(&sql)
+            .bind(Utc::now().timestamp_millis())
+            .bind(run_id)
+            .bind(RunState::Running.name())
+            .execute(&self.pool)
+            .await
+            .map_err(LedgerError::new(format!(
+                "recording that run {run_id} is alive"
+            )))?;
+        Ok(())
+    }
+
+    /// Records the runs of `dag` (all DAGs when `None`) that the ledger
+    /// shows `running` but whose process is gone as interrupted: a process
+    /// on this host that no longer exists, or any whose heartbeat is older
+    /// than [`STALE_MS`]. Returns them.
+    ///
+    /// # Errors
+    /// The ledger failed.
+    pub async fn interrupt_dead(&self, dag: Option<&str>) -> Result<Vec<String>, LedgerError> {
+        let b = self.backend;
+        let filter = if dag.is_some() {
+            format!(" AND dag = {}", b.param(2))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT run_id, host, pid, heartbeat_ms FROM cutover_runs WHERE state = {}{filter}",
+            b.param(1)
+        );
+        let mut q = sqlx::query(&sql).bind(RunState::Running.name());
+        if let Some(d) = dag {
+            q = q.bind(d);
+        }
+        let what = || LedgerError::new("reading the running runs");
+        let rows = q.fetch_all(&self.pool).await.map_err(what())?;
+        let here = hostname();
+        let now_ms = Utc::now().timestamp_millis();
+        let mut dead = Vec::new();
+        for r in &rows {
+            let run_id = text(r, "run_id").map_err(what())?.unwrap_or_default();
+            let host = text(r, "host").map_err(what())?;
+            let pid: Option<i64> = r.try_get("pid").ok().flatten();
+            let beat: Option<i64> = r.try_get("heartbeat_ms").ok().flatten();
+            // On this host the process table is the truth; elsewhere, the
+            // heartbeat.
+            let local = matches!((host.as_deref(), pid), (Some(h), Some(_)) if h == here);
+            let gone = local && !process_alive(pid.unwrap_or_default());
+            let stale = !local && beat.is_some_and(|t| now_ms - t > STALE_MS);
+            if gone || stale {
+                let why = if gone {
+                    format!(
+                        "interrupted: its process ({here}, pid {}) is gone (killed or crashed); what it committed stays, and the next run goes on from the watermarks",
+                        pid.unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "interrupted: no sign of life from its process ({}, pid {}) for {} s; what it committed stays, and the next run goes on from the watermarks",
+                        host.as_deref().unwrap_or("?"),
+                        pid.unwrap_or_default(),
+                        (now_ms - beat.unwrap_or(now_ms)) / 1000
+                    )
+                };
+                tracing::warn!(run_id = %run_id, reason = %why, "recording a dead run as interrupted");
+                self.interrupt_run(&run_id, &why).await?;
+                dead.push(run_id);
+            }
+        }
+        Ok(dead)
+    }
+
+    /// The states of some runs, by id; runs the ledger does not know are
+    /// left out.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn states(
+        &self,
+        run_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, String>, LedgerError> {
+        let mut out = std::collections::HashMap::new();
+        let what = || LedgerError::new("reading run states");
+        for chunk in run_ids.chunks(200) {
+            let sql = format!(
+                "SELECT run_id, state FROM cutover_runs WHERE run_id IN ({})",
+                self.backend.params(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.pool).await.map_err(what())? {
+                out.insert(
+                    text(&r, "run_id").map_err(what())?.unwrap_or_default(),
+                    text(&r, "state").map_err(what())?.unwrap_or_default(),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Records that run `run_id` was interrupted: the run and its attempts
@@ -397,6 +520,69 @@ impl Ledger {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(LedgerError::new("reading task attempts"))
+    }
+}
+
+/// A run whose heartbeat is older than this is taken for dead (its
+/// process beats every [`HEARTBEAT_MS`]).
+pub const STALE_MS: i64 = 120_000;
+
+/// How often a running run records that it is alive.
+pub const HEARTBEAT_MS: u64 = 15_000;
+
+/// The longest error the ledger keeps whole; longer ones keep their head
+/// and tail, where the first message and the root cause are.
+const MAX_ERROR: usize = 256 << 10;
+
+/// `s` cut to at most `max` bytes, keeping its head and its tail.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let half = max / 2;
+    let mut head = half;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - half;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} [... {} bytes left out ...] {}",
+        &s[..head],
+        tail - head,
+        &s[tail..]
+    )
+}
+
+/// This machine's name, as runs, leases and consumers record it.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Whether a process with id `pid` exists on this machine.
+pub fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        // SAFETY: signal 0 checks that the process exists and sends nothing.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        true
     }
 }
 

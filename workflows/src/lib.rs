@@ -10,6 +10,7 @@ pub mod dag;
 pub mod lease;
 pub mod ledger;
 pub mod metrics;
+pub mod redact;
 pub mod runner;
 pub mod schedule;
 pub mod sql;
@@ -20,10 +21,12 @@ pub use chunks::{Chunks, Claim};
 pub use dag::{Dag, DagError, TaskSpec};
 pub use lease::{Lease, LeaseError, Leases};
 pub use ledger::Ledger;
-pub use runner::{RunOptions, RunSummary, Runner};
+pub use runner::{RunOptions, RunSummary, Runner, Totals};
 pub use sql::{Backend, SqlIdent};
 pub use state::{RunState, TaskState};
-pub use task::{KindInfo, SettingProblem, Task, TaskContext, TaskError, TaskKinds, TaskReport};
+pub use task::{
+    KindInfo, Role, SettingProblem, Task, TaskContext, TaskError, TaskKinds, TaskReport,
+};
 
 /// A migrated in-memory SQLite warehouse with one connection, for tests.
 #[cfg(test)]

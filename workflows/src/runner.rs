@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::dag::{Dag, TaskSpec};
 use crate::ledger::{Ledger, LedgerError};
 use crate::state::{RunState, TaskState};
-use crate::task::{Task, TaskContext, TaskError, TaskReport};
+use crate::task::{Role, Task, TaskContext, TaskError, TaskKinds, TaskReport};
 
 /// How a run is started.
 #[derive(Debug, Clone)]
@@ -42,6 +42,10 @@ pub struct RunOptions {
     /// are (a load's open transaction rolls back) and the run is recorded
     /// as `interrupted`.
     pub interrupt: Option<tokio::sync::watch::Receiver<bool>>,
+    /// How many work directories of failed or interrupted runs of a DAG are
+    /// kept for inspection (the newest); older ones, and those of
+    /// successful runs, are removed.
+    pub keep_failed: usize,
 }
 
 impl Default for RunOptions {
@@ -54,8 +58,21 @@ impl Default for RunOptions {
             keep_work: false,
             lease: None,
             interrupt: None,
+            keep_failed: 3,
         }
     }
+}
+
+/// What a run did, as the ledger records it: documents read by its
+/// extracts, rows changed by its loads, rows quarantined by any task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Source documents read (extract tasks).
+    pub read: u64,
+    /// Warehouse rows changed (load tasks).
+    pub written: u64,
+    /// Documents and rows set aside in the quarantine (every task).
+    pub quarantined: u64,
 }
 
 /// The outcome of a run.
@@ -69,22 +86,36 @@ pub struct RunSummary {
     pub state: RunState,
     /// Every task's final state, in the DAG's dependency order.
     pub tasks: Vec<(String, TaskState)>,
+    /// What the run did, by the roles of its tasks.
+    pub totals: Totals,
     /// The run's work directory (removed after a successful run unless kept).
     pub work_dir: PathBuf,
 }
 
 impl RunSummary {
-    /// Rows read, written and quarantined by all tasks.
-    pub fn totals(&self) -> (u64, u64, u64) {
-        self.tasks.iter().fold((0, 0, 0), |acc, (_, s)| match s {
-            TaskState::Succeeded { report, .. } => (
-                acc.0 + report.rows_read,
-                acc.1 + report.rows_written,
-                acc.2 + report.rows_quarantined,
-            ),
-            _ => acc,
+    /// The first task that failed, with its error: `task load: ...`.
+    pub fn first_error(&self) -> Option<String> {
+        self.tasks.iter().find_map(|(id, s)| match s {
+            TaskState::Failed { error, .. } => Some(format!("task {id}: {error}")),
+            _ => None,
         })
     }
+}
+
+/// The totals of tasks' states, by their kinds' roles.
+fn totals<K: TaskKinds>(dag: &Dag<K>, states: &HashMap<String, TaskState>) -> Totals {
+    let mut t = Totals::default();
+    for spec in &dag.tasks {
+        if let Some(TaskState::Succeeded { report, .. }) = states.get(&spec.id) {
+            match spec.kind.role() {
+                Role::Extract => t.read += report.rows_read,
+                Role::Load => t.written += report.rows_written,
+                Role::Transform | Role::Verify => {}
+            }
+            t.quarantined += report.rows_quarantined;
+        }
+    }
+    t
 }
 
 /// Runs DAGs, recording them in a ledger.
@@ -110,7 +141,7 @@ impl Runner {
         &self,
         run_id: &str,
         state: &RunState,
-        totals: (u64, u64, u64),
+        totals: Totals,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
         let mut attempt = 1u32;
@@ -142,12 +173,15 @@ impl Runner {
     /// # Errors
     /// The ledger could not record the run, or a task has no implementation.
     /// Task failures are not errors: they are in the summary's state.
-    pub async fn run<K>(
+    pub async fn run<K: TaskKinds>(
         &self,
         dag: &Dag<K>,
         mut implementations: HashMap<String, Arc<dyn Task>>,
         opts: &RunOptions,
     ) -> Result<RunSummary, RunError> {
+        // Runs of this DAG whose process died are recorded for what they
+        // are before another starts.
+        self.ledger.interrupt_dead(Some(&dag.name)).await?;
         let run_id = new_run_id();
         let work_dir = opts.work_root.join(&dag.name).join(&run_id);
         let started_at = Utc::now();
@@ -160,11 +194,49 @@ impl Runner {
                 started_at,
             )
             .await?;
+        let beat = {
+            let ledger = self.ledger.clone();
+            let run_id = run_id.clone();
+            tokio::spawn(async move {
+                let mut every =
+                    tokio::time::interval(Duration::from_millis(crate::ledger::HEARTBEAT_MS));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    if let Err(e) = ledger.heartbeat(&run_id).await {
+                        tracing::debug!(error = %e, "could not record the run's heartbeat");
+                    }
+                }
+            })
+        };
         let span = tracing::info_span!("run", dag = %dag.name, run_id = %run_id);
         let summary = self
             .drive(dag, &mut implementations, opts, &run_id, &work_dir)
             .instrument(span)
             .await;
+        beat.abort();
+        let summary = self
+            .record_end(dag, opts, &run_id, &work_dir, summary)
+            .await;
+        prune_work(
+            &self.ledger,
+            &opts.work_root.join(&dag.name),
+            opts.keep_failed,
+        )
+        .await;
+        summary
+    }
+
+    /// Records how a run ended.
+    async fn record_end<K>(
+        &self,
+        dag: &Dag<K>,
+        opts: &RunOptions,
+        run_id: &str,
+        work_dir: &std::path::Path,
+        summary: Result<RunSummary, RunError>,
+    ) -> Result<RunSummary, RunError> {
+        let run_id = run_id.to_owned();
         if let Err(RunError::Interrupted(_)) = &summary {
             let reason = "interrupted: the scheduler stopped before the run ended; the next run goes on from the watermarks";
             tracing::warn!(dag = %dag.name, run_id = %run_id, "run interrupted");
@@ -183,21 +255,18 @@ impl Runner {
                     .finish_run(
                         &run_id,
                         &RunState::Failed { failed: vec![] },
-                        (0, 0, 0),
+                        Totals::default(),
                         Some(&e.to_string()),
                     )
                     .await;
                 return Err(e);
             }
         };
-        let first_error = summary.tasks.iter().find_map(|(id, s)| match s {
-            TaskState::Failed { error, .. } => Some(format!("task {id}: {error}")),
-            _ => None,
-        });
+        let first_error = summary.first_error();
         self.finish_run(
             &run_id,
             &summary.state,
-            summary.totals(),
+            summary.totals,
             first_error.as_deref(),
         )
         .await?;
@@ -208,7 +277,7 @@ impl Runner {
         Ok(summary)
     }
 
-    async fn drive<K>(
+    async fn drive<K: TaskKinds>(
         &self,
         dag: &Dag<K>,
         implementations: &mut HashMap<String, Arc<dyn Task>>,
@@ -315,6 +384,7 @@ impl Runner {
         Ok(RunSummary {
             run_id: run_id.to_owned(),
             dag: dag.name.clone(),
+            totals: totals(dag, &states),
             state,
             tasks: dag
                 .tasks
@@ -493,6 +563,46 @@ pub fn backoff_delay(backoff: Duration, max_backoff: Duration, attempt: u32) -> 
     let exp = backoff.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)));
     let capped = exp.min(max_backoff);
     capped.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+/// Removes the work directories under `dir` (one DAG's) of runs that
+/// succeeded, and of failed or interrupted runs but the newest `keep`;
+/// those of running runs, and directories the ledger does not know, stay.
+pub async fn prune_work(ledger: &Ledger, dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut ids: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let states = match ledger.states(&ids).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not read run states to prune work directories");
+            return;
+        }
+    };
+    // Run ids are time-ordered: newest first.
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut kept = 0;
+    for id in ids {
+        let remove = match states.get(&id).map(String::as_str) {
+            Some("succeeded") => true,
+            Some("failed" | "interrupted") => {
+                kept += 1;
+                kept > keep
+            }
+            _ => false,
+        };
+        if remove {
+            let _ = tokio::fs::remove_dir_all(dir.join(&id)).await;
+        }
+    }
 }
 
 /// A new run id: time-ordered, unique across machines.

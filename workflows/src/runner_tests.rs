@@ -34,6 +34,9 @@ impl TaskKinds for Any {
     fn kind_name(&self) -> &'static str {
         "test"
     }
+    fn role(&self) -> crate::task::Role {
+        crate::task::Role::Load
+    }
     fn check(&self, _: &[String], _: &[(&str, &Self)]) -> Vec<SettingProblem> {
         Vec::new()
     }

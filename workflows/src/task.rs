@@ -76,14 +76,11 @@ impl TaskError {
 
     /// The message with its chain of causes, `a: b: c`.
     pub fn chain(&self) -> String {
-        let mut out = self.to_string();
-        let mut source = std::error::Error::source(self).and_then(|e| e.source());
-        while let Some(err) = source {
-            out.push_str(": ");
-            out.push_str(&err.to_string());
-            source = err.source();
+        // The variant's own text is its source's: start from the source.
+        match std::error::Error::source(self) {
+            Some(inner) => crate::redact::chain(inner),
+            None => self.to_string(),
         }
-        out
     }
 }
 
@@ -127,6 +124,21 @@ impl SettingProblem {
     }
 }
 
+/// What a kind of task does in a run: how its rows count in the run's
+/// totals (documents read by extracts, rows changed by loads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads source documents.
+    Extract,
+    /// Turns rows into other rows.
+    Transform,
+    /// Writes the warehouse.
+    Load,
+    /// Checks the warehouse.
+    Verify,
+}
+
 /// The registry of task kinds: the parsed settings of every kind, as one
 /// type. Implemented once, by the `tasks` crate.
 pub trait TaskKinds: Sized + Send + Sync + std::fmt::Debug + Serialize + 'static {
@@ -143,6 +155,9 @@ pub trait TaskKinds: Sized + Send + Sync + std::fmt::Debug + Serialize + 'static
 
     /// The kind's name.
     fn kind_name(&self) -> &'static str;
+
+    /// What the kind does in a run.
+    fn role(&self) -> Role;
 
     /// Checks that need the rest of the DAG, without I/O: e.g. that a task
     /// named as an input is one of this task's dependencies. `tasks` holds

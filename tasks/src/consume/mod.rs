@@ -10,7 +10,18 @@
 //! file), and runs each of those DAGs once over its events, without its
 //! verify tasks, in `after` order, recorded in the ledger as runs of trigger
 //! `sqs`. A message is deleted only when every DAG that takes it has
-//! committed; until then a heartbeat keeps it invisible. The loads' merges
+//! committed; until then a heartbeat keeps it invisible. A message whose
+//! event only DAGs this consumer does not run take is left for another
+//! consumer (made visible again); one whose type no DAG in the folder takes
+//! is deleted, as the nightly runs ignore it.
+//!
+//! A micro-batch that fails is not the end: a run that failed for a reason
+//! that may pass (the warehouse locked or away) is tried again with its
+//! messages after a back-off, and after a few tries its messages are
+//! released to come back through the queue (and its redrive policy); a run
+//! that failed for the data it was given is run again on halves of its
+//! events until the event that breaks it is found, which is quarantined,
+//! and the rest loads. The loads' merges
 //! are keyed and order-independent, so redeliveries, duplicates and
 //! out-of-order events leave the same rows as an in-order, once-only feed.
 //! A feed batch never moves a watermark: the nightly runs own them.
@@ -28,8 +39,8 @@ use bson::{Bson, Document};
 use tokio::sync::{mpsc, watch};
 use workflows::{Dag, RunOptions, RunState, Runner};
 
-use crate::extract::mongo::{quarantine, short_hash, Rejected};
 use crate::kinds::{build_tasks, without_verify, Env, TaskKind};
+use crate::quarantine::{self, Raw, Rejected};
 use crate::source::{file_match, parse_line, Query, Source};
 use crate::warehouse::Warehouse;
 
@@ -82,12 +93,18 @@ pub struct Consumer {
     status: ConsumerStatus,
     /// Each DAG's extract queries, which route events to it.
     routes: Vec<Vec<Query>>,
+    /// The extract queries of the DAGs in the folder this consumer does not
+    /// run: their events are left for another consumer.
+    others: Vec<Query>,
     /// The fields that name an event's type in any of those queries.
     type_fields: BTreeSet<String>,
+    /// Messages left for other consumers: how often each came back, so
+    /// that one that keeps coming back is left for longer each time.
+    left: HashMap<String, (u32, Instant)>,
 }
 
 /// What one micro-batch did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone)]
 pub struct Flushed {
     /// Messages in the batch.
     pub messages: u64,
@@ -99,8 +116,17 @@ pub struct Flushed {
     pub poison: u64,
     /// Messages deleted from the queue.
     pub deleted: u64,
-    /// DAGs whose run did not succeed; their messages come back.
+    /// Messages left for other consumers (their events are taken only by
+    /// DAGs this consumer does not run).
+    pub left: u64,
+    /// Messages of a type no DAG takes, deleted.
+    pub ignored: u64,
+    /// Events that alone made a DAG's run fail, quarantined.
+    pub isolated: u64,
+    /// DAGs whose run did not succeed.
     pub failed: Vec<String>,
+    /// Messages to try again (their DAG failed for a reason that may pass).
+    pub retry: Vec<Received>,
 }
 
 /// Receipt handles of messages held (received, not yet deleted or released),
@@ -142,30 +168,24 @@ impl Held {
     }
 }
 
-/// When a receive last brought messages (and handed them all over), and
-/// whether a receive has come back empty since.
+/// When this consumer last had work of its own (a message it loaded,
+/// quarantined or deleted).
 #[derive(Debug, Clone)]
-struct Activity(Arc<Mutex<(Instant, bool)>>);
+struct Activity(Arc<Mutex<Instant>>);
 
 impl Default for Activity {
     fn default() -> Self {
-        Self(Arc::new(Mutex::new((Instant::now(), false))))
+        Self(Arc::new(Mutex::new(Instant::now())))
     }
 }
 
 impl Activity {
-    fn received(&self, any: bool) {
-        let mut a = self.0.lock().expect("activity");
-        if any {
-            *a = (Instant::now(), false);
-        } else {
-            a.1 = true;
-        }
+    fn worked(&self) {
+        *self.0.lock().expect("activity") = Instant::now();
     }
-    /// Whether a receive came back empty and nothing has arrived for `idle`.
+    /// Whether it has had no work of its own for `idle`.
     fn idle_for(&self, idle: Duration) -> bool {
-        let a = self.0.lock().expect("activity");
-        a.1 && a.0.elapsed() >= idle
+        self.0.lock().expect("activity").elapsed() >= idle
     }
 }
 
@@ -226,13 +246,21 @@ impl Consumer {
     ///
     /// # Errors
     /// No DAG reads events, or the queue cannot be reached.
+    /// `all` is every DAG of the folder: the events that only the others
+    /// take are left on the queue for the consumers that run them.
     pub async fn new(
         queue: Queue,
         dags: &[Dag<TaskKind>],
+        all: &[Dag<TaskKind>],
         warehouse: Warehouse,
         runner: Runner,
         mut settings: Settings,
     ) -> Result<Self, ConsumeError> {
+        let others: Vec<Query> = all
+            .iter()
+            .filter(|d| !dags.iter().any(|x| x.name == d.name))
+            .flat_map(queries)
+            .collect();
         let dags: Vec<Dag<TaskKind>> = dags.iter().filter_map(without_verify).collect();
         if dags.is_empty() {
             return Err(ConsumeError::NoDags);
@@ -248,6 +276,7 @@ impl Consumer {
         let type_fields = routes
             .iter()
             .flatten()
+            .chain(&others)
             .map(|q| q.type_field.clone())
             .collect();
         Ok(Self {
@@ -258,7 +287,9 @@ impl Consumer {
             settings,
             status,
             routes,
+            others,
             type_fields,
+            left: HashMap::new(),
         })
     }
 
@@ -289,40 +320,50 @@ impl Consumer {
                 tx.clone(),
                 stop.clone(),
                 Arc::clone(&idle_stop),
-                activity.clone(),
             ));
         }
         drop(tx);
         let heartbeat = tokio::spawn(heartbeat_loop(self.queue.clone(), held.clone(), visibility));
 
         let mut pending: Vec<(Instant, Received)> = Vec::new();
-        let mut backoff = Duration::ZERO;
+        // Messages of runs that failed for a reason that may pass: tried
+        // again with the next batch after a back-off.
+        let mut retry: Vec<Received> = Vec::new();
+        let mut tries = 0u32;
+        let mut retry_at = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut stopping = *stop.borrow();
         let mut last_look = Instant::now();
         loop {
+            let now = Instant::now();
             let due = pending
                 .first()
-                .map(|(at, _)| *at + self.settings.batch_age)
-                .filter(|_| backoff.is_zero());
+                .is_some_and(|(at, _)| *at + self.settings.batch_age <= now);
             let full = pending.len() >= self.settings.batch_messages.get();
-            if !pending.is_empty() && (full || due.is_some_and(|d| d <= Instant::now())) {
-                let batch: Vec<Received> = pending.drain(..).map(|(_, m)| m).collect();
-                let flushed = self.flush(batch, &held).await;
-                backoff = if flushed.failed.is_empty() {
-                    Duration::ZERO
+            let retry_due = !retry.is_empty() && retry_at <= now;
+            let waiting_retry = !retry.is_empty() && retry_at > now;
+            if (!pending.is_empty() && (full || due) && !waiting_retry) || retry_due {
+                let mut batch = std::mem::take(&mut retry);
+                batch.extend(pending.drain(..).map(|(_, m)| m));
+                let flushed = self.flush(batch, &held, &activity).await;
+                if flushed.retry.is_empty() {
+                    tries = 0;
                 } else {
-                    (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
-                };
-                if !backoff.is_zero() {
-                    tracing::warn!(
-                        failed = ?flushed.failed,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "a micro-batch did not commit; its messages come back after the visibility timeout"
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed(), if !stopping => stopping = true,
+                    tries += 1;
+                    if tries >= MAX_TRIES || stopping {
+                        self.release(&flushed.retry, &held).await;
+                        tries = 0;
+                    } else {
+                        let backoff = (Duration::from_secs(1) * 2u32.pow(tries - 1))
+                            .min(Duration::from_secs(30));
+                        tracing::warn!(
+                            failed = ?flushed.failed,
+                            messages = flushed.retry.len(),
+                            try_again_in_ms = backoff.as_millis() as u64,
+                            "a micro-batch did not commit; trying its messages again"
+                        );
+                        retry = flushed.retry;
+                        retry_at = Instant::now() + backoff;
                     }
                 }
                 continue;
@@ -333,23 +374,26 @@ impl Consumer {
                     None => break,
                 },
                 _ = tick.tick() => {
-                    // Idle: no receive has brought anything for that long,
-                    // nothing received waits to be loaded, and the queue
-                    // holds nothing, visible or in flight. One receiver's
-                    // empty answer alone is no proof: another may be
-                    // handing over messages, or a stopped consumer's
-                    // may not be visible again yet.
+                    // Idle: no work of its own for that long, nothing
+                    // received waits, and the queue holds nothing but the
+                    // messages left for other consumers.
                     let quiet = self.settings.until_idle.is_some_and(|i| activity.idle_for(i))
                         && pending.is_empty()
+                        && retry.is_empty()
                         && rx.is_empty()
                         && !idle_stop.load(Ordering::SeqCst)
                         && last_look.elapsed() >= IDLE_LOOK_EVERY;
                     if quiet {
                         last_look = Instant::now();
+                        let theirs = self
+                            .left
+                            .values()
+                            .filter(|(_, at)| at.elapsed() < LEFT_MEMORY)
+                            .count() as u64;
                         match self.queue.depth().await {
-                            Ok((0, 0)) => {
+                            Ok((visible, in_flight)) if visible + in_flight <= theirs => {
                                 idle_stop.store(true, Ordering::SeqCst);
-                                tracing::info!("the queue has been empty for the idle time; stopping");
+                                tracing::info!(left_for_others = theirs, "the queue has held nothing for this consumer for the idle time; stopping");
                             }
                             Ok((visible, in_flight)) => tracing::debug!(visible, in_flight, "not idle: the queue still holds messages"),
                             Err(e) => tracing::warn!(error = %e, "could not read the queue's depth"),
@@ -364,17 +408,34 @@ impl Consumer {
         }
         // Every receiver has ended; what they received is in `pending`.
         while receivers.join_next().await.is_some() {}
-        if !pending.is_empty() {
-            let batch: Vec<Received> = pending.drain(..).map(|(_, m)| m).collect();
-            self.flush(batch, &held).await;
+        let mut batch = std::mem::take(&mut retry);
+        batch.extend(pending.drain(..).map(|(_, m)| m));
+        if !batch.is_empty() {
+            let flushed = self.flush(batch, &held, &activity).await;
+            // What still fails goes back to the queue at once, for the next
+            // consumer (or, past the redrive policy, the dead-letter queue).
+            self.release(&flushed.retry, &held).await;
         }
         heartbeat.abort();
         self.status.finish(&self.warehouse).await;
         self.status.totals.clone()
     }
 
-    /// Loads one micro-batch and deletes what it committed.
-    async fn flush(&mut self, batch: Vec<Received>, held: &Held) -> Flushed {
+    /// Makes messages visible again at once, and stops keeping them.
+    async fn release(&mut self, messages: &[Received], held: &Held) {
+        let receipts: Vec<&str> = messages.iter().map(|m| m.receipt.as_str()).collect();
+        held.remove(receipts.iter().copied());
+        for chunk in receipts.chunks(queue::MAX_BATCH) {
+            if let Err(e) = self.queue.extend_batch(chunk, Duration::ZERO).await {
+                // They come back after the visibility timeout anyway.
+                tracing::warn!(error = %e, "could not release messages");
+            }
+        }
+    }
+
+    /// Loads one micro-batch and deletes what it committed; returns what
+    /// it did, with the messages to try again.
+    async fn flush(&mut self, batch: Vec<Received>, held: &Held, activity: &Activity) -> Flushed {
         let started = Instant::now();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let lag = batch
@@ -390,28 +451,35 @@ impl Consumer {
 
         // Parse and route.
         let mut poison: Vec<(usize, Rejected)> = Vec::new();
-        let mut routed: Vec<Vec<Document>> = vec![Vec::new(); self.dags.len()];
+        let mut routed: Vec<Vec<(usize, Document)>> = vec![Vec::new(); self.dags.len()];
         let mut takers: Vec<Vec<usize>> = vec![Vec::new(); batch.len()];
+        let mut theirs: Vec<usize> = Vec::new();
+        let mut ignored: Vec<usize> = Vec::new();
         for (i, m) in batch.iter().enumerate() {
             match parse_event(&m.body, &self.type_fields) {
                 Ok(doc) => {
                     out.events += 1;
                     for (d, qs) in self.routes.iter().enumerate() {
                         if qs.iter().any(|q| file_match(&doc, q)) {
-                            routed[d].push(doc.clone());
+                            routed[d].push((i, doc.clone()));
                             takers[i].push(d);
+                        }
+                    }
+                    if takers[i].is_empty() {
+                        if self.others.iter().any(|q| file_match(&doc, q)) {
+                            theirs.push(i);
+                        } else {
+                            ignored.push(i);
                         }
                     }
                 }
                 Err(reason) => poison.push((
                     i,
-                    Rejected {
-                        doc_id: short_hash(&m.body),
-                        event_id: None,
-                        event_type: None,
+                    Rejected::unreadable(
+                        Raw::Text(m.body.clone()),
                         reason,
-                        raw: m.body.clone(),
-                    },
+                        Some(format!("message {}", m.message_id)),
+                    ),
                 )),
             }
         }
@@ -419,7 +487,9 @@ impl Consumer {
         // Quarantine poison; if that fails, it stays on the queue.
         let rejected: Vec<Rejected> = poison.iter().map(|(_, r)| r.clone()).collect();
         let poison_ok =
-            match quarantine(&self.warehouse, POISON_DAG, "consume", self.id(), &rejected).await {
+            match quarantine::write(&self.warehouse, POISON_DAG, "consume", self.id(), &rejected)
+                .await
+            {
                 Ok(()) => true,
                 Err(e) => {
                     self.status
@@ -431,8 +501,11 @@ impl Consumer {
             out.poison = poison.len() as u64;
         }
 
-        // Run the DAGs that take something, level by level.
+        // Run the DAGs that take something, level by level; a DAG whose run
+        // fails on its data is run again on halves until the events that
+        // break it are found.
         let mut succeeded: HashSet<usize> = HashSet::new();
+        let mut retryable: HashSet<usize> = HashSet::new();
         for level in levels(&self.dags) {
             let mut runs = tokio::task::JoinSet::new();
             for d in level {
@@ -441,63 +514,71 @@ impl Consumer {
                     succeeded.insert(d);
                     continue;
                 }
-                let dag = self.dags[d].clone();
-                let env = Env {
-                    source: Source::Feed(Arc::new(docs)),
+                let feed = FeedRun {
+                    consumer: self.id().to_owned(),
+                    dag: self.dags[d].clone(),
                     warehouse: self.warehouse.clone(),
+                    runner: self.runner.clone(),
+                    opts: self.settings.run.clone(),
                 };
-                let runner = self.runner.clone();
-                let opts = self.settings.run.clone();
-                runs.spawn(async move {
-                    let tasks = build_tasks(&dag, &env);
-                    (d, runner.run(&dag, tasks, &opts).await)
-                });
+                let ids: Vec<String> = docs
+                    .iter()
+                    .map(|(i, _)| batch[*i].message_id.clone())
+                    .collect();
+                runs.spawn(async move { (d, feed.run_isolating(docs, ids).await) });
             }
             while let Some(joined) = runs.join_next().await {
-                let Ok((d, result)) = joined else { continue };
-                let name = &self.dags[d].name;
-                match result {
-                    Ok(summary) if matches!(summary.state, RunState::Succeeded) => {
+                let Ok((d, outcome)) = joined else { continue };
+                let name = self.dags[d].name.clone();
+                out.isolated += outcome.isolated;
+                for e in &outcome.errors {
+                    self.status.error(format!("dag {name}: {e}"));
+                }
+                match outcome.result {
+                    FeedResult::Committed => {
                         succeeded.insert(d);
                     }
-                    Ok(summary) => {
-                        let why = summary
-                            .tasks
-                            .iter()
-                            .find_map(|(t, s)| match s {
-                                workflows::TaskState::Failed { error, .. } => {
-                                    Some(format!("task {t}: {error}"))
-                                }
-                                _ => None,
-                            })
-                            .unwrap_or_else(|| summary.state.name().to_owned());
-                        self.status
-                            .error(format!("run {} of dag {name}: {why}", summary.run_id));
-                        out.failed.push(name.clone());
-                    }
-                    Err(e) => {
-                        self.status.error(format!("dag {name}: {e}"));
-                        out.failed.push(name.clone());
+                    FeedResult::Retry => {
+                        retryable.insert(d);
+                        out.failed.push(name);
                     }
                 }
             }
         }
 
-        // Delete what is done; release the rest to come back.
+        // Delete what is done, keep what is to be tried again, leave the
+        // others' messages for them.
         let poison_at: HashSet<usize> = poison.iter().map(|(i, _)| *i).collect();
-        let (done, undone): (Vec<usize>, Vec<usize>) = (0..batch.len()).partition(|i| {
-            if poison_at.contains(i) {
-                poison_ok
+        let mut done: Vec<usize> = Vec::new();
+        for i in 0..batch.len() {
+            if poison_at.contains(&i) {
+                if poison_ok {
+                    done.push(i);
+                } else {
+                    out.retry.push(batch[i].clone());
+                }
+            } else if takers[i].is_empty() {
+                // Left for others, or ignored (below).
+            } else if takers[i].iter().all(|d| succeeded.contains(d)) {
+                done.push(i);
             } else {
-                takers[*i].iter().all(|d| succeeded.contains(d))
+                out.retry.push(batch[i].clone());
             }
-        });
-        held.remove(undone.iter().map(|i| batch[*i].receipt.as_str()));
+        }
+        out.ignored = ignored.len() as u64;
+        done.extend(&ignored);
         let receipts: Vec<&str> = done.iter().map(|i| batch[*i].receipt.as_str()).collect();
         let deleting = Instant::now();
         out.deleted = self.delete(&receipts).await;
         let delete_ms = deleting.elapsed().as_millis() as u64;
         held.remove(receipts.iter().copied());
+        if !theirs.is_empty() {
+            out.left = theirs.len() as u64;
+            self.leave(theirs.iter().map(|i| &batch[*i]), held).await;
+        }
+        if out.messages > out.left {
+            activity.worked();
+        }
 
         self.status.record(&out, lag);
         self.status.save(&self.warehouse).await;
@@ -507,13 +588,50 @@ impl Consumer {
             events = out.events,
             poison = out.poison,
             deleted = out.deleted,
+            left_for_others = out.left,
+            ignored = out.ignored,
+            isolated = out.isolated,
             failed = out.failed.len(),
+            retry = out.retry.len(),
             lag_ms = lag.unwrap_or_default(),
             took_ms = started.elapsed().as_millis() as u64,
             delete_ms,
             "micro-batch"
         );
         out
+    }
+
+    /// Leaves messages for the consumers that run their DAGs: visible again
+    /// at once the first time; one that keeps coming back to this consumer
+    /// waits longer each time (up to 30 s), so that it is not received
+    /// again and again here.
+    async fn leave<'a>(&mut self, messages: impl Iterator<Item = &'a Received>, held: &Held) {
+        let now = Instant::now();
+        self.left
+            .retain(|_, (_, at)| now.duration_since(*at) < LEFT_MEMORY);
+        let mut by_delay: HashMap<u64, Vec<&str>> = HashMap::new();
+        for m in messages {
+            let seen = self.left.entry(m.message_id.clone()).or_insert((0, now));
+            let delay = if seen.0 == 0 {
+                0
+            } else {
+                (1u64 << seen.0.min(5)).min(30)
+            };
+            *seen = (seen.0 + 1, now);
+            by_delay.entry(delay).or_default().push(m.receipt.as_str());
+        }
+        for (delay, receipts) in by_delay {
+            held.remove(receipts.iter().copied());
+            for chunk in receipts.chunks(queue::MAX_BATCH) {
+                if let Err(e) = self
+                    .queue
+                    .extend_batch(chunk, Duration::from_secs(delay))
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not leave messages for other consumers");
+                }
+            }
+        }
     }
 
     /// Deletes messages, ten per request and several requests at once,
@@ -537,6 +655,152 @@ impl Consumer {
             }
         }
         deleted
+    }
+}
+
+/// One DAG's run over the events of a micro-batch.
+struct FeedRun {
+    consumer: String,
+    dag: Dag<TaskKind>,
+    warehouse: Warehouse,
+    runner: Runner,
+    opts: RunOptions,
+}
+
+/// How a DAG's part of a micro-batch ended.
+#[derive(Debug)]
+enum FeedResult {
+    /// Every event was committed or quarantined.
+    Committed,
+    /// A run failed for a reason that may pass: try the messages again.
+    Retry,
+}
+
+/// What [`FeedRun::run_isolating`] did.
+#[derive(Debug)]
+struct FeedOutcome {
+    result: FeedResult,
+    /// Events quarantined because they alone made a run fail.
+    isolated: u64,
+    /// The failures seen on the way.
+    errors: Vec<String>,
+}
+
+/// Why a run did not succeed, and whether that may pass.
+fn failure(
+    result: &Result<workflows::RunSummary, workflows::runner::RunError>,
+) -> Option<(String, bool)> {
+    match result {
+        Ok(summary) if matches!(summary.state, RunState::Succeeded) => None,
+        Ok(summary) => {
+            let (why, retryable) = summary
+                .tasks
+                .iter()
+                .find_map(|(t, s)| match s {
+                    workflows::TaskState::Failed {
+                        error, retryable, ..
+                    } => Some((
+                        format!("run {}: task {t}: {error}", summary.run_id),
+                        *retryable,
+                    )),
+                    _ => None,
+                })
+                .unwrap_or_else(|| {
+                    (
+                        format!("run {}: {}", summary.run_id, summary.state.name()),
+                        true,
+                    )
+                });
+            Some((why, retryable))
+        }
+        Err(e) => Some((e.to_string(), true)),
+    }
+}
+
+impl FeedRun {
+    async fn run(
+        &self,
+        docs: Vec<Document>,
+    ) -> Result<workflows::RunSummary, workflows::runner::RunError> {
+        let env = Env {
+            source: Source::Feed(Arc::new(docs)),
+            warehouse: self.warehouse.clone(),
+        };
+        let tasks = build_tasks(&self.dag, &env);
+        self.runner.run(&self.dag, tasks, &self.opts).await
+    }
+
+    /// Runs the DAG over `docs` (each with its message's index; `ids` are
+    /// the message ids, in the same order); when a run fails for its data,
+    /// runs the halves, down to single events, which are quarantined.
+    async fn run_isolating(&self, docs: Vec<(usize, Document)>, ids: Vec<String>) -> FeedOutcome {
+        let mut out = FeedOutcome {
+            result: FeedResult::Committed,
+            isolated: 0,
+            errors: Vec::new(),
+        };
+        // A failure that is not about single events (a table missing, a
+        // setting wrong) would fail every part: past this many events set
+        // aside, stop and let the messages come back instead.
+        let limit = (docs.len() / 10).max(3) as u64;
+        let mut todo: Vec<Vec<(Document, String)>> =
+            vec![docs.into_iter().map(|(_, d)| d).zip(ids).collect()];
+        while let Some(part) = todo.pop() {
+            let result = self
+                .run(part.iter().map(|(d, _)| d.clone()).collect())
+                .await;
+            let Some((why, retryable)) = failure(&result) else {
+                continue;
+            };
+            out.errors.push(why.clone());
+            if retryable {
+                out.result = FeedResult::Retry;
+                return out;
+            }
+            if out.isolated >= limit {
+                out.errors.push(format!(
+                    "more than {limit} events each fail the run alone: not a problem of single events; the messages come back"
+                ));
+                out.result = FeedResult::Retry;
+                return out;
+            }
+            if part.len() == 1 {
+                let (doc, id) = &part[0];
+                let rejected = Rejected::from_doc(
+                    doc,
+                    "event_id",
+                    "type",
+                    format!(
+                        "the run of dag {} failed on this event alone: {why}",
+                        self.dag.name
+                    ),
+                    Some(&format!("message {id}")),
+                );
+                match quarantine::write(
+                    &self.warehouse,
+                    &self.dag.name,
+                    "consume",
+                    &self.consumer,
+                    &[rejected],
+                )
+                .await
+                {
+                    Ok(()) => out.isolated += 1,
+                    Err(e) => {
+                        out.errors.push(format!("quarantining an event: {e}"));
+                        out.result = FeedResult::Retry;
+                        return out;
+                    }
+                }
+            } else {
+                tracing::warn!(dag = %self.dag.name, events = part.len(), error = %why, "a run failed on its data; running halves to find the events that break it");
+                let mut left = part;
+                let right = left.split_off(left.len() / 2);
+                todo.push(right);
+                todo.push(left);
+            }
+        }
+        out
     }
 }
 
@@ -576,6 +840,11 @@ async fn delete_chunk(queue: &Queue, chunk: &[&str]) -> (u64, Vec<String>) {
 }
 
 const DELETE_ATTEMPTS: u32 = 3;
+/// Tries of a micro-batch whose runs fail for a reason that may pass, before
+/// its messages are released to the queue.
+const MAX_TRIES: u32 = 5;
+/// How long a message left for other consumers is remembered.
+const LEFT_MEMORY: Duration = Duration::from_secs(300);
 /// Delete requests in flight at once.
 const DELETE_REQUESTS: usize = 8;
 /// How often an idle consumer asks the queue whether it is empty.
@@ -593,7 +862,6 @@ async fn receive_loop(
     tx: mpsc::Sender<Received>,
     mut stop: watch::Receiver<bool>,
     idle_stop: Arc<AtomicBool>,
-    activity: Activity,
 ) {
     let mut failures = 0u32;
     loop {
@@ -608,7 +876,6 @@ async fn receive_loop(
             Ok(messages) => {
                 failures = 0;
                 held.add(messages.iter().map(|m| m.receipt.clone()), visibility);
-                let any = !messages.is_empty();
                 tracing::debug!(
                     receiver = n,
                     received = messages.len(),
@@ -620,7 +887,6 @@ async fn receive_loop(
                         return;
                     }
                 }
-                activity.received(any);
             }
             Err(e) => {
                 failures += 1;

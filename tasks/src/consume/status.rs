@@ -24,8 +24,16 @@ pub struct Totals {
     pub events: u64,
     /// Of those, bodies quarantined as poison.
     pub poison: u64,
-    /// Messages deleted after their batch committed.
+    /// Messages deleted after their batch committed (or, of a type no DAG
+    /// takes, at once).
     pub deleted: u64,
+    /// Messages left on the queue for consumers that run the DAGs taking
+    /// them.
+    pub left_for_others: u64,
+    /// Messages of a type no DAG takes (deleted, as nightly runs ignore them).
+    pub ignored: u64,
+    /// Events quarantined because they alone made a DAG's run fail.
+    pub isolated: u64,
     /// Micro-batches flushed.
     pub batches: u64,
     /// Micro-batches in which some DAG did not commit.
@@ -92,6 +100,9 @@ impl ConsumerStatus {
         t.events += f.events;
         t.poison += f.poison;
         t.deleted += f.deleted;
+        t.left_for_others += f.left;
+        t.ignored += f.ignored;
+        t.isolated += f.isolated;
         t.batches += 1;
         t.failed_batches += u64::from(!f.failed.is_empty());
         if lag_ms.is_some() {
@@ -140,6 +151,9 @@ impl ConsumerStatus {
                 ("events", n(t.events)),
                 ("poison", n(t.poison)),
                 ("deleted", n(t.deleted)),
+                ("left_for_others", n(t.left_for_others)),
+                ("ignored", n(t.ignored)),
+                ("isolated", n(t.isolated)),
                 ("batches", n(t.batches)),
                 ("failed_batches", n(t.failed_batches)),
                 ("errors", n(t.errors)),
@@ -157,7 +171,7 @@ impl ConsumerStatus {
     /// The read failed.
     pub async fn all(wh: &Warehouse) -> Result<Vec<Self>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT consumer_id, queue_url, host, pid, started_at, updated_at, state, messages, redelivered, events, poison, deleted, batches, failed_batches, errors, lag_ms, last_error FROM cutover_consumers ORDER BY updated_at DESC",
+            "SELECT consumer_id, queue_url, host, pid, started_at, updated_at, state, messages, redelivered, events, poison, deleted, left_for_others, ignored, isolated, batches, failed_batches, errors, lag_ms, last_error FROM cutover_consumers ORDER BY updated_at DESC",
         )
         .fetch_all(&wh.pool)
         .await?;
@@ -178,6 +192,9 @@ impl ConsumerStatus {
                         events: n("events")?,
                         poison: n("poison")?,
                         deleted: n("deleted")?,
+                        left_for_others: n("left_for_others")?,
+                        ignored: n("ignored")?,
+                        isolated: n("isolated")?,
                         batches: n("batches")?,
                         failed_batches: n("failed_batches")?,
                         errors: n("errors")?,

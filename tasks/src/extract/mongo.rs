@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bson::{Bson, Document};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use workflows::{SettingProblem, Task, TaskContext, TaskError, TaskReport};
 
 use crate::error::{from_io, from_sqlx};
+use crate::quarantine::{self, Rejected};
 use crate::rate::RateLimit;
 use crate::schema::{read_row, ColumnType, Columns, Value};
 use crate::segment::{self, Meta, Watermark};
@@ -51,6 +51,13 @@ pub struct Config {
     /// that arrived late, e.g. `2h`.
     #[serde(default = "default_lookback", with = "humantime_serde")]
     pub lookback: Duration,
+    /// How far ahead of this machine's clock an event's time may be and
+    /// still count for the watermark, e.g. `5m`. An event dated later (a
+    /// wrong clock, a typo such as 9999-12-31) is loaded, as the legacy
+    /// analytics count it, but the watermark does not move past now plus
+    /// this, so incremental runs go on reading what arrives next.
+    #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
     /// Rows per segment, and documents per MongoDB round trip.
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroU32,
@@ -99,6 +106,9 @@ fn default_key() -> String {
 fn default_lookback() -> Duration {
     Duration::ZERO
 }
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_batch_size() -> NonZeroU32 {
     NonZeroU32::new(20_000).expect("non-zero")
 }
@@ -140,6 +150,22 @@ impl Config {
         out
     }
 
+    /// The columns of the segments this extract writes, in order, with
+    /// their types (an ObjectId is written as its hex string).
+    pub fn segment_columns(&self) -> Vec<(String, ColumnType)> {
+        self.columns
+            .iter()
+            .map(|(n, c)| {
+                let ty = if c.ty == ColumnType::ObjectId {
+                    ColumnType::String
+                } else {
+                    c.ty
+                };
+                (n.as_str().to_owned(), ty)
+            })
+            .collect()
+    }
+
     /// The name of the timestamp column that reads `ts_field`.
     pub fn ts_column(&self) -> Option<&str> {
         self.columns.iter().find_map(|(name, c)| {
@@ -170,102 +196,6 @@ impl Config {
     pub fn since(&self, watermark: Option<i64>) -> Option<i64> {
         watermark.map(|w| w - self.lookback.as_millis() as i64)
     }
-}
-
-/// A document set aside as invalid.
-#[derive(Debug, Clone)]
-pub struct Rejected {
-    /// A stable id: the `_id`, or a hash of the raw text.
-    pub doc_id: String,
-    /// The event id, when readable.
-    pub event_id: Option<String>,
-    /// The event type, when readable.
-    pub event_type: Option<String>,
-    /// Why it is invalid.
-    pub reason: String,
-    /// The document as relaxed Extended JSON, or the raw line.
-    pub raw: String,
-}
-
-impl Rejected {
-    fn from_doc(doc: &Document, cfg: &Config, reason: String) -> Self {
-        let raw = Bson::Document(doc.clone())
-            .into_relaxed_extjson()
-            .to_string();
-        let doc_id = match doc.get("_id") {
-            Some(Bson::ObjectId(o)) => o.to_hex(),
-            Some(other) => short_hash(&other.to_string()),
-            None => short_hash(&raw),
-        };
-        Self {
-            doc_id,
-            event_id: doc.get_str(&cfg.key).ok().map(str::to_owned),
-            event_type: doc.get_str(&cfg.type_field).ok().map(str::to_owned),
-            reason,
-            raw,
-        }
-    }
-}
-
-/// A stable short hash of a text (FNV-1a, 64 bits, hex).
-pub fn short_hash(s: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("h{h:016x}")
-}
-
-/// Writes quarantined documents; a document already quarantined by this DAG
-/// and task is left as it is.
-///
-/// # Errors
-/// The write failed.
-pub async fn quarantine(
-    wh: &Warehouse,
-    dag: &str,
-    task: &str,
-    run_id: &str,
-    rejected: &[Rejected],
-) -> Result<(), sqlx::Error> {
-    if rejected.is_empty() {
-        return Ok(());
-    }
-    let b = wh.backend;
-    let now = workflows::ledger::timestamp(chrono::Utc::now());
-    for chunk in rejected.chunks(500) {
-        let mut sql = String::from(
-            "INSERT INTO cutover_quarantine (dag, task, doc_id, event_id, event_type, reason, raw, run_id, quarantined_at) VALUES ",
-        );
-        for (i, _) in chunk.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            sql.push_str(&b.params(i * 9 + 1, 9));
-            sql.push(')');
-        }
-        sql.push_str(match b {
-            workflows::Backend::MySql => " ON DUPLICATE KEY UPDATE doc_id = doc_id",
-            _ => " ON CONFLICT (dag, task, doc_id) DO NOTHING",
-        });
-        let mut q = sqlx::query(&sql);
-        for r in chunk {
-            q = q
-                .bind(dag)
-                .bind(task)
-                .bind(r.doc_id.clone())
-                .bind(r.event_id.clone())
-                .bind(r.event_type.clone())
-                .bind(r.reason.clone())
-                .bind(r.raw.clone())
-                .bind(run_id)
-                .bind(now.clone());
-        }
-        q.execute(&wh.pool).await?;
-    }
-    Ok(())
 }
 
 /// The task.
@@ -328,8 +258,13 @@ pub struct Pass {
     pub rows: u64,
     /// Invalid documents.
     pub quarantined: u64,
-    /// The greatest timestamp seen.
+    /// The greatest timestamp seen, of events not in the future.
     pub max_ts: Option<i64>,
+    /// Events dated later than now plus the clock skew: loaded, but not
+    /// counted in the watermark.
+    pub future: u64,
+    /// The latest of those.
+    pub max_future_ts: Option<i64>,
 }
 
 #[async_trait]
@@ -362,18 +297,7 @@ impl Task for ExtractMongo {
         };
         write_read_from(&out_dir, read).map_err(|e| from_io("recording the range read", e))?;
 
-        let columns: Vec<(String, ColumnType)> = cfg
-            .columns
-            .iter()
-            .map(|(n, c)| {
-                let ty = if c.ty == ColumnType::ObjectId {
-                    ColumnType::String
-                } else {
-                    c.ty
-                };
-                (n.as_str().to_owned(), ty)
-            })
-            .collect();
+        let columns = cfg.segment_columns();
         let ts_index = cfg
             .columns
             .keys()
@@ -382,6 +306,7 @@ impl Task for ExtractMongo {
         let ordered = self.source.is_ordered();
         let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
 
+        let horizon_ms = read.started_ms + cfg.clock_skew.as_millis() as i64;
         let mut stream = self.source.stream(&query).await?;
         let mut pass = Pass::default();
         let mut rows: Vec<Vec<Value>> = Vec::with_capacity(cfg.batch_size.get() as usize);
@@ -423,10 +348,16 @@ impl Task for ExtractMongo {
             pass.read += 1;
             progress.inc(1);
             match item? {
-                Item::Doc(doc) => match read_row(&doc, &cfg.columns) {
+                Item::Doc(doc, line) => match read_row(&doc, &cfg.columns) {
                     Ok(row) => {
                         if let Value::Int(ts) = row[ts_index] {
-                            pass.max_ts = Some(pass.max_ts.map_or(ts, |m| m.max(ts)));
+                            if ts > horizon_ms {
+                                pass.future += 1;
+                                pass.max_future_ts =
+                                    Some(pass.max_future_ts.map_or(ts, |m| m.max(ts)));
+                            } else {
+                                pass.max_ts = Some(pass.max_ts.map_or(ts, |m| m.max(ts)));
+                            }
                         }
                         rows.push(row);
                         pass.rows += 1;
@@ -434,29 +365,33 @@ impl Task for ExtractMongo {
                             flush(&mut rows, pass.max_ts, false)?;
                         }
                     }
-                    Err(reason) => rejected.push(Rejected::from_doc(&doc, cfg, reason)),
+                    Err(reason) => rejected.push(Rejected::from_doc(
+                        &doc,
+                        &cfg.key,
+                        &cfg.type_field,
+                        reason,
+                        line.map(|n| self.source.line_location(n)).as_deref(),
+                    )),
                 },
-                Item::Unreadable { raw, reason } => rejected.push(Rejected {
-                    doc_id: short_hash(&raw),
-                    event_id: None,
-                    event_type: None,
-                    reason,
+                Item::Unreadable { raw, reason, line } => rejected.push(Rejected::unreadable(
                     raw,
-                }),
+                    reason,
+                    Some(self.source.line_location(line)),
+                )),
             }
             if rejected.len() >= 1000 {
                 pass.quarantined += rejected.len() as u64;
-                quarantine(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
+                quarantine::write(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
                     .await
-                    .map_err(|e| from_sqlx("writing quarantine", e))?;
+                    .map_err(|e| from_sqlx("writing the quarantine", e))?;
                 rejected.clear();
             }
         }
         flush(&mut rows, pass.max_ts, true)?;
         pass.quarantined += rejected.len() as u64;
-        quarantine(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
+        quarantine::write(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
             .await
-            .map_err(|e| from_sqlx("writing quarantine", e))?;
+            .map_err(|e| from_sqlx("writing the quarantine", e))?;
         progress.finish_and_clear();
         let from = match since {
             _ if feed => "the feed".to_owned(),
@@ -468,14 +403,32 @@ impl Task for ExtractMongo {
             None => "the beginning".to_owned(),
             Some(ms) => crate::reports::format_ms(ms),
         };
+        let mut summary = format!(
+            "read {} documents from {from}: {} valid rows, {} quarantined",
+            pass.read, pass.rows, pass.quarantined
+        );
+        if pass.future > 0 {
+            let latest = pass.max_future_ts.map_or_else(String::new, |t| {
+                format!(" (the latest {})", crate::reports::format_ms(t))
+            });
+            tracing::warn!(
+                dag = %ctx.dag,
+                task = %ctx.task,
+                events = pass.future,
+                clock_skew = %humantime::format_duration(cfg.clock_skew),
+                "events dated in the future: loaded, but the watermark does not move past now"
+            );
+            summary.push_str(&format!(
+                "; {} dated after now + {}{latest}: loaded, watermark held at now",
+                pass.future,
+                humantime::format_duration(cfg.clock_skew)
+            ));
+        }
         Ok(TaskReport {
             rows_read: pass.read,
             rows_written: pass.rows,
             rows_quarantined: pass.quarantined,
-            summary: format!(
-                "read {} documents from {from}: {} valid rows, {} quarantined",
-                pass.read, pass.rows, pass.quarantined
-            ),
+            summary,
         })
     }
 }

@@ -18,10 +18,10 @@ use workflows::{
 };
 
 use crate::error::{from_io, from_merge, from_sqlx};
+use crate::quarantine::{Raw, Rejected};
 use crate::schema::{ColumnType, Value};
-use crate::segment;
-use crate::transform::polars::output_dir;
-use crate::warehouse::{advance_watermark, record_commit, Commit, Warehouse};
+use crate::segment::{self, output_dir};
+use crate::warehouse::{advance_watermark, record_commit, ColumnInfo, Commit, Warehouse};
 
 /// The settings of a `load.merge` task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +166,69 @@ impl Config {
             );
             need("entity", !t.entity.is_empty(), history, "`history`");
             need("valid_to", t.valid_to.is_some(), history, "`history`");
+        }
+        out
+    }
+}
+
+impl Config {
+    /// Checks the targets against the outputs of the input transform
+    /// (`outputs`) and, when known, the columns each output makes.
+    pub fn check_outputs(
+        &self,
+        outputs: &[SqlIdent],
+        planned: Option<&crate::transform::polars::Planned>,
+    ) -> Vec<SettingProblem> {
+        let mut out = Vec::new();
+        let names = |v: &[SqlIdent]| {
+            v.iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (i, t) in self.targets.iter().enumerate() {
+            if !outputs.contains(&t.output) {
+                let hint = workflows::dag::did_you_mean(
+                    t.output.as_str(),
+                    outputs.iter().map(SqlIdent::as_str),
+                )
+                .map_or(String::new(), |h| format!(" (did you mean `{h}`?)"));
+                out.push(SettingProblem::field(
+                    format!("targets[{i}].output"),
+                    format!(
+                        "`{}` is not an output of {}{hint}; it makes {}",
+                        t.output,
+                        self.input,
+                        names(outputs)
+                    ),
+                ));
+                continue;
+            }
+            let Some(Some(Ok(columns))) = planned.map(|p| p.get(&t.output)) else {
+                continue;
+            };
+            let has = |c: &SqlIdent| columns.iter().any(|(n, _)| n == c.as_str());
+            let mut need = |field: &str, cols: &[SqlIdent]| {
+                for c in cols {
+                    if !has(c) {
+                        out.push(SettingProblem::field(
+                            format!("targets[{i}].{field}"),
+                            format!(
+                                "the output {} has no column `{c}`; it has {}",
+                                t.output,
+                                columns
+                                    .iter()
+                                    .map(|(n, _)| format!("`{n}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ));
+                    }
+                }
+            };
+            need("key", &t.key);
+            need("version", &t.version);
+            need("entity", &t.entity);
         }
         out
     }
@@ -369,20 +432,21 @@ fn unstage_sql(backend: Backend, target: &Target) -> Option<String> {
     }
 }
 
-/// Splits a batch into rounds merged one after another, each holding a key
-/// at most once, so that the merge gives what merging the rows one at a
-/// time in batch order gives: for `insert_new` one round with the first row
-/// of each key; for `accumulate` one round with, per key, the first
-/// non-null value of each column; for `latest` and `history` the n-th
-/// distinct row of each key in round n.
+/// Reduces a batch to one row per key, as merging the rows one at a time
+/// in batch order would leave it: for `insert_new` the first row of each
+/// key; for `accumulate`, per key, the first non-null value of each column;
+/// for `latest` and `history`, per column, the value of the row with the
+/// greatest `version` that has one (at an equal version, the earlier row's).
+/// A batch of many copies of one key is one row to merge, so a merge costs
+/// the distinct keys, not the copies.
 ///
 /// # Errors
 /// A key or version column is not among the output's columns.
-pub fn rounds(
+pub fn reduce(
     target: &Target,
     columns: &[String],
     rows: Vec<Vec<Value>>,
-) -> Result<Vec<Vec<Vec<Value>>>, String> {
+) -> Result<Vec<Vec<Value>>, String> {
     let index = |name: &str| {
         columns.iter().position(|c| c == name).ok_or_else(|| {
             format!(
@@ -396,42 +460,157 @@ pub fn rounds(
         .iter()
         .map(|k| index(k.as_str()))
         .collect::<Result<_, _>>()?;
-    for v in &target.version {
-        index(v.as_str())?;
-    }
-    // Per key: the round it is next due in, and where it sits in round 0.
-    let mut seen: HashMap<String, (usize, usize)> = HashMap::with_capacity(rows.len());
-    let mut out: Vec<Vec<Vec<Value>>> = vec![Vec::with_capacity(rows.len())];
+    let version_idx: Vec<usize> = target
+        .version
+        .iter()
+        .map(|v| index(v.as_str()))
+        .collect::<Result<_, _>>()?;
+    let mut at: HashMap<String, usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
     for row in rows {
         let key = key_of(&row, &key_idx);
-        match seen.get_mut(&key) {
-            None => {
-                seen.insert(key, (1, out[0].len()));
-                out[0].push(row);
+        let Some(&i) = at.get(&key) else {
+            at.insert(key, out.len());
+            out.push(row);
+            continue;
+        };
+        let kept = &mut out[i];
+        match target.strategy {
+            Strategy::InsertNew => {}
+            Strategy::Accumulate => fill(kept, row),
+            Strategy::Latest | Strategy::History => {
+                if newer(&row, kept, &version_idx) {
+                    let mut row = row;
+                    fill(&mut row, std::mem::take(kept));
+                    *kept = row;
+                } else {
+                    fill(kept, row);
+                }
             }
-            Some((next, at)) => match target.strategy {
-                Strategy::InsertNew => {}
-                Strategy::Accumulate => {
-                    for (slot, new) in out[0][*at].iter_mut().zip(row) {
-                        if *slot == Value::Null {
-                            *slot = new;
-                        }
-                    }
-                }
-                Strategy::Latest | Strategy::History => {
-                    if out[0][*at] == row {
-                        continue;
-                    }
-                    if out.len() <= *next {
-                        out.push(Vec::new());
-                    }
-                    out[*next].push(row);
-                    *next += 1;
-                }
-            },
         }
     }
     Ok(out)
+}
+
+/// Fills the null cells of `row` from `other`.
+fn fill(row: &mut [Value], other: Vec<Value>) {
+    for (slot, v) in row.iter_mut().zip(other) {
+        if *slot == Value::Null {
+            *slot = v;
+        }
+    }
+}
+
+/// Whether `a`'s version columns compare greater than `b`'s, as SQL's row
+/// comparison does (a null makes it unknown, so not greater).
+fn newer(a: &[Value], b: &[Value], version: &[usize]) -> bool {
+    use std::cmp::Ordering;
+    for &i in version {
+        let ord = match (&a[i], &b[i]) {
+            (Value::Int(x), Value::Int(y)) => x.cmp(y),
+            (Value::Float(x), Value::Float(y)) => x.partial_cmp(y).unwrap_or(Ordering::Equal),
+            (Value::Int(x), Value::Float(y)) => {
+                (*x as f64).partial_cmp(y).unwrap_or(Ordering::Equal)
+            }
+            (Value::Float(x), Value::Int(y)) => {
+                x.partial_cmp(&(*y as f64)).unwrap_or(Ordering::Equal)
+            }
+            (Value::Str(x), Value::Str(y)) => x.as_bytes().cmp(y.as_bytes()),
+            (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+            _ => return false,
+        };
+        match ord {
+            Ordering::Greater => return true,
+            Ordering::Less => return false,
+            Ordering::Equal => {}
+        }
+    }
+    false
+}
+
+/// Why `v` cannot go into column `col` of `table`, if it cannot.
+pub fn misfit(col: &ColumnInfo, table: &str, v: &Value, backend: Backend) -> Option<String> {
+    let name = &col.name;
+    match v {
+        Value::Null if col.not_null => Some(format!("column {name} of {table} cannot be null")),
+        Value::Str(s) => {
+            if !col.nul_ok && s.contains('\0') {
+                return Some(format!(
+                    "column {name} of {table}: the value holds a NUL character, which PostgreSQL text cannot store"
+                ));
+            }
+            if let Some(max) = col.max_chars {
+                let n = s.chars().count() as u64;
+                if n > max {
+                    return Some(format!(
+                        "column {name} of {table} holds at most {max} characters; the value has {n}"
+                    ));
+                }
+            }
+            if let Some(max) = col.max_bytes {
+                if s.len() as u64 > max {
+                    return Some(format!(
+                        "column {name} of {table} holds at most {max} bytes; the value has {}",
+                        s.len()
+                    ));
+                }
+            }
+            None
+        }
+        Value::Int(i) => match col.int_range {
+            Some((lo, hi)) if *i < lo || *i > hi => Some(format!(
+                "column {name} of {table} holds integers from {lo} to {hi}; the value is {i}"
+            )),
+            _ => None,
+        },
+        Value::Float(f) if !f.is_finite() && backend == Backend::MySql => {
+            Some(format!("column {name} of {table}: MySQL cannot store {f}"))
+        }
+        _ => None,
+    }
+}
+
+/// A row set aside, as a quarantine entry: its `doc_id` and `event_id`
+/// columns name the source event when the output has them.
+fn rejected_row(
+    table: &str,
+    names: &[String],
+    row: &[Value],
+    key_idx: &[usize],
+    reason: String,
+) -> Rejected {
+    let mut obj = serde_json::Map::new();
+    for (n, v) in names.iter().zip(row) {
+        obj.insert(n.clone(), serde_json::to_value(v).unwrap_or_default());
+    }
+    let text = |col: &str| obj.get(col).and_then(|v| v.as_str()).map(str::to_owned);
+    let doc_id = text("doc_id");
+    let event_id = text("event_id");
+    let key = key_idx
+        .iter()
+        .map(|&i| {
+            format!(
+                "{}={}",
+                names[i],
+                serde_json::to_value(&row[i]).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let raw = serde_json::json!({ "table": table, "row": obj }).to_string();
+    Rejected {
+        doc_id: doc_id.clone().unwrap_or_else(|| {
+            crate::quarantine::short_hash(format!("{table}\u{1f}{key}").as_bytes())
+        }),
+        event_id,
+        event_type: None,
+        reason,
+        location: Some(match doc_id {
+            Some(d) => format!("_id {d}"),
+            None => format!("{table} ({key})"),
+        }),
+        raw: Raw::Json(raw),
+    }
 }
 
 fn bind<'q>(
@@ -487,22 +666,40 @@ fn key_of(row: &[Value], key_idx: &[usize]) -> String {
     key
 }
 
-/// Stages one round of rows in a temporary table, merges it into the
-/// target and returns the rows changed.
-async fn merge_round(
+/// A statement of a merge failed.
+#[derive(Debug)]
+struct MergeFailed {
+    what: String,
+    source: sqlx::Error,
+}
+
+impl MergeFailed {
+    fn new(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> Self {
+        let what = what.into();
+        move |source| Self { what, source }
+    }
+
+    fn into_task_error(self, context: &str) -> TaskError {
+        from_merge(format!("{context}: {}", self.what), self.source)
+    }
+}
+
+/// Stages rows in a temporary table, merges them into the target and
+/// returns the rows changed.
+async fn merge_rows(
     tx: &mut sqlx::AnyConnection,
     backend: Backend,
     t: &Target,
     columns: &[(String, ColumnType)],
     rows: &[Vec<Value>],
     per_stmt: usize,
-) -> Result<u64, TaskError> {
+) -> Result<u64, MergeFailed> {
     let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
     for sql in staging_sql(backend, t) {
         sqlx::query(&sql)
             .execute(&mut *tx)
             .await
-            .map_err(|e| from_sqlx(format!("staging {}", t.table()), e))?;
+            .map_err(MergeFailed::new(format!("staging {}", t.table())))?;
     }
     // Every chunk but the last has the same statement: build it once.
     let full = stage_sql(backend, t, &names, per_stmt.min(rows.len()));
@@ -522,21 +719,21 @@ async fn merge_round(
         }
         q.execute(&mut *tx)
             .await
-            .map_err(|e| from_sqlx(format!("staging rows for {}", t.table()), e))?;
+            .map_err(MergeFailed::new(format!("staging rows for {}", t.table())))?;
     }
     let mut changed = 0;
     for sql in merge_sql(backend, t, &names) {
         let done = sqlx::query(&sql)
             .execute(&mut *tx)
             .await
-            .map_err(|e| from_merge(format!("merging into {}", t.table()), e))?;
+            .map_err(MergeFailed::new(format!("merging into {}", t.table())))?;
         changed += if backend == Backend::Sqlite {
             // sqlx reports SQLite's change count of the last statement that
             // changed rows, not of this one.
             let n: i64 = sqlx::query_scalar("SELECT changes()")
                 .fetch_one(&mut *tx)
                 .await
-                .map_err(|e| from_sqlx("counting changes", e))?;
+                .map_err(MergeFailed::new("counting changes"))?;
             n as u64
         } else {
             done.rows_affected()
@@ -546,7 +743,67 @@ async fn merge_round(
         sqlx::query(&sql)
             .execute(&mut *tx)
             .await
-            .map_err(|e| from_sqlx("dropping staging", e))?;
+            .map_err(MergeFailed::new("dropping staging"))?;
+    }
+    Ok(changed)
+}
+
+/// Merges rows, each attempt under a savepoint; when the database refuses
+/// some row's data, finds the rows it refuses by halving, sets them aside
+/// in `refused` with the database's reason, and merges the rest.
+async fn merge_isolating(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    t: &Target,
+    columns: &[(String, ColumnType)],
+    rows: Vec<Vec<Value>>,
+    per_stmt: usize,
+    refused: &mut Vec<(Vec<Value>, String)>,
+) -> Result<u64, MergeFailed> {
+    use sqlx::Connection;
+    // When the database refuses most rows, the table is wrong, not the
+    // rows: fail rather than quarantine them all.
+    let limit = (rows.len() / 2).max(10);
+    let mut changed = 0;
+    let mut todo = vec![rows];
+    while let Some(part) = todo.pop() {
+        if part.is_empty() {
+            continue;
+        }
+        let mut sp = tx
+            .begin()
+            .await
+            .map_err(MergeFailed::new("opening a savepoint"))?;
+        match merge_rows(&mut sp, backend, t, columns, &part, per_stmt).await {
+            Ok(n) => {
+                sp.commit()
+                    .await
+                    .map_err(MergeFailed::new("releasing a savepoint"))?;
+                changed += n;
+            }
+            Err(e) if crate::error::data_error(&e.source) => {
+                sp.rollback()
+                    .await
+                    .map_err(MergeFailed::new("rolling back to a savepoint"))?;
+                if refused.len() >= limit {
+                    return Err(e);
+                }
+                if part.len() == 1 {
+                    let reason = format!(
+                        "{} refused the row: {}",
+                        t.table(),
+                        workflows::redact::redact(&crate::error::db_message(&e.source))
+                    );
+                    refused.extend(part.into_iter().map(|r| (r, reason.clone())));
+                } else {
+                    let mut left = part;
+                    let right = left.split_off(left.len() / 2);
+                    todo.push(right);
+                    todo.push(left);
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(changed)
 }
@@ -559,19 +816,79 @@ pub struct LoadMerge {
     pub warehouse: Warehouse,
 }
 
+/// A few keys of a batch, to name the events of a failing load.
+fn some_keys(names: &[String], rows: &[Vec<Value>], key_idx: &[usize]) -> String {
+    let shown: Vec<String> = rows
+        .iter()
+        .take(3)
+        .map(|r| {
+            key_idx
+                .iter()
+                .map(|&i| match &r[i] {
+                    Value::Str(s) => crate::quarantine::clip(s, 80),
+                    other => serde_json::to_string(other).unwrap_or_default(),
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect();
+    let key: Vec<&str> = key_idx.iter().map(|&i| names[i].as_str()).collect();
+    format!(
+        "{} rows, {} {}{}",
+        rows.len(),
+        key.join("/"),
+        shown.join(", "),
+        if rows.len() > 3 { ", ..." } else { "" }
+    )
+}
+
 #[async_trait]
 impl Task for LoadMerge {
     async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
         let wh = &self.warehouse;
         let in_dir = ctx.output_dir(&self.config.input);
+        // The outputs the transform made (one directory each).
+        let made: BTreeSet<String> = std::fs::read_dir(&in_dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
         // Segment numbers present in any target's output, in order.
         let mut seqs = BTreeSet::new();
         let mut listed = Vec::new();
         for t in &self.config.targets {
+            if !made.is_empty() && !made.contains(t.output.as_str()) {
+                return Err(TaskError::fatal(format!(
+                    "target {}: the transform {} makes no output `{}` (it makes {}); nothing was loaded and the watermark did not move",
+                    t.table(),
+                    self.config.input,
+                    t.output,
+                    made.iter().cloned().collect::<Vec<_>>().join(", ")
+                )));
+            }
             let dir = output_dir(&in_dir, t.output.as_str());
             let segs = segment::list(&dir).map_err(|e| from_io("listing segments", e))?;
             seqs.extend(segs.iter().map(|(s, _)| *s));
             listed.push((dir, segs.into_iter().collect::<HashMap<_, _>>()));
+        }
+        // What each target table can hold, checked before loading.
+        let mut capacity: Vec<HashMap<String, ColumnInfo>> = Vec::new();
+        for t in &self.config.targets {
+            let cols = wh
+                .columns(t.table().as_str())
+                .await
+                .map_err(|e| from_sqlx(format!("reading the columns of {}", t.table()), e))?;
+            if cols.is_empty() {
+                return Err(TaskError::fatal(format!(
+                    "target {}: the table does not exist in the warehouse {}",
+                    t.table(),
+                    wh.display_url
+                )));
+            }
+            capacity.push(cols.into_iter().map(|c| (c.name.clone(), c)).collect());
         }
         // A retried attempt skips the segments an earlier attempt of this
         // run committed.
@@ -587,7 +904,7 @@ impl Task for LoadMerge {
         .map_err(|e| from_sqlx("reading committed segments", e))?;
         seqs.retain(|s| !done.contains(&i64::from(*s)));
         let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
-        let (mut offered, mut changed, mut committed) = (0u64, 0u64, 0u64);
+        let (mut offered, mut changed, mut committed, mut quarantined) = (0u64, 0u64, 0u64, 0u64);
         for seq in seqs {
             let mut tx = wh
                 .pool
@@ -596,18 +913,73 @@ impl Task for LoadMerge {
                 .map_err(|e| from_sqlx("starting a transaction", e))?;
             let mut watermark = None;
             let (offered_before, changed_before) = (offered, changed);
-            for (t, (dir, segs)) in self.config.targets.iter().zip(&listed) {
+            let mut rejected: Vec<Rejected> = Vec::new();
+            for ((t, (dir, segs)), cap) in self.config.targets.iter().zip(&listed).zip(&capacity) {
                 let Some(meta) = segs.get(&seq) else { continue };
                 watermark = watermark.or(meta.watermark.map(|w| (meta.source_task.clone(), w)));
                 let rows = segment::read(dir, seq).map_err(|e| from_io("reading a segment", e))?;
                 offered += rows.len() as u64;
                 let names: Vec<String> = meta.columns.iter().map(|(n, _)| n.clone()).collect();
-                let per_stmt = (wh.backend.max_params() / names.len().max(1)).clamp(1, 2000);
-                for round in rounds(t, &names, rows).map_err(TaskError::fatal)? {
-                    changed += merge_round(&mut tx, wh.backend, t, &meta.columns, &round, per_stmt)
-                        .await?;
-                    progress.inc(round.len() as u64);
+                if let Some(missing) = names.iter().find(|n| !cap.contains_key(*n)) {
+                    return Err(TaskError::fatal(format!(
+                        "target {}: the table has no column `{missing}`, which output {} makes",
+                        t.table(),
+                        t.output
+                    )));
                 }
+                let key_idx: Vec<usize> = t
+                    .key
+                    .iter()
+                    .filter_map(|k| names.iter().position(|n| n == k.as_str()))
+                    .collect();
+                let rows = reduce(t, &names, rows).map_err(TaskError::fatal)?;
+                // Rows the table cannot hold are set aside before loading.
+                let mut fit = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let why = names
+                        .iter()
+                        .zip(&row)
+                        .find_map(|(n, v)| misfit(&cap[n], t.table().as_str(), v, wh.backend));
+                    match why {
+                        Some(reason) => rejected.push(rejected_row(
+                            t.table().as_str(),
+                            &names,
+                            &row,
+                            &key_idx,
+                            format!("task {}: {reason}", ctx.task),
+                        )),
+                        None => fit.push(row),
+                    }
+                }
+                let per_stmt = (wh.backend.max_params() / names.len().max(1)).clamp(1, 2000);
+                let n = fit.len() as u64;
+                let context = format!(
+                    "segment {seq} into {} ({})",
+                    t.table(),
+                    some_keys(&names, &fit, &key_idx)
+                );
+                let mut refused = Vec::new();
+                changed += merge_isolating(
+                    &mut tx,
+                    wh.backend,
+                    t,
+                    &meta.columns,
+                    fit,
+                    per_stmt,
+                    &mut refused,
+                )
+                .await
+                .map_err(|e| e.into_task_error(&context))?;
+                for (row, why) in refused {
+                    rejected.push(rejected_row(
+                        t.table().as_str(),
+                        &names,
+                        &row,
+                        &key_idx,
+                        format!("task {}: {why}", ctx.task),
+                    ));
+                }
+                progress.inc(n);
             }
             if let Some((task, w)) = &watermark {
                 advance_watermark(&mut tx, wh.backend, &ctx.dag, task, w.ts_ms, &ctx.run_id)
@@ -637,19 +1009,37 @@ impl Task for LoadMerge {
                         lost @ LeaseError::Lost { .. } => TaskError::fatal(lost.to_string()),
                     })?;
             }
+            // The rows set aside are quarantined before the segment commits:
+            // a crash in between quarantines them again on the rerun.
+            crate::quarantine::write_on(
+                &mut tx,
+                wh.backend,
+                &ctx.dag,
+                &ctx.task,
+                &ctx.run_id,
+                &rejected,
+            )
+            .await
+            .map_err(|e| from_sqlx("writing the quarantine", e))?;
+            quarantined += rejected.len() as u64;
             tx.commit()
                 .await
                 .map_err(|e| from_sqlx("committing a segment", e))?;
             committed += 1;
         }
         progress.finish_and_clear();
+        let mut summary =
+            format!("{offered} rows merged in {committed} transactions, {changed} rows changed");
+        if quarantined > 0 {
+            summary.push_str(&format!(
+                ", {quarantined} rows quarantined (the warehouse cannot hold them)"
+            ));
+        }
         Ok(TaskReport {
             rows_read: offered,
             rows_written: changed,
-            rows_quarantined: 0,
-            summary: format!(
-                "{offered} rows merged in {committed} transactions, {changed} rows changed"
-            ),
+            rows_quarantined: quarantined,
+            summary,
         })
     }
 }
@@ -719,7 +1109,7 @@ mod tests {
     }
 
     #[test]
-    fn rounds_follow_the_strategy() {
+    fn reduce_follows_the_strategy() {
         let cols = vec!["id".to_owned(), "v".to_owned(), "x".to_owned()];
         let a = |v: i64, x: Option<&str>| {
             vec![
@@ -730,24 +1120,75 @@ mod tests {
         };
         let b = vec![Value::Str("b".into()), Value::Int(1), Value::Null];
         let rows = vec![a(1, None), a(3, Some("late")), b.clone(), a(2, Some("mid"))];
-        let first = rounds(&target(Strategy::InsertNew, None), &cols, rows.clone()).unwrap();
-        assert_eq!(first, vec![vec![a(1, None), b.clone()]]);
-        let acc = rounds(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
-        assert_eq!(acc, vec![vec![a(1, Some("late")), b.clone()]]);
-        // Versioned rows of one key are merged one round at a time, in
-        // batch order; an exact copy is dropped.
-        let mut with_copy = rows.clone();
-        with_copy.push(a(1, None));
-        let latest = rounds(&target(Strategy::Latest, Some("v")), &cols, with_copy).unwrap();
+        let first = reduce(&target(Strategy::InsertNew, None), &cols, rows.clone()).unwrap();
+        assert_eq!(first, vec![a(1, None), b.clone()]);
+        let acc = reduce(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
+        assert_eq!(acc, vec![a(1, Some("late")), b.clone()]);
+        // Per column, the value of the newest version that has one.
+        let latest = reduce(&target(Strategy::Latest, Some("v")), &cols, rows.clone()).unwrap();
+        assert_eq!(latest, vec![a(3, Some("late")), b.clone()]);
+        let older_fills = vec![a(3, None), a(2, Some("mid"))];
         assert_eq!(
-            latest,
-            vec![
-                vec![a(1, None), b],
-                vec![a(3, Some("late"))],
-                vec![a(2, Some("mid"))]
-            ]
+            reduce(&target(Strategy::Latest, Some("v")), &cols, older_fills).unwrap(),
+            vec![a(3, Some("mid"))]
         );
-        let err = rounds(&target(Strategy::Latest, Some("nope")), &cols, rows).unwrap_err();
+        // Twenty thousand copies of one key are one row.
+        let copies: Vec<Vec<Value>> = (0..20_000).map(|i| a(i, Some("x"))).collect();
+        let one = reduce(&target(Strategy::Latest, Some("v")), &cols, copies).unwrap();
+        assert_eq!(one, vec![a(19_999, Some("x"))]);
+        let err = reduce(&target(Strategy::Latest, Some("nope")), &cols, rows).unwrap_err();
         assert!(err.contains("no column `nope`"), "{err}");
+    }
+
+    #[test]
+    fn values_a_column_cannot_hold_are_named() {
+        let col = |max_chars, int_range, not_null, nul_ok| ColumnInfo {
+            name: "c".into(),
+            max_chars,
+            max_bytes: None,
+            int_range,
+            not_null,
+            nul_ok,
+        };
+        let long = Value::Str("x".repeat(100));
+        assert_eq!(
+            misfit(
+                &col(Some(64), None, false, true),
+                "t",
+                &long,
+                Backend::MySql
+            )
+            .unwrap(),
+            "column c of t holds at most 64 characters; the value has 100"
+        );
+        assert!(misfit(
+            &col(Some(100), None, false, true),
+            "t",
+            &long,
+            Backend::MySql
+        )
+        .is_none());
+        let nul = Value::Str("a\0b".into());
+        assert!(
+            misfit(&col(None, None, false, false), "t", &nul, Backend::Postgres)
+                .unwrap()
+                .contains("NUL")
+        );
+        let big = Value::Int(3_000_000_000);
+        assert!(misfit(
+            &col(None, Some((i32::MIN.into(), i32::MAX.into())), false, true),
+            "t",
+            &big,
+            Backend::Postgres
+        )
+        .unwrap()
+        .contains("the value is 3000000000"));
+        assert!(misfit(
+            &col(None, None, true, true),
+            "t",
+            &Value::Null,
+            Backend::Sqlite
+        )
+        .is_some());
     }
 }

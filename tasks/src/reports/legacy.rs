@@ -568,7 +568,7 @@ async fn from_file(
         ..FileAcc::default()
     };
     while let Some(item) = stream.try_next().await? {
-        let Item::Doc(doc) = item else { continue };
+        let Item::Doc(doc, _) = item else { continue };
         let Ok(ty) = doc.get_str("type") else {
             continue;
         };

@@ -8,7 +8,6 @@
 //! deduplicates.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,9 +16,11 @@ use polars::sql::SQLContext;
 use serde::{Deserialize, Serialize};
 use workflows::{SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport};
 
-use crate::error::from_io;
+use crate::error::{from_io, from_sqlx};
+use crate::quarantine::{Raw, Rejected};
 use crate::schema::{ColumnType, Value};
-use crate::segment::{self, Meta};
+use crate::segment::{self, output_dir, Meta};
+use crate::warehouse::Warehouse;
 
 /// The settings of a `transform.polars` task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,6 +68,77 @@ impl Config {
     pub fn table_name(&self) -> String {
         self.input.replace('-', "_")
     }
+
+    /// Plans every query over an input of `columns`, without data: the
+    /// columns and types of each output, or, per output, why its query
+    /// cannot run (it does not parse, names a column the input lacks, or
+    /// makes a column the warehouse cannot take).
+    pub fn plan(&self, columns: &[(String, ColumnType)]) -> Planned {
+        let mut out = BTreeMap::new();
+        let empty = match to_frame(columns, &[]) {
+            Ok(df) => df,
+            Err(e) => {
+                for name in self.outputs.keys() {
+                    out.insert(
+                        name.clone(),
+                        Err(format!("the input cannot be framed: {e}")),
+                    );
+                }
+                return out;
+            }
+        };
+        for (name, o) in &self.outputs {
+            let mut ctx = SQLContext::new();
+            ctx.register(&self.table_name(), empty.clone().lazy());
+            // On a thread of its own: Polars plans with tokio's
+            // `block_in_place` when it finds a runtime, which a
+            // single-threaded one refuses.
+            let planned = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| ctx.execute(&o.sql).and_then(|mut lf| lf.collect_schema()))
+                    .join()
+            });
+            let result = match planned {
+                Err(_) => Err("planning the query panicked".to_owned()),
+                Ok(Err(e)) => Err(first_line(&e.to_string())),
+                Ok(Ok(schema)) => schema
+                    .iter()
+                    .map(|(col, dtype)| {
+                        SqlIdent::new(col).map_err(|e| format!("column {e}"))?;
+                        loadable(dtype)
+                            .map(|ty| (col.to_string(), ty))
+                            .ok_or_else(|| {
+                                format!(
+                                    "column {col} has type {dtype}, which cannot be loaded; cast it in the query"
+                                )
+                            })
+                    })
+                    .collect(),
+            };
+            out.insert(name.clone(), result);
+        }
+        out
+    }
+}
+
+/// Each output's columns and types, or why its query cannot run.
+pub type Planned = BTreeMap<SqlIdent, Result<Vec<(String, ColumnType)>, String>>;
+
+/// The first line of a message (Polars adds context lines).
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+/// The segment type a Polars column of `dtype` is loaded as, if any.
+fn loadable(dtype: &DataType) -> Option<ColumnType> {
+    Some(match dtype {
+        DataType::String | DataType::Null | DataType::Date => ColumnType::String,
+        DataType::Boolean => ColumnType::Bool,
+        DataType::Float32 | DataType::Float64 => ColumnType::Float,
+        DataType::Datetime(_, _) => ColumnType::Timestamp,
+        dt if dt.is_integer() => ColumnType::Int,
+        _ => return None,
+    })
 }
 
 /// Builds a frame from segment rows.
@@ -254,11 +326,101 @@ pub fn transform_segment(
 pub struct TransformPolars {
     /// Its settings.
     pub config: Config,
+    /// Where rows that make a query fail are quarantined.
+    pub warehouse: Warehouse,
 }
 
-/// The directory holding output `name` of a transform task's run.
-pub fn output_dir(task_dir: &Path, name: &str) -> std::path::PathBuf {
-    task_dir.join(name)
+/// The outputs of one segment, by output.
+type Outputs = Vec<(SqlIdent, Vec<(String, ColumnType)>, Vec<Vec<Value>>)>;
+
+/// [`transform_segment`], with a panic turned into an error.
+fn transform_caught(cfg: &Config, meta: &Meta, rows: &[Vec<Value>]) -> Result<Outputs, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        transform_segment(cfg, meta, rows)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "a panic".to_owned());
+        Err(format!("the query panicked: {}", first_line(&what)))
+    })
+}
+
+/// Transforms `rows`; when the queries fail on them, finds the rows that
+/// make them fail by halving, and transforms the rest. Returns the outputs
+/// and the rows set aside with why.
+fn transform_isolating(
+    cfg: &Config,
+    meta: &Meta,
+    rows: Vec<Vec<Value>>,
+    rejected: &mut Vec<(Vec<Value>, String)>,
+) -> Result<Outputs, String> {
+    match transform_caught(cfg, meta, &rows) {
+        Ok(out) => Ok(out),
+        Err(reason) if rows.len() == 1 => {
+            rejected.extend(rows.into_iter().map(|r| (r, reason.clone())));
+            Ok(Vec::new())
+        }
+        Err(_) if rows.is_empty() => Ok(Vec::new()),
+        Err(_) => {
+            let mut left = rows;
+            let right = left.split_off(left.len() / 2);
+            let a = transform_isolating(cfg, meta, left, rejected)?;
+            let b = transform_isolating(cfg, meta, right, rejected)?;
+            concat(a, b)
+        }
+    }
+}
+
+/// The outputs of two parts of a segment, together.
+fn concat(a: Outputs, b: Outputs) -> Result<Outputs, String> {
+    if a.is_empty() {
+        return Ok(b);
+    }
+    if b.is_empty() {
+        return Ok(a);
+    }
+    a.into_iter()
+        .zip(b)
+        .map(|((name, cols, mut rows), (_, cols_b, rows_b))| {
+            if cols != cols_b {
+                return Err(format!(
+                    "output {name}: the query gave other columns for part of the segment"
+                ));
+            }
+            rows.extend(rows_b);
+            Ok((name, cols, rows))
+        })
+        .collect()
+}
+
+/// A row that made the queries fail, as a quarantine entry.
+fn rejected_row(
+    columns: &[(String, ColumnType)],
+    row: &[Value],
+    reason: String,
+    task: &str,
+) -> Rejected {
+    let mut obj = serde_json::Map::new();
+    for ((name, _), v) in columns.iter().zip(row) {
+        obj.insert(name.clone(), serde_json::to_value(v).unwrap_or_default());
+    }
+    let text = |col: &str| obj.get(col).and_then(|v| v.as_str()).map(str::to_owned);
+    let doc_id = text("doc_id");
+    let event_id = text("event_id");
+    let raw = serde_json::Value::Object(obj.clone()).to_string();
+    Rejected {
+        doc_id: doc_id
+            .clone()
+            .unwrap_or_else(|| crate::quarantine::short_hash(raw.as_bytes())),
+        event_id,
+        event_type: None,
+        reason: format!("task {task}: {reason}"),
+        location: doc_id.map(|d| format!("_id {d}")),
+        raw: Raw::Json(raw),
+    }
 }
 
 #[async_trait]
@@ -267,47 +429,86 @@ impl Task for TransformPolars {
         let cfg = self.config.clone();
         let in_dir = ctx.output_dir(&cfg.input);
         let out_dir = ctx.output_dir(&ctx.task);
-        tokio::task::spawn_blocking(move || -> Result<TaskReport, TaskError> {
-            let _ = std::fs::remove_dir_all(&out_dir);
-            let segments =
-                segment::list(&in_dir).map_err(|e| from_io("listing input segments", e))?;
-            let (mut read, mut written) = (0u64, 0u64);
-            for (seq, meta) in &segments {
-                let rows = segment::read(&in_dir, *seq)
-                    .map_err(|e| from_io("reading an input segment", e))?;
-                read += rows.len() as u64;
-                let outputs = transform_segment(&cfg, meta, &rows).map_err(TaskError::fatal)?;
-                for (name, columns, rows) in outputs {
-                    written += rows.len() as u64;
-                    let out_meta = Meta {
-                        columns,
-                        rows: rows.len() as u64,
-                        source_task: meta.source_task.clone(),
-                        watermark: meta.watermark,
+        let task = ctx.task.clone();
+        let (report, rejected) =
+            tokio::task::spawn_blocking(move || -> Result<(TaskReport, Vec<Rejected>), TaskError> {
+                let _ = std::fs::remove_dir_all(&out_dir);
+                let segments =
+                    segment::list(&in_dir).map_err(|e| from_io("listing input segments", e))?;
+                let (mut read, mut written) = (0u64, 0u64);
+                let mut rejected = Vec::new();
+                for (seq, meta) in &segments {
+                    let rows = segment::read(&in_dir, *seq)
+                        .map_err(|e| from_io("reading an input segment", e))?;
+                    read += rows.len() as u64;
+                    let outputs = match transform_caught(&cfg, meta, &rows) {
+                        Ok(out) => out,
+                        Err(reason) => {
+                            // A query that fails without any row is wrong
+                            // whatever the data: fail the task.
+                            if let Err(e) = transform_caught(&cfg, meta, &[]) {
+                                return Err(TaskError::fatal(e));
+                            }
+                            tracing::warn!(segment = seq, error = %reason, "a query failed on this segment; isolating the rows that make it fail");
+                            let mut bad = Vec::new();
+                            let out = transform_isolating(&cfg, meta, rows, &mut bad)
+                                .map_err(TaskError::fatal)?;
+                            rejected.extend(
+                                bad.into_iter()
+                                    .map(|(row, why)| rejected_row(&meta.columns, &row, why, &task)),
+                            );
+                            // Every output gets its segment, empty or not.
+                            if out.is_empty() {
+                                transform_segment(&cfg, meta, &[]).map_err(TaskError::fatal)?
+                            } else {
+                                out
+                            }
+                        }
                     };
-                    segment::write(&output_dir(&out_dir, name.as_str()), *seq, &out_meta, &rows)
-                        .map_err(|e| from_io("writing an output segment", e))?;
+                    for (name, columns, rows) in outputs {
+                        written += rows.len() as u64;
+                        let out_meta = Meta {
+                            columns,
+                            rows: rows.len() as u64,
+                            source_task: meta.source_task.clone(),
+                            watermark: meta.watermark,
+                        };
+                        segment::write(&output_dir(&out_dir, name.as_str()), *seq, &out_meta, &rows)
+                            .map_err(|e| from_io("writing an output segment", e))?;
+                    }
                 }
-            }
-            Ok(TaskReport {
-                rows_read: read,
-                rows_written: written,
-                rows_quarantined: 0,
-                summary: format!(
-                    "{read} rows in {} segments to {written} rows in {} outputs",
-                    segments.len(),
-                    cfg.outputs.len()
-                ),
+                let quarantined = rejected.len() as u64;
+                Ok((
+                    TaskReport {
+                        rows_read: read,
+                        rows_written: written,
+                        rows_quarantined: quarantined,
+                        summary: format!(
+                            "{read} rows in {} segments to {written} rows in {} outputs{}",
+                            segments.len(),
+                            cfg.outputs.len(),
+                            if quarantined > 0 {
+                                format!(", {quarantined} rows quarantined (a query failed on them)")
+                            } else {
+                                String::new()
+                            }
+                        ),
+                    },
+                    rejected,
+                ))
             })
-        })
-        .await
-        .map_err(|e| TaskError::fatal(format!("the transform panicked: {e}")))?
+            .await
+            .map_err(|e| TaskError::fatal(format!("the transform panicked: {e}")))??;
+        crate::quarantine::write(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
+            .await
+            .map_err(|e| from_sqlx("writing the quarantine", e))?;
+        Ok(report)
     }
 }
 
 /// Builds the task.
-pub fn build(config: Config) -> Arc<dyn Task> {
-    Arc::new(TransformPolars { config })
+pub fn build(config: Config, warehouse: Warehouse) -> Arc<dyn Task> {
+    Arc::new(TransformPolars { config, warehouse })
 }
 
 #[cfg(test)]

@@ -1,0 +1,568 @@
+//! The quarantine: documents and rows set aside with the reason, where they
+//! were (a line of the events file, an `_id`, a message), and their raw
+//! form, losslessly (bytes that are not UTF-8, or text a backend cannot
+//! store, as base64). One bad document is the unit of failure: it goes
+//! here, and everything else loads.
+//!
+//! Writing the quarantine must not fail on what it is given: text is
+//! stored whole up to [`MAX_RAW`] (beyond it, the head is kept and the
+//! reason says where the whole is), the short columns are clipped, and a
+//! batch a backend refuses is written again one row at a time, then as a
+//! minimal row.
+
+use base64::Engine as _;
+use bson::{Bson, Document};
+use serde::Serialize;
+use workflows::redact::redact;
+use workflows::Backend;
+
+use crate::warehouse::Warehouse;
+
+/// The longest raw form stored whole, in bytes: far above any event, and
+/// under the packet limits of MySQL/MariaDB servers (16 MiB by default).
+pub const MAX_RAW: usize = 4 << 20;
+
+/// Event ids and types longer than this are clipped in their own columns
+/// (the raw form keeps them whole).
+const MAX_SHORT: usize = 1000;
+
+/// Reasons longer than this keep their head and tail.
+const MAX_REASON: usize = 64 << 10;
+
+/// A raw form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Raw {
+    /// A document as relaxed Extended JSON.
+    Json(String),
+    /// Text that is not a document (an unreadable line, a message body).
+    Text(String),
+    /// Bytes that are not UTF-8.
+    Bytes(Vec<u8>),
+}
+
+impl Raw {
+    /// The form stored: its encoding name and text. Text holding a NUL
+    /// (which PostgreSQL text cannot store) is stored as base64.
+    pub fn stored(&self) -> (&'static str, String) {
+        match self {
+            Self::Json(s) if !s.contains('\0') => ("json", s.clone()),
+            Self::Text(s) if !s.contains('\0') => ("text", s.clone()),
+            Self::Json(s) | Self::Text(s) => ("base64", b64(s.as_bytes())),
+            Self::Bytes(b) => ("base64", b64(b)),
+        }
+    }
+
+    /// The raw form back from its stored encoding and text.
+    pub fn from_stored(encoding: &str, text: String) -> Self {
+        match encoding {
+            "base64" => match base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(s) => Self::Text(s),
+                    Err(e) => Self::Bytes(e.into_bytes()),
+                },
+                Err(_) => Self::Text(text),
+            },
+            "text" => Self::Text(text),
+            _ => Self::Json(text),
+        }
+    }
+
+    /// The raw form for people: text as it is, bytes that are not UTF-8
+    /// as `\xNN`.
+    pub fn display(&self) -> String {
+        match self {
+            Self::Json(s) | Self::Text(s) => s.clone(),
+            Self::Bytes(b) => b.escape_ascii().to_string(),
+        }
+    }
+
+    /// The raw form as text, when it is text.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Self::Json(s) | Self::Text(s) => Some(s),
+            Self::Bytes(_) => None,
+        }
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A document or row set aside.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// A stable id: the `_id`, or a hash of the raw form.
+    pub doc_id: String,
+    /// The event id, when readable.
+    pub event_id: Option<String>,
+    /// The event type, when readable.
+    pub event_type: Option<String>,
+    /// Why it is set aside.
+    pub reason: String,
+    /// Where it was: `line 17 of events.jsonl`, `_id 65a...`, `message ...`.
+    pub location: Option<String>,
+    /// Its raw form.
+    pub raw: Raw,
+}
+
+impl Rejected {
+    /// A document rejected for `reason`; `key_field` and `type_field` name
+    /// its event id and type; `location` says where it was (else its `_id`).
+    pub fn from_doc(
+        doc: &Document,
+        key_field: &str,
+        type_field: &str,
+        reason: String,
+        location: Option<&str>,
+    ) -> Self {
+        let raw = Bson::Document(doc.clone())
+            .into_relaxed_extjson()
+            .to_string();
+        let doc_id = doc_id_of(doc).unwrap_or_else(|| short_hash(raw.as_bytes()));
+        let location = match (location, doc.get("_id")) {
+            (Some(l), _) => Some(l.to_owned()),
+            (None, Some(id)) => Some(format!("_id {}", id_text(id))),
+            (None, None) => None,
+        };
+        Self {
+            doc_id,
+            event_id: crate::schema::lookup(doc, key_field)
+                .and_then(Bson::as_str)
+                .map(str::to_owned),
+            event_type: crate::schema::lookup(doc, type_field)
+                .and_then(Bson::as_str)
+                .map(str::to_owned),
+            reason,
+            location,
+            raw: Raw::Json(raw),
+        }
+    }
+
+    /// Raw input that is not a document.
+    pub fn unreadable(raw: Raw, reason: String, location: Option<String>) -> Self {
+        let doc_id = match &raw {
+            Raw::Json(s) | Raw::Text(s) => short_hash(s.as_bytes()),
+            Raw::Bytes(b) => short_hash(b),
+        };
+        Self {
+            doc_id,
+            event_id: None,
+            event_type: None,
+            reason,
+            location,
+            raw,
+        }
+    }
+}
+
+/// A document's id as the quarantine keys it: an ObjectId's hex, or a hash
+/// of another `_id`.
+pub fn doc_id_of(doc: &Document) -> Option<String> {
+    match doc.get("_id")? {
+        Bson::ObjectId(o) => Some(o.to_hex()),
+        other => Some(short_hash(id_text(other).as_bytes())),
+    }
+}
+
+fn id_text(id: &Bson) -> String {
+    match id {
+        Bson::ObjectId(o) => o.to_hex(),
+        Bson::String(s) => format!("{s:?}"),
+        other => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
+/// A stable short hash of some bytes (FNV-1a, 64 bits, hex).
+pub fn short_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("h{h:016x}")
+}
+
+/// `s` without NULs (which PostgreSQL text refuses) and at most `max`
+/// bytes: the head and the tail, with what was left out said between.
+pub fn clip(s: &str, max: usize) -> String {
+    let s = if s.contains('\0') {
+        s.replace('\0', "\\0")
+    } else {
+        s.to_owned()
+    };
+    if s.len() <= max {
+        return s;
+    }
+    let half = max / 2;
+    let mut head = half;
+    while !s.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = s.len() - half;
+    while !s.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} [... {} bytes left out ...] {}",
+        &s[..head],
+        tail - head,
+        &s[tail..]
+    )
+}
+
+/// One quarantine row as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stored {
+    /// The DAG.
+    pub dag: String,
+    /// The task that set it aside.
+    pub task: String,
+    /// Its id.
+    pub doc_id: String,
+    /// The event id, when readable.
+    pub event_id: Option<String>,
+    /// The event type, when readable.
+    pub event_type: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// Where it was.
+    pub location: Option<String>,
+    /// `json`, `text` or `base64`.
+    pub raw_encoding: String,
+    /// The raw form in that encoding.
+    pub raw: String,
+    /// The run that set it aside (last).
+    pub run_id: String,
+    /// When.
+    pub quarantined_at: String,
+}
+
+impl Stored {
+    fn new(dag: &str, task: &str, run_id: &str, now: &str, r: &Rejected, max_raw: usize) -> Self {
+        let (encoding, mut raw) = r.raw.stored();
+        let mut reason = redact(&r.reason).into_owned();
+        if raw.len() > max_raw {
+            let total = raw.len();
+            let mut cut = max_raw;
+            while !raw.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            raw.truncate(cut);
+            reason.push_str(&format!(
+                " (raw form cut to its first {cut} of {total} bytes{})",
+                r.location
+                    .as_deref()
+                    .map_or(String::new(), |l| format!("; the whole is at {l}"))
+            ));
+        }
+        Self {
+            dag: dag.to_owned(),
+            task: task.to_owned(),
+            doc_id: clip(&r.doc_id, 64),
+            event_id: r.event_id.as_deref().map(|s| clip(s, MAX_SHORT)),
+            event_type: r.event_type.as_deref().map(|s| clip(s, MAX_SHORT)),
+            reason: clip(&reason, MAX_REASON),
+            location: r.location.as_deref().map(|s| clip(s, MAX_SHORT)),
+            raw_encoding: encoding.to_owned(),
+            raw,
+            run_id: run_id.to_owned(),
+            quarantined_at: now.to_owned(),
+        }
+    }
+
+    /// The raw form, decoded.
+    pub fn raw(&self) -> Raw {
+        Raw::from_stored(&self.raw_encoding, self.raw.clone())
+    }
+}
+
+const COLUMNS: &str = "dag, task, doc_id, event_id, event_type, reason, location, raw_encoding, raw, run_id, quarantined_at";
+const WIDTH: usize = 11;
+
+fn insert_sql(backend: Backend, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO cutover_quarantine ({COLUMNS}) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&backend.params(i * WIDTH + 1, WIDTH));
+        sql.push(')');
+    }
+    // A document quarantined again (the next run re-reads it) keeps one row,
+    // with the latest reason and run.
+    sql.push_str(match backend {
+        Backend::MySql => " ON DUPLICATE KEY UPDATE reason = VALUES(reason), location = VALUES(location), raw_encoding = VALUES(raw_encoding), raw = VALUES(raw), run_id = VALUES(run_id), quarantined_at = VALUES(quarantined_at)",
+        _ => " ON CONFLICT (dag, task, doc_id) DO UPDATE SET reason = excluded.reason, location = excluded.location, raw_encoding = excluded.raw_encoding, raw = excluded.raw, run_id = excluded.run_id, quarantined_at = excluded.quarantined_at",
+    });
+    sql
+}
+
+/// Inserts rows under a savepoint (or in a transaction of their own), so
+/// that a refusal leaves an enclosing transaction usable.
+async fn insert(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    rows: &[Stored],
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let sql = insert_sql(backend, rows.len());
+    let mut q = sqlx::query(&sql);
+    for r in rows {
+        q = q
+            .bind(r.dag.clone())
+            .bind(r.task.clone())
+            .bind(r.doc_id.clone())
+            .bind(r.event_id.clone())
+            .bind(r.event_type.clone())
+            .bind(r.reason.clone())
+            .bind(r.location.clone())
+            .bind(r.raw_encoding.clone())
+            .bind(r.raw.clone())
+            .bind(r.run_id.clone())
+            .bind(r.quarantined_at.clone());
+    }
+    let mut sp = conn.begin().await?;
+    match q.execute(&mut *sp).await {
+        Ok(_) => sp.commit().await,
+        Err(e) => {
+            let _ = sp.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Rows and bytes per insert statement.
+const BATCH_ROWS: usize = 200;
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Writes rejected documents of `dag`'s task `task`, found by run `run_id`.
+/// A document already there is updated (latest reason and run).
+///
+/// # Errors
+/// Only when the warehouse cannot be written at all (it is unreachable,
+/// or refuses even a minimal row); what the rows hold never fails it.
+pub async fn write(
+    wh: &Warehouse,
+    dag: &str,
+    task: &str,
+    run_id: &str,
+    rejected: &[Rejected],
+) -> Result<(), sqlx::Error> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let mut conn = wh.pool.acquire().await?;
+    write_on(&mut conn, wh.backend, dag, task, run_id, rejected).await
+}
+
+/// [`write`] on one connection, inside its transaction if it has one.
+///
+/// # Errors
+/// As [`write`].
+pub async fn write_on(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    dag: &str,
+    task: &str,
+    run_id: &str,
+    rejected: &[Rejected],
+) -> Result<(), sqlx::Error> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let now = workflows::ledger::timestamp(chrono::Utc::now());
+    // The same doc_id twice in one statement would make some backends
+    // refuse it, so keep the last of each.
+    let mut seen = std::collections::HashSet::new();
+    let mut rows: Vec<Stored> = rejected
+        .iter()
+        .rev()
+        .map(|r| Stored::new(dag, task, run_id, &now, r, MAX_RAW))
+        .filter(|r| seen.insert(r.doc_id.clone()))
+        .collect();
+    rows.reverse();
+    // Batches by count and by size.
+    let mut batch: Vec<Stored> = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let size = row.raw.len() + row.reason.len() + 256;
+        if !batch.is_empty() && (batch.len() >= BATCH_ROWS || bytes + size > BATCH_BYTES) {
+            write_batch(conn, backend, std::mem::take(&mut batch)).await?;
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(row);
+    }
+    write_batch(conn, backend, batch).await
+}
+
+async fn write_batch(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    batch: Vec<Stored>,
+) -> Result<(), sqlx::Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    match insert(conn, backend, &batch).await {
+        Ok(()) => return Ok(()),
+        Err(e) if crate::error::sqlx_retryable(&e) => return Err(e),
+        Err(e) => {
+            tracing::debug!(error = %redact(&e.to_string()), "the quarantine refused a batch; writing it row by row");
+        }
+    }
+    for row in batch {
+        if let Err(e) = insert(conn, backend, std::slice::from_ref(&row)).await {
+            if crate::error::sqlx_retryable(&e) {
+                return Err(e);
+            }
+            tracing::warn!(error = %redact(&e.to_string()), doc_id = %row.doc_id, "the quarantine refused a row; storing it cut short");
+            // The smallest row that still says what and where.
+            let mut small = row.clone();
+            small.raw = b64(&row.raw.as_bytes()[..row.raw.len().min(64 << 10)]);
+            small.raw_encoding = "base64".into();
+            small.reason = format!(
+                "{} (stored cut to 64 KiB as base64: the warehouse refused the whole: {})",
+                clip(&row.reason, 4096),
+                clip(&redact(&e.to_string()), 1024)
+            );
+            insert(conn, backend, std::slice::from_ref(&small)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Which quarantine rows to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this DAG's.
+    pub dag: Option<String>,
+    /// Only this task's.
+    pub task: Option<String>,
+    /// Only these documents.
+    pub doc_ids: Vec<String>,
+    /// At most this many, newest first.
+    pub limit: Option<i64>,
+}
+
+/// Quarantine rows matching `f`, newest first.
+///
+/// # Errors
+/// The read failed.
+pub async fn list(wh: &Warehouse, f: &Filter) -> Result<Vec<Stored>, sqlx::Error> {
+    use sqlx::Row;
+    let b = wh.backend;
+    let mut conds = Vec::new();
+    let mut binds: Vec<String> = Vec::new();
+    if let Some(d) = &f.dag {
+        binds.push(d.clone());
+        conds.push(format!("dag = {}", b.param(binds.len())));
+    }
+    if let Some(t) = &f.task {
+        binds.push(t.clone());
+        conds.push(format!("task = {}", b.param(binds.len())));
+    }
+    if !f.doc_ids.is_empty() {
+        let mut ps = Vec::new();
+        for id in &f.doc_ids {
+            binds.push(id.clone());
+            ps.push(b.param(binds.len()));
+        }
+        conds.push(format!("doc_id IN ({})", ps.join(", ")));
+    }
+    let mut sql = format!("SELECT {COLUMNS} FROM cutover_quarantine");
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(" ORDER BY quarantined_at DESC, dag, task, doc_id");
+    if let Some(n) = f.limit {
+        sql.push_str(&format!(" LIMIT {}", n.max(0)));
+    }
+    let mut q = sqlx::query(&sql);
+    for v in binds {
+        q = q.bind(v);
+    }
+    let rows = q.fetch_all(&wh.pool).await?;
+    rows.iter()
+        .map(|r| {
+            let text = |c: &str| workflows::sql::text(r, c);
+            Ok(Stored {
+                dag: r.try_get("dag")?,
+                task: r.try_get("task")?,
+                doc_id: r.try_get("doc_id")?,
+                event_id: text("event_id")?,
+                event_type: text("event_type")?,
+                reason: text("reason")?.unwrap_or_default(),
+                location: text("location")?,
+                raw_encoding: r.try_get("raw_encoding")?,
+                raw: text("raw")?.unwrap_or_default(),
+                run_id: r.try_get("run_id")?,
+                quarantined_at: r.try_get("quarantined_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Removes quarantine rows of `dag`'s task `task` for `doc_ids` that run
+/// `except_run` did not set aside again; returns how many.
+///
+/// # Errors
+/// The delete failed.
+pub async fn release(
+    wh: &Warehouse,
+    dag: &str,
+    task: &str,
+    doc_ids: &[String],
+    except_run: &str,
+) -> Result<u64, sqlx::Error> {
+    let b = wh.backend;
+    let mut removed = 0;
+    for chunk in doc_ids.chunks(500) {
+        let ids: Vec<String> = (0..chunk.len()).map(|i| b.param(i + 4)).collect();
+        let sql = format!(
+            "DELETE FROM cutover_quarantine WHERE dag = {} AND task = {} AND run_id <> {} AND doc_id IN ({})",
+            b.param(1),
+            b.param(2),
+            b.param(3),
+            ids.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(dag).bind(task).bind(except_run);
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        removed += q.execute(&wh.pool).await?.rows_affected();
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_forms_round_trip_losslessly() {
+        for raw in [
+            Raw::Json("{\"a\":1}".into()),
+            Raw::Text("not json \u{0} with a NUL".into()),
+            Raw::Bytes(vec![b'{', 0xff, 0xfe, b'}']),
+        ] {
+            let (enc, text) = raw.stored();
+            assert!(!text.contains('\0'));
+            let back = Raw::from_stored(enc, text);
+            assert_eq!(back.display(), raw.display());
+        }
+        assert_eq!(Raw::Bytes(vec![b'a', 0xff]).display(), "a\\xff");
+    }
+
+    #[test]
+    fn clip_keeps_head_and_tail_on_char_boundaries() {
+        let s = "é".repeat(100);
+        let c = clip(&s, 21);
+        assert!(c.starts_with("éééé") && c.ends_with("éééé"), "{c}");
+        assert!(c.contains("bytes left out"));
+        assert_eq!(clip("a\0b", 10), "a\\0b");
+    }
+}
