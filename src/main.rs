@@ -462,9 +462,20 @@ async fn main() -> ExitCode {
     }
     // Secrets from the command line and the environment are known before
     // anything can print them.
-    for arg in std::env::args().skip(1) {
-        workflows::redact::register_url(&arg);
+    for arg in std::env::args_os().skip(1) {
+        let arg = arg.to_string_lossy();
+        // `--warehouse-url=mysql://...` as well as a separate value.
+        let value = arg
+            .split_once('=')
+            .filter(|(k, _)| k.starts_with("--"))
+            .map_or(&*arg, |(_, v)| v);
+        workflows::redact::register_url(value);
     }
+    // A panic's message passes through the same redaction.
+    std::panic::set_hook(Box::new(|info| {
+        let text = info.to_string();
+        eprintln!("{}", redact(&text));
+    }));
     for var in [
         "CUTOVER_SOURCE_URL",
         "CUTOVER_WAREHOUSE_URL",
@@ -478,6 +489,8 @@ async fn main() -> ExitCode {
     }
     workflows::redact::register_env();
     let cli = Cli::parse();
+    workflows::redact::register_url(&cli.global.source_url);
+    workflows::redact::register_url(&cli.global.warehouse_url);
     init_logs(&cli.global);
     match dispatch(cli).await {
         Ok(code) => code,

@@ -39,11 +39,11 @@ ALTER TABLE dim_presentation
 -- Keys must not depend on trailing spaces: `dup` and `dup ` are two events,
 -- as they are in MongoDB. utf8mb4_bin pads (PAD SPACE); the NO PAD binary
 -- collation is utf8mb4_nopad_bin on MariaDB and utf8mb4_0900_bin on MySQL 8.
-SET @cutover_nopad = COALESCE(
-    (SELECT COLLATION_NAME FROM information_schema.COLLATIONS
+-- A server with neither (MySQL 5.7) fails here: PREPARE of a NULL
+-- statement is an error, rather than keys that collide silently.
+SET @cutover_nopad = (SELECT COLLATION_NAME FROM information_schema.COLLATIONS
       WHERE COLLATION_NAME IN ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin')
-      ORDER BY COLLATION_NAME DESC LIMIT 1),
-    'utf8mb4_bin');
+      ORDER BY COLLATION_NAME DESC LIMIT 1);
 SET @s = CONCAT('ALTER TABLE fact_views CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
 PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
 SET @s = CONCAT('ALTER TABLE fact_engagement CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
@@ -60,6 +60,24 @@ SET @s = CONCAT('ALTER TABLE dim_device CONVERT TO CHARACTER SET utf8mb4 COLLATE
 PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
 SET @s = CONCAT('ALTER TABLE dim_date CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
 PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+-- cutover's own tables too, so that any comparison between them and the
+-- facts has one collation.
+SET @s = CONCAT('ALTER TABLE cutover_runs CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+SET @s = CONCAT('ALTER TABLE cutover_task_attempts CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+SET @s = CONCAT('ALTER TABLE cutover_watermarks CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+SET @s = CONCAT('ALTER TABLE cutover_quarantine CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+SET @s = CONCAT('ALTER TABLE cutover_commits CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+SET @s = CONCAT('ALTER TABLE cutover_consumers CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+SET @s = CONCAT('ALTER TABLE cutover_leases CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
+SET @s = CONCAT('ALTER TABLE cutover_backfill_chunks CONVERT TO CHARACTER SET utf8mb4 COLLATE ', @cutover_nopad);
+PREPARE s FROM @s; EXECUTE s; DEALLOCATE PREPARE s;
 
 -- The quarantine can hit no limit: any reason, any raw document (LONGTEXT),
 -- where it was (line number or _id), and how the raw form is written
@@ -74,11 +92,13 @@ ALTER TABLE cutover_quarantine
 
 -- The ledger keeps the whole cause of a failure, and who runs each run:
 -- a run whose process died is recorded as interrupted by the next run of
--- its DAG (same host and a dead pid, or no heartbeat for a while).
+-- its DAG: on the same machine and pid namespace when its process (pid
+-- and start time) is gone, elsewhere when its heartbeat is old.
 ALTER TABLE cutover_runs
     MODIFY error LONGTEXT,
     ADD COLUMN host         VARCHAR(255),
     ADD COLUMN pid          BIGINT,
+    ADD COLUMN process      VARCHAR(255),
     ADD COLUMN heartbeat_ms BIGINT;
 ALTER TABLE cutover_task_attempts
     MODIFY summary LONGTEXT,

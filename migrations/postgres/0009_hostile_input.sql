@@ -41,11 +41,13 @@ ALTER TABLE cutover_quarantine
     ADD COLUMN location TEXT;
 
 -- Who runs each run: a run whose process died is recorded as interrupted
--- by the next run of its DAG (same host and a dead pid, or no heartbeat
--- for a while).
+-- by the next run of its DAG: on the same machine and pid namespace when
+-- its process (pid and start time) is gone, elsewhere when its heartbeat
+-- is old.
 ALTER TABLE cutover_runs
     ADD COLUMN host VARCHAR(255),
     ADD COLUMN pid BIGINT,
+    ADD COLUMN process VARCHAR(255),
     ADD COLUMN heartbeat_ms BIGINT;
 
 -- A feed consumer also counts the messages it left for consumers of other

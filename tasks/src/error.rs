@@ -51,9 +51,11 @@ pub fn data_error(e: &sqlx::Error) -> bool {
                 code,
                 // MySQL/MariaDB: data too long, out of range, incorrect
                 // string or value, data truncated, cannot be null, check
-                // constraint, packet too large, BIGINT out of range.
+                // constraint, BIGINT out of range. (Not "packet too large":
+                // the server closes the connection after it; loads keep
+                // statements and rows under the limit instead.)
                 "1406" | "1264" | "1366" | "1292" | "1265" | "1048" | "3819" | "4025"
-                    | "1153" | "1690" | "1367"
+                    | "1690" | "1367"
                 // SQLite: constraint (check, not null), too big, mismatch.
                     | "19" | "275" | "1299" | "18" | "20"
                 // PostgreSQL: not null, check, program limit (index row

@@ -16,6 +16,7 @@ use serde::Serialize;
 use workflows::redact::redact;
 use workflows::Backend;
 
+use crate::schema::Value;
 use crate::warehouse::Warehouse;
 
 /// The longest raw form stored whole, in bytes: far above any event, and
@@ -32,7 +33,7 @@ const MAX_REASON: usize = 64 << 10;
 /// A raw form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Raw {
-    /// A document as relaxed Extended JSON.
+    /// A document as canonical Extended JSON.
     Json(String),
     /// Text that is not a document (an unreadable line, a message body).
     Text(String),
@@ -116,8 +117,10 @@ impl Rejected {
         reason: String,
         location: Option<&str>,
     ) -> Self {
+        // Canonical Extended JSON keeps every BSON type (int32 and int64
+        // apart): the raw form is the document, losslessly.
         let raw = Bson::Document(doc.clone())
-            .into_relaxed_extjson()
+            .into_canonical_extjson()
             .to_string();
         let doc_id = doc_id_of(doc).unwrap_or_else(|| short_hash(raw.as_bytes()));
         let location = match (location, doc.get("_id")) {
@@ -135,6 +138,56 @@ impl Rejected {
                 .map(str::to_owned),
             reason,
             location,
+            raw: Raw::Json(raw),
+        }
+    }
+
+    /// A row of a task's output (or input) set aside: its `doc_id` and
+    /// `event_id` columns name the source event when it has them; `key`
+    /// indexes the columns that identify it; `table`, when given, is where
+    /// it was going.
+    pub fn from_row(
+        names: &[String],
+        row: &[Value],
+        key: &[usize],
+        table: Option<&str>,
+        reason: String,
+    ) -> Self {
+        let mut obj = serde_json::Map::new();
+        for (n, v) in names.iter().zip(row) {
+            obj.insert(n.clone(), serde_json::to_value(v).unwrap_or_default());
+        }
+        let text = |col: &str| obj.get(col).and_then(|v| v.as_str()).map(str::to_owned);
+        let doc_id = text("doc_id");
+        let event_id = text("event_id");
+        let key_text = key
+            .iter()
+            .map(|&i| {
+                format!(
+                    "{}={}",
+                    names[i],
+                    serde_json::to_value(&row[i]).unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let raw = match table {
+            Some(t) => serde_json::json!({ "table": t, "row": obj }),
+            None => serde_json::Value::Object(obj),
+        }
+        .to_string();
+        Self {
+            doc_id: doc_id.clone().unwrap_or_else(|| {
+                short_hash(format!("{}\u{1f}{key_text}", table.unwrap_or_default()).as_bytes())
+            }),
+            event_id,
+            event_type: None,
+            reason,
+            location: Some(match (doc_id, table) {
+                (Some(d), _) => format!("_id {d}"),
+                (None, Some(t)) => format!("{t} ({key_text})"),
+                (None, None) => format!("({key_text})"),
+            }),
             raw: Raw::Json(raw),
         }
     }
@@ -186,29 +239,27 @@ pub fn short_hash(bytes: &[u8]) -> String {
 /// `s` without NULs (which PostgreSQL text refuses) and at most `max`
 /// bytes: the head and the tail, with what was left out said between.
 pub fn clip(s: &str, max: usize) -> String {
-    let s = if s.contains('\0') {
-        s.replace('\0', "\\0")
+    if s.contains('\0') {
+        workflows::ledger::clip(&s.replace('\0', "\\0"), max)
     } else {
-        s.to_owned()
-    };
-    if s.len() <= max {
-        return s;
+        workflows::ledger::clip(s, max)
     }
-    let half = max / 2;
-    let mut head = half;
-    while !s.is_char_boundary(head) {
-        head -= 1;
+}
+
+/// A document id that fits its column: itself when short and plain, else
+/// a hash of it.
+fn doc_key(id: &str) -> String {
+    if id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic()) {
+        id.to_owned()
+    } else {
+        short_hash(id.as_bytes())
     }
-    let mut tail = s.len() - half;
-    while !s.is_char_boundary(tail) {
-        tail += 1;
-    }
-    format!(
-        "{} [... {} bytes left out ...] {}",
-        &s[..head],
-        tail - head,
-        &s[tail..]
-    )
+}
+
+/// Text with anything but printable ASCII escaped, at most `max` bytes.
+fn ascii(s: &str, max: usize) -> String {
+    let escaped: String = s.chars().flat_map(char::escape_default).collect();
+    clip(&escaped, max)
 }
 
 /// One quarantine row as stored.
@@ -240,26 +291,38 @@ pub struct Stored {
 
 impl Stored {
     fn new(dag: &str, task: &str, run_id: &str, now: &str, r: &Rejected, max_raw: usize) -> Self {
-        let (encoding, mut raw) = r.raw.stored();
         let mut reason = redact(&r.reason).into_owned();
-        if raw.len() > max_raw {
-            let total = raw.len();
-            let mut cut = max_raw;
-            while !raw.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            raw.truncate(cut);
+        // Cut what is too long before encoding it, so that what is stored
+        // still decodes.
+        let total = match &r.raw {
+            Raw::Json(s) | Raw::Text(s) => s.len(),
+            Raw::Bytes(b) => b.len(),
+        };
+        let (encoding, raw) = if total > max_raw {
+            let cut = match &r.raw {
+                Raw::Json(s) | Raw::Text(s) => {
+                    let mut end = max_raw;
+                    while !s.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    Raw::Text(s[..end].to_owned())
+                }
+                Raw::Bytes(b) => Raw::Bytes(b[..max_raw].to_vec()),
+            };
             reason.push_str(&format!(
-                " (raw form cut to its first {cut} of {total} bytes{})",
+                " (raw form cut to its first {max_raw} of {total} bytes{})",
                 r.location
                     .as_deref()
                     .map_or(String::new(), |l| format!("; the whole is at {l}"))
             ));
-        }
+            cut.stored()
+        } else {
+            r.raw.stored()
+        };
         Self {
             dag: dag.to_owned(),
             task: task.to_owned(),
-            doc_id: clip(&r.doc_id, 64),
+            doc_id: doc_key(&r.doc_id),
             event_id: r.event_id.as_deref().map(|s| clip(s, MAX_SHORT)),
             event_type: r.event_type.as_deref().map(|s| clip(s, MAX_SHORT)),
             reason: clip(&reason, MAX_REASON),
@@ -419,14 +482,20 @@ async fn write_batch(
                 return Err(e);
             }
             tracing::warn!(error = %redact(&e.to_string()), doc_id = %row.doc_id, "the quarantine refused a row; storing it cut short");
-            // The smallest row that still says what and where.
+            // The smallest row that still says what and where, in ASCII.
             let mut small = row.clone();
             small.raw = b64(&row.raw.as_bytes()[..row.raw.len().min(64 << 10)]);
             small.raw_encoding = "base64".into();
-            small.reason = format!(
-                "{} (stored cut to 64 KiB as base64: the warehouse refused the whole: {})",
-                clip(&row.reason, 4096),
-                clip(&redact(&e.to_string()), 1024)
+            small.event_id = row.event_id.as_deref().map(|s| ascii(s, 200));
+            small.event_type = row.event_type.as_deref().map(|s| ascii(s, 200));
+            small.location = row.location.as_deref().map(|s| ascii(s, 200));
+            small.reason = ascii(
+                &format!(
+                    "{} (stored cut to 64 KiB, the stored form base64 again: the warehouse refused the whole: {})",
+                    clip(&row.reason, 4096),
+                    clip(&redact(&e.to_string()), 1024)
+                ),
+                8192,
             );
             insert(conn, backend, std::slice::from_ref(&small)).await?;
         }
@@ -560,9 +629,15 @@ mod tests {
     #[test]
     fn clip_keeps_head_and_tail_on_char_boundaries() {
         let s = "é".repeat(100);
-        let c = clip(&s, 21);
+        let c = clip(&s, 120);
+        assert!(c.len() <= 120, "{}", c.len());
         assert!(c.starts_with("éééé") && c.ends_with("éééé"), "{c}");
         assert!(c.contains("bytes left out"));
         assert_eq!(clip("a\0b", 10), "a\\0b");
+        assert!(doc_key(&"x".repeat(65)).starts_with('h'));
+        assert_eq!(
+            doc_key("65a000000000000000000001"),
+            "65a000000000000000000001"
+        );
     }
 }

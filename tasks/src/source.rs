@@ -297,12 +297,42 @@ impl Source {
                         SourceError::Mongo(format!("find on {}.{}", q.database, q.collection), e)
                     })?;
                 let what = format!("reading {}.{}", q.database, q.collection);
-                Ok(cursor
+                let docs = cursor
                     .map(move |r| {
                         r.map(|d| Item::Doc(d, None))
                             .map_err(|e| SourceError::Mongo(what.clone(), e))
                     })
-                    .boxed())
+                    .boxed();
+                // A range on the time leaves out documents whose time is
+                // missing or not a date; a read without an upper bound takes
+                // them too (first), so that they reach the quarantine.
+                // (`$nor` rather than `$not`, which some MongoDB wire-protocol
+                // servers do not evaluate.)
+                if q.since_ms.is_none() || q.until_ms.is_some() {
+                    return Ok(docs);
+                }
+                let mut undated = doc! {
+                    q.type_field.clone(): { "$in": q.types.clone() },
+                    "$nor": [ { q.ts_field.clone(): { "$gte": bson::DateTime::from_millis(crate::schema::EARLIEST_MS) } } ],
+                };
+                if let Some(extra) = &q.filter {
+                    undated = doc! { "$and": [undated, extra.as_doc().clone()] };
+                }
+                let what = format!("reading {}.{}", q.database, q.collection);
+                let first = client
+                    .database(&q.database)
+                    .collection::<Document>(&q.collection)
+                    .find(undated)
+                    .batch_size(q.batch_size)
+                    .await
+                    .map_err(|e| {
+                        SourceError::Mongo(format!("find on {}.{}", q.database, q.collection), e)
+                    })?
+                    .map(move |r| {
+                        r.map(|d| Item::Doc(d, None))
+                            .map_err(|e| SourceError::Mongo(what.clone(), e))
+                    });
+                Ok(first.chain(docs).boxed())
             }
             Self::Feed(docs) => {
                 let docs = Arc::clone(docs);
@@ -435,17 +465,19 @@ impl<R: BufRead> Lines<R> {
 fn read_item(line: Line<'_>, number: u64, q: &Query, needles: &[Vec<u8>]) -> Option<Item> {
     use crate::quarantine::Raw;
     let bytes = match line {
-        Line::TooLong(head, len) => return Some(Item::Unreadable {
-            raw: match std::str::from_utf8(head) {
-                Ok(s) => Raw::Text(s.to_owned()),
-                Err(_) => Raw::Bytes(head.to_vec()),
-            },
-            reason: format!(
+        Line::TooLong(head, len) => {
+            return Some(Item::Unreadable {
+                raw: match std::str::from_utf8(head) {
+                    Ok(s) => Raw::Text(s.to_owned()),
+                    Err(_) => Raw::Bytes(head.to_vec()),
+                },
+                reason: format!(
                 "line {number} is {len} bytes long, more than any MongoDB document ({} bytes read)",
                 MAX_LINE
             ),
-            line: number,
-        }),
+                line: number,
+            })
+        }
         Line::Whole(b) => b,
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -520,7 +552,10 @@ pub fn file_match(doc: &Document, q: &Query) -> bool {
             let ms = d.timestamp_millis();
             q.since_ms.is_none_or(|s| ms >= s) && q.until_ms.is_none_or(|u| ms < u)
         }
-        _ => q.since_ms.is_none() && q.until_ms.is_none(),
+        // A document whose time is missing or not a date belongs to no
+        // range: every read without an upper bound (incremental runs, the
+        // feed) takes it, so that it reaches the quarantine.
+        _ => q.until_ms.is_none(),
     }
 }
 

@@ -122,8 +122,8 @@ impl Ledger {
         started_at: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
         let sql = format!(
-            "INSERT INTO cutover_runs (run_id, dag, trigger_kind, scheduled_at, started_at, state, host, pid, heartbeat_ms, rows_read, rows_written, rows_quarantined) VALUES ({}, 0, 0, 0)",
-            self.backend.params(1, 9)
+            "INSERT INTO cutover_runs (run_id, dag, trigger_kind, scheduled_at, started_at, state, host, pid, process, heartbeat_ms, rows_read, rows_written, rows_quarantined) VALUES ({}, 0, 0, 0)",
+            self.backend.params(1, 10)
         );
         sqlx::query(&sql)
             .bind(run_id)
@@ -134,6 +134,7 @@ impl Ledger {
             .bind(RunState::Running.name())
             .bind(hostname())
             .bind(i64::from(std::process::id()))
+            .bind(process_identity())
             .bind(started_at.timestamp_millis())
             .execute(&self.pool)
             .await
@@ -293,7 +294,7 @@ impl Ledger {
             String::new()
         };
         let sql = format!(
-            "SELECT run_id, host, pid, heartbeat_ms FROM cutover_runs WHERE state = {}{filter}",
+            "SELECT run_id, host, pid, process, heartbeat_ms, started_at FROM cutover_runs WHERE state = {}{filter}",
             b.param(1)
         );
         let mut q = sqlx::query(&sql).bind(RunState::Running.name());
@@ -302,23 +303,33 @@ impl Ledger {
         }
         let what = || LedgerError::new("reading the running runs");
         let rows = q.fetch_all(&self.pool).await.map_err(what())?;
-        let here = hostname();
         let now_ms = Utc::now().timestamp_millis();
         let mut dead = Vec::new();
         for r in &rows {
             let run_id = text(r, "run_id").map_err(what())?.unwrap_or_default();
             let host = text(r, "host").map_err(what())?;
             let pid: Option<i64> = r.try_get("pid").ok().flatten();
+            let process = text(r, "process").map_err(what())?;
             let beat: Option<i64> = r.try_get("heartbeat_ms").ok().flatten();
-            // On this host the process table is the truth; elsewhere, the
-            // heartbeat.
-            let local = matches!((host.as_deref(), pid), (Some(h), Some(_)) if h == here);
-            let gone = local && !process_alive(pid.unwrap_or_default());
+            // On this machine and in this pid namespace, the process table
+            // is the truth (a pid reused by another process has another
+            // start time); elsewhere, the heartbeat.
+            let gone = process.as_deref().and_then(process_gone) == Some(true);
+            let beat = beat.or_else(|| {
+                // Runs recorded before heartbeats: by their start.
+                text(r, "started_at")
+                    .ok()
+                    .flatten()
+                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| t.timestamp_millis() + OLD_RUN_GRACE_MS)
+            });
+            let local = process.as_deref().and_then(process_gone).is_some();
             let stale = !local && beat.is_some_and(|t| now_ms - t > STALE_MS);
             if gone || stale {
                 let why = if gone {
                     format!(
-                        "interrupted: its process ({here}, pid {}) is gone (killed or crashed); what it committed stays, and the next run goes on from the watermarks",
+                        "interrupted: its process ({}, pid {}) is gone (killed or crashed); what it committed stays, and the next run goes on from the watermarks",
+                        host.as_deref().unwrap_or("?"),
                         pid.unwrap_or_default()
                     )
                 } else {
@@ -534,12 +545,22 @@ pub const HEARTBEAT_MS: u64 = 15_000;
 /// and tail, where the first message and the root cause are.
 const MAX_ERROR: usize = 256 << 10;
 
-/// `s` cut to at most `max` bytes, keeping its head and its tail.
+/// `s` cut to at most `max` bytes, keeping its head and its tail with what
+/// was left out said between them.
 pub fn clip(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }
-    let half = max / 2;
+    // The marker takes at most this much.
+    const MARKER: usize = 48;
+    if max <= MARKER {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        return s[..end].to_owned();
+    }
+    let half = (max - MARKER) / 2;
     let mut head = half;
     while !s.is_char_boundary(head) {
         head -= 1;
@@ -566,23 +587,49 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Whether a process with id `pid` exists on this machine.
-pub fn process_alive(pid: i64) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
+/// Runs recorded without a heartbeat (by an older version) count as stale
+/// this long after they started.
+const OLD_RUN_GRACE_MS: i64 = 86_400_000 - STALE_MS;
+
+/// This process as the ledger records it: the machine's boot, the pid
+/// namespace, the pid and the process's start time, so that another process
+/// can tell whether it is still alive (and not a reused pid). `None` where
+/// the system does not tell (not Linux).
+pub fn process_identity() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let pid = std::process::id();
+    let start = start_time(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+    Some(format!(
+        "{}/{}/{pid}/{start}",
+        boot.trim(),
+        ns.to_string_lossy()
+    ))
+}
+
+/// The start time (clock ticks after boot) in a `/proc/PID/stat` line.
+fn start_time(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `identity` ([`process_identity`]) names is gone;
+/// `None` when it ran on another machine or in another pid namespace, where
+/// this one cannot tell.
+pub fn process_gone(identity: &str) -> Option<bool> {
+    let mine = process_identity()?;
+    let mut theirs = identity.split('/');
+    let mut ours = mine.split('/');
+    let (boot, ns) = (theirs.next()?, theirs.next()?);
+    if Some(boot) != ours.next() || Some(ns) != ours.next() {
+        return None;
     }
-    #[cfg(unix)]
-    {
-        // SAFETY: signal 0 checks that the process exists and sends nothing.
-        let r = unsafe { libc::kill(pid, 0) };
-        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-    }
-    #[cfg(not(unix))]
-    {
-        true
+    let pid = theirs.next()?;
+    let start: u64 = theirs.next()?.parse().ok()?;
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => Some(start_time(&stat) != Some(start)),
+        Err(_) => Some(true),
     }
 }
 

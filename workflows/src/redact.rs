@@ -26,6 +26,10 @@ pub const MASK: &str = "***";
 /// hides them inside URLs.
 const MIN_SECRET: usize = 4;
 
+/// Secrets shorter than this are replaced only as whole words (`root` as a
+/// password leaves `root_id` alone); longer ones wherever they appear.
+const WHOLE_WORD_BELOW: usize = 8;
+
 static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Registers a secret value: from now on it is replaced in every text
@@ -76,7 +80,11 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         let secrets = SECRETS.read().unwrap_or_else(|e| e.into_inner());
         for s in secrets.iter() {
             if out.contains(s.as_str()) {
-                out = Cow::Owned(out.replace(s.as_str(), MASK));
+                out = Cow::Owned(if s.len() >= WHOLE_WORD_BELOW {
+                    out.replace(s.as_str(), MASK)
+                } else {
+                    replace_words(&out, s)
+                });
             }
         }
     }
@@ -84,6 +92,28 @@ pub fn redact(text: &str) -> Cow<'_, str> {
         Some(changed) => Cow::Owned(changed),
         None => out,
     }
+}
+
+/// `text` with `word` replaced where it is not part of a longer word.
+fn replace_words(text: &str, word: &str) -> String {
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (i, _) in text.match_indices(word) {
+        if i < last {
+            continue;
+        }
+        let before = text[..i].chars().next_back();
+        let after = text[i + word.len()..].chars().next();
+        if is_word(before) || is_word(after) {
+            continue;
+        }
+        out.push_str(&text[last..i]);
+        out.push_str(MASK);
+        last = i + word.len();
+    }
+    out.push_str(&text[last..]);
+    out
 }
 
 /// The secrets in one URL-like string: the password of its userinfo and the
@@ -142,19 +172,23 @@ fn password_span(text: &str, from: usize) -> Option<(usize, usize)> {
 
 /// Query parameter names whose values are secrets.
 fn secret_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    [
-        "pass",
-        "pwd",
-        "secret",
-        "token",
-        "key",
-        "credential",
-        "signature",
-        "auth",
-    ]
-    .iter()
-    .any(|w| n.contains(w))
+    let n = name.to_ascii_lowercase().replace(['-', '_'], "");
+    matches!(
+        n.as_str(),
+        "pass"
+            | "pwd"
+            | "key"
+            | "apikey"
+            | "sig"
+            | "signature"
+            | "credential"
+            | "credentials"
+            | "xamzsignature"
+            | "xamzcredential"
+            | "xamzsecuritytoken"
+    ) || ["password", "passwd", "secret", "token"]
+        .iter()
+        .any(|w| n.ends_with(w))
 }
 
 /// The byte spans of the values of secret query parameters in `url`.
@@ -302,9 +336,15 @@ mod tests {
         );
         register_secret("Sp%40ce42");
         assert_eq!(redact("saw Sp@ce42 and Sp%40ce42"), "saw *** and ***");
-        // Short secrets are only hidden inside URLs.
+        // Short secrets are only hidden inside URLs; middling ones as words.
         register_secret("pw");
         assert_eq!(redact("pwd pw"), "pwd pw");
+        register_secret("root");
+        assert_eq!(redact("root_id root, root"), "root_id ***, ***");
+        assert_eq!(
+            redact("mongodb://h/app?authSource=admin&date_key=1&token=abc"),
+            "mongodb://h/app?authSource=admin&date_key=1&token=***"
+        );
         assert_eq!(
             url_secrets("mysql://l:p@SECRET@h/w"),
             vec!["p@SECRET".to_owned()]

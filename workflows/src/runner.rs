@@ -221,6 +221,7 @@ impl Runner {
         prune_work(
             &self.ledger,
             &opts.work_root.join(&dag.name),
+            &run_id,
             opts.keep_failed,
         )
         .await;
@@ -565,10 +566,11 @@ pub fn backoff_delay(backoff: Duration, max_backoff: Duration, attempt: u32) -> 
     capped.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 
-/// Removes the work directories under `dir` (one DAG's) of runs that
-/// succeeded, and of failed or interrupted runs but the newest `keep`;
-/// those of running runs, and directories the ledger does not know, stay.
-pub async fn prune_work(ledger: &Ledger, dir: &std::path::Path, keep: usize) {
+/// Removes the work directories under `dir` (one DAG's) of failed and
+/// interrupted runs but the newest `keep`. Those of running runs, of
+/// successful ones (only `--keep-work` leaves them), and directories the
+/// ledger does not know stay; `current`'s is never removed.
+pub async fn prune_work(ledger: &Ledger, dir: &std::path::Path, current: &str, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -591,16 +593,14 @@ pub async fn prune_work(ledger: &Ledger, dir: &std::path::Path, keep: usize) {
     ids.sort_unstable_by(|a, b| b.cmp(a));
     let mut kept = 0;
     for id in ids {
-        let remove = match states.get(&id).map(String::as_str) {
-            Some("succeeded") => true,
-            Some("failed" | "interrupted") => {
-                kept += 1;
-                kept > keep
+        if matches!(
+            states.get(&id).map(String::as_str),
+            Some("failed" | "interrupted")
+        ) {
+            kept += 1;
+            if kept > keep && id != current {
+                let _ = tokio::fs::remove_dir_all(dir.join(&id)).await;
             }
-            _ => false,
-        };
-        if remove {
-            let _ = tokio::fs::remove_dir_all(dir.join(&id)).await;
         }
     }
 }

@@ -368,8 +368,11 @@ impl Consumer {
                 }
                 continue;
             }
+            // While a batch waits to be tried again, receive no more than a
+            // batch: the receivers wait on the channel meanwhile.
+            let room = pending.len() < self.settings.batch_messages.get();
             tokio::select! {
-                m = rx.recv() => match m {
+                m = rx.recv(), if room => match m {
                     Some(m) => pending.push((Instant::now(), m)),
                     None => break,
                 },
@@ -385,10 +388,15 @@ impl Consumer {
                         && last_look.elapsed() >= IDLE_LOOK_EVERY;
                     if quiet {
                         last_look = Instant::now();
+                        // Messages left for others that are still on the
+                        // queue come back to this consumer at least every
+                        // 30 s (the longest it leaves one for); those not
+                        // seen for longer were taken by their consumers.
+                        let recent = Duration::from_secs(35) + self.settings.wait + self.settings.batch_age;
                         let theirs = self
                             .left
                             .values()
-                            .filter(|(_, at)| at.elapsed() < LEFT_MEMORY)
+                            .filter(|(_, at)| at.elapsed() < recent)
                             .count() as u64;
                         match self.queue.depth().await {
                             Ok((visible, in_flight)) if visible + in_flight <= theirs => {
@@ -505,7 +513,6 @@ impl Consumer {
         // fails on its data is run again on halves until the events that
         // break it are found.
         let mut succeeded: HashSet<usize> = HashSet::new();
-        let mut retryable: HashSet<usize> = HashSet::new();
         for level in levels(&self.dags) {
             let mut runs = tokio::task::JoinSet::new();
             for d in level {
@@ -538,10 +545,7 @@ impl Consumer {
                     FeedResult::Committed => {
                         succeeded.insert(d);
                     }
-                    FeedResult::Retry => {
-                        retryable.insert(d);
-                        out.failed.push(name);
-                    }
+                    FeedResult::Retry => out.failed.push(name),
                 }
             }
         }
@@ -742,7 +746,18 @@ impl FeedRun {
         // A failure that is not about single events (a table missing, a
         // setting wrong) would fail every part: past this many events set
         // aside, stop and let the messages come back instead.
-        let limit = (docs.len() / 10).max(3) as u64;
+        let limit = (docs.len() / 10).max(3);
+        let (key, type_field) = self
+            .dag
+            .tasks
+            .iter()
+            .find_map(|t| match &t.kind {
+                TaskKind::ExtractMongo(c) => Some((c.key.clone(), c.type_field.clone())),
+                _ => None,
+            })
+            .unwrap_or_else(|| ("event_id".into(), "type".into()));
+        let mut breaking: Vec<Rejected> = Vec::new();
+        let mut checked_empty = false;
         let mut todo: Vec<Vec<(Document, String)>> =
             vec![docs.into_iter().map(|(_, d)| d).zip(ids).collect()];
         while let Some(part) = todo.pop() {
@@ -757,7 +772,19 @@ impl FeedRun {
                 out.result = FeedResult::Retry;
                 return out;
             }
-            if out.isolated >= limit {
+            // A run that fails without any event fails for its settings or
+            // its tables, not for the data: no event is to blame.
+            if !checked_empty {
+                checked_empty = true;
+                if let Some((empty_why, _)) = failure(&self.run(Vec::new()).await) {
+                    out.errors.push(format!(
+                        "the DAG fails even without events ({empty_why}); the messages come back"
+                    ));
+                    out.result = FeedResult::Retry;
+                    return out;
+                }
+            }
+            if breaking.len() >= limit {
                 out.errors.push(format!(
                     "more than {limit} events each fail the run alone: not a problem of single events; the messages come back"
                 ));
@@ -766,38 +793,40 @@ impl FeedRun {
             }
             if part.len() == 1 {
                 let (doc, id) = &part[0];
-                let rejected = Rejected::from_doc(
+                breaking.push(Rejected::from_doc(
                     doc,
-                    "event_id",
-                    "type",
+                    &key,
+                    &type_field,
                     format!(
                         "the run of dag {} failed on this event alone: {why}",
                         self.dag.name
                     ),
                     Some(&format!("message {id}")),
-                );
-                match quarantine::write(
-                    &self.warehouse,
-                    &self.dag.name,
-                    "consume",
-                    &self.consumer,
-                    &[rejected],
-                )
-                .await
-                {
-                    Ok(()) => out.isolated += 1,
-                    Err(e) => {
-                        out.errors.push(format!("quarantining an event: {e}"));
-                        out.result = FeedResult::Retry;
-                        return out;
-                    }
-                }
+                ));
             } else {
                 tracing::warn!(dag = %self.dag.name, events = part.len(), error = %why, "a run failed on its data; running halves to find the events that break it");
                 let mut left = part;
                 let right = left.split_off(left.len() / 2);
                 todo.push(right);
                 todo.push(left);
+            }
+        }
+        // Only now that the rest committed are the breaking events set
+        // aside (a batch that comes back is searched again).
+        match quarantine::write(
+            &self.warehouse,
+            &self.dag.name,
+            "consume",
+            &self.consumer,
+            &breaking,
+        )
+        .await
+        {
+            Ok(()) => out.isolated = breaking.len() as u64,
+            Err(e) => {
+                out.errors
+                    .push(format!("quarantining the events that break the run: {e}"));
+                out.result = FeedResult::Retry;
             }
         }
         out

@@ -88,6 +88,7 @@ impl ConsumerStatus {
 
     /// Counts an error and keeps it as the last one.
     pub fn error(&mut self, message: String) {
+        let message = workflows::redact::redact(&message).into_owned();
         tracing::warn!(error = %message, "consumer error");
         self.totals.errors += 1;
         self.last_error = Some(message);
@@ -209,9 +210,5 @@ impl ConsumerStatus {
 
 /// This machine's name, for telling processes apart in the ledger.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into())
+    workflows::ledger::hostname()
 }

@@ -106,6 +106,9 @@ fn default_key() -> String {
 fn default_lookback() -> Duration {
     Duration::ZERO
 }
+/// The largest `clock_skew` accepted.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(366 * 86_400);
+
 fn default_clock_skew() -> Duration {
     Duration::from_secs(300)
 }
@@ -119,6 +122,16 @@ impl Config {
         let mut out = Vec::new();
         if self.types.is_empty() {
             out.push(SettingProblem::field("types", "lists no event type"));
+        }
+        if self.clock_skew > MAX_CLOCK_SKEW {
+            out.push(SettingProblem::field(
+                "clock_skew",
+                format!(
+                    "`{}` is more than {}: a clock that wrong is no clock",
+                    humantime::format_duration(self.clock_skew),
+                    humantime::format_duration(MAX_CLOCK_SKEW)
+                ),
+            ));
         }
         if self.columns.is_empty() {
             out.push(SettingProblem::field("columns", "declares no column"));
@@ -284,7 +297,10 @@ impl Task for ExtractMongo {
                 .watermark(&ctx.dag, &ctx.task)
                 .await
                 .map_err(|e| from_sqlx("reading the watermark", e))?;
-            cfg.since(watermark)
+            // A watermark already past now (written before the clock skew
+            // was checked) is read from now, so the run reads what arrives.
+            let horizon = chrono::Utc::now().timestamp_millis() + cfg.clock_skew.as_millis() as i64;
+            cfg.since(watermark.map(|w| w.min(horizon)))
         };
         let query = cfg.query(since, self.window.map(|w| w.until_ms));
         let out_dir = ctx.output_dir(&ctx.task);

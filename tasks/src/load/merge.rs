@@ -18,7 +18,7 @@ use workflows::{
 };
 
 use crate::error::{from_io, from_merge, from_sqlx};
-use crate::quarantine::{Raw, Rejected};
+use crate::quarantine::Rejected;
 use crate::schema::{ColumnType, Value};
 use crate::segment::{self, output_dir};
 use crate::warehouse::{advance_watermark, record_commit, ColumnInfo, Commit, Warehouse};
@@ -432,13 +432,16 @@ fn unstage_sql(backend: Backend, target: &Target) -> Option<String> {
     }
 }
 
-/// Reduces a batch to one row per key, as merging the rows one at a time
-/// in batch order would leave it: for `insert_new` the first row of each
-/// key; for `accumulate`, per key, the first non-null value of each column;
-/// for `latest` and `history`, per column, the value of the row with the
-/// greatest `version` that has one (at an equal version, the earlier row's).
-/// A batch of many copies of one key is one row to merge, so a merge costs
-/// the distinct keys, not the copies.
+/// Reduces a batch to at most two rounds of one row per key, merged one
+/// after the other, so that a merge costs the distinct keys, not the
+/// copies: for `insert_new` one round with the first row of each key; for
+/// `accumulate` one round with, per key, the first non-null value of each
+/// column; for `latest` and `history`, round one holds each key's newest
+/// row (the greatest `version`; at an equal version, the earlier row) as it
+/// is, and round two, for keys with older rows, a row whose columns are the
+/// newest non-null values of those older rows, with the version of the
+/// newest of them: it can only fill what is still null, never overwrite a
+/// value of a newer version already in the table.
 ///
 /// # Errors
 /// A key or version column is not among the output's columns.
@@ -446,7 +449,7 @@ pub fn reduce(
     target: &Target,
     columns: &[String],
     rows: Vec<Vec<Value>>,
-) -> Result<Vec<Vec<Value>>, String> {
+) -> Result<Vec<Vec<Vec<Value>>>, String> {
     let index = |name: &str| {
         columns.iter().position(|c| c == name).ok_or_else(|| {
             format!(
@@ -466,30 +469,53 @@ pub fn reduce(
         .map(|v| index(v.as_str()))
         .collect::<Result<_, _>>()?;
     let mut at: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-    let mut out: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
+    // Per key: the newest row, and the fill made of the older ones.
+    let mut newest: Vec<Vec<Value>> = Vec::with_capacity(rows.len());
+    let mut fills: Vec<Option<Vec<Value>>> = Vec::new();
+    let versioned = matches!(target.strategy, Strategy::Latest | Strategy::History);
     for row in rows {
         let key = key_of(&row, &key_idx);
         let Some(&i) = at.get(&key) else {
-            at.insert(key, out.len());
-            out.push(row);
+            at.insert(key, newest.len());
+            newest.push(row);
+            if versioned {
+                fills.push(None);
+            }
             continue;
         };
-        let kept = &mut out[i];
         match target.strategy {
             Strategy::InsertNew => {}
-            Strategy::Accumulate => fill(kept, row),
+            Strategy::Accumulate => fill(&mut newest[i], row),
             Strategy::Latest | Strategy::History => {
-                if newer(&row, kept, &version_idx) {
-                    let mut row = row;
-                    fill(&mut row, std::mem::take(kept));
-                    *kept = row;
-                } else {
-                    fill(kept, row);
+                if newest[i] == row {
+                    continue;
                 }
+                let older = if newer(&row, &newest[i], &version_idx) {
+                    std::mem::replace(&mut newest[i], row)
+                } else {
+                    row
+                };
+                fills[i] = Some(match fills[i].take() {
+                    None => older,
+                    Some(f) if newer(&older, &f, &version_idx) => {
+                        let mut o = older;
+                        fill(&mut o, f);
+                        o
+                    }
+                    Some(mut f) => {
+                        fill(&mut f, older);
+                        f
+                    }
+                });
             }
         }
     }
-    Ok(out)
+    let second: Vec<Vec<Value>> = fills.into_iter().flatten().collect();
+    Ok(if second.is_empty() {
+        vec![newest]
+    } else {
+        vec![newest, second]
+    })
 }
 
 /// Fills the null cells of `row` from `other`.
@@ -570,48 +596,25 @@ pub fn misfit(col: &ColumnInfo, table: &str, v: &Value, backend: Backend) -> Opt
     }
 }
 
-/// A row set aside, as a quarantine entry: its `doc_id` and `event_id`
-/// columns name the source event when the output has them.
-fn rejected_row(
-    table: &str,
-    names: &[String],
-    row: &[Value],
-    key_idx: &[usize],
-    reason: String,
-) -> Rejected {
-    let mut obj = serde_json::Map::new();
-    for (n, v) in names.iter().zip(row) {
-        obj.insert(n.clone(), serde_json::to_value(v).unwrap_or_default());
-    }
-    let text = |col: &str| obj.get(col).and_then(|v| v.as_str()).map(str::to_owned);
-    let doc_id = text("doc_id");
-    let event_id = text("event_id");
-    let key = key_idx
+/// Why a row is too large to send at all, if it is.
+fn oversized(row: &[Value], max: usize) -> Option<String> {
+    let bytes: usize = row
         .iter()
-        .map(|&i| {
-            format!(
-                "{}={}",
-                names[i],
-                serde_json::to_value(&row[i]).unwrap_or_default()
-            )
+        .map(|v| match v {
+            Value::Str(s) => s.len() + 2,
+            _ => 16,
         })
-        .collect::<Vec<_>>()
-        .join(", ");
-    let raw = serde_json::json!({ "table": table, "row": obj }).to_string();
-    Rejected {
-        doc_id: doc_id.clone().unwrap_or_else(|| {
-            crate::quarantine::short_hash(format!("{table}\u{1f}{key}").as_bytes())
-        }),
-        event_id,
-        event_type: None,
-        reason,
-        location: Some(match doc_id {
-            Some(d) => format!("_id {d}"),
-            None => format!("{table} ({key})"),
-        }),
-        raw: Raw::Json(raw),
-    }
+        .sum();
+    (bytes > max).then(|| {
+        format!(
+            "the row is {bytes} bytes, more than the server takes in one statement ({max} bytes)"
+        )
+    })
 }
+
+/// Rows per staging statement: bounded by the backend's bind parameters,
+/// 2,000 rows, and about 4 MiB of values.
+const STAGE_BYTES: usize = 4 << 20;
 
 fn bind<'q>(
     q: Query<'q, Any, AnyArguments<'q>>,
@@ -692,7 +695,6 @@ async fn merge_rows(
     t: &Target,
     columns: &[(String, ColumnType)],
     rows: &[Vec<Value>],
-    per_stmt: usize,
 ) -> Result<u64, MergeFailed> {
     let names: Vec<String> = columns.iter().map(|(n, _)| n.clone()).collect();
     for sql in staging_sql(backend, t) {
@@ -701,17 +703,24 @@ async fn merge_rows(
             .await
             .map_err(MergeFailed::new(format!("staging {}", t.table())))?;
     }
-    // Every chunk but the last has the same statement: build it once.
-    let full = stage_sql(backend, t, &names, per_stmt.min(rows.len()));
-    for chunk in rows.chunks(per_stmt) {
-        let last;
-        let sql = if chunk.len() == per_stmt.min(rows.len()) {
-            &full
-        } else {
-            last = stage_sql(backend, t, &names, chunk.len());
-            &last
-        };
-        let mut q = sqlx::query(sql);
+    let per_stmt = (backend.max_params() / names.len().max(1)).clamp(1, 2000);
+    let mut start = 0;
+    while start < rows.len() {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < rows.len() && end - start < per_stmt && (end == start || bytes < STAGE_BYTES) {
+            bytes += rows[end]
+                .iter()
+                .map(|v| match v {
+                    Value::Str(s) => s.len(),
+                    _ => 8,
+                })
+                .sum::<usize>();
+            end += 1;
+        }
+        let chunk = &rows[start..end];
+        let sql = stage_sql(backend, t, &names, chunk.len());
+        let mut q = sqlx::query(&sql);
         for row in chunk {
             for ((_, ty), v) in columns.iter().zip(row) {
                 q = bind(q, *ty, v);
@@ -720,6 +729,7 @@ async fn merge_rows(
         q.execute(&mut *tx)
             .await
             .map_err(MergeFailed::new(format!("staging rows for {}", t.table())))?;
+        start = end;
     }
     let mut changed = 0;
     for sql in merge_sql(backend, t, &names) {
@@ -757,7 +767,6 @@ async fn merge_isolating(
     t: &Target,
     columns: &[(String, ColumnType)],
     rows: Vec<Vec<Value>>,
-    per_stmt: usize,
     refused: &mut Vec<(Vec<Value>, String)>,
 ) -> Result<u64, MergeFailed> {
     use sqlx::Connection;
@@ -774,7 +783,7 @@ async fn merge_isolating(
             .begin()
             .await
             .map_err(MergeFailed::new("opening a savepoint"))?;
-        match merge_rows(&mut sp, backend, t, columns, &part, per_stmt).await {
+        match merge_rows(&mut sp, backend, t, columns, &part).await {
             Ok(n) => {
                 sp.commit()
                     .await
@@ -903,6 +912,18 @@ impl Task for LoadMerge {
         .await
         .map_err(|e| from_sqlx("reading committed segments", e))?;
         seqs.retain(|s| !done.contains(&i64::from(*s)));
+        // A statement larger than MySQL's packet limit closes the
+        // connection: a row that alone is larger is set aside.
+        let max_row_bytes = match wh.backend {
+            Backend::MySql => {
+                sqlx::query_scalar::<_, i64>("SELECT CAST(@@max_allowed_packet AS SIGNED)")
+                    .fetch_one(&wh.pool)
+                    .await
+                    .map(|n| (n.max(1 << 20) as usize) - (64 << 10))
+                    .unwrap_or(16 << 20)
+            }
+            _ => usize::MAX,
+        };
         let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
         let (mut offered, mut changed, mut committed, mut quarantined) = (0u64, 0u64, 0u64, 0u64);
         for seq in seqs {
@@ -932,52 +953,47 @@ impl Task for LoadMerge {
                     .iter()
                     .filter_map(|k| names.iter().position(|n| n == k.as_str()))
                     .collect();
-                let rows = reduce(t, &names, rows).map_err(TaskError::fatal)?;
-                // Rows the table cannot hold are set aside before loading.
+                // Rows the table cannot hold are set aside before loading,
+                // each with its own document.
                 let mut fit = Vec::with_capacity(rows.len());
                 for row in rows {
                     let why = names
                         .iter()
                         .zip(&row)
-                        .find_map(|(n, v)| misfit(&cap[n], t.table().as_str(), v, wh.backend));
+                        .find_map(|(n, v)| misfit(&cap[n], t.table().as_str(), v, wh.backend))
+                        .or_else(|| oversized(&row, max_row_bytes));
                     match why {
-                        Some(reason) => rejected.push(rejected_row(
-                            t.table().as_str(),
+                        Some(reason) => rejected.push(Rejected::from_row(
                             &names,
                             &row,
                             &key_idx,
+                            Some(t.table().as_str()),
                             format!("task {}: {reason}", ctx.task),
                         )),
                         None => fit.push(row),
                     }
                 }
-                let per_stmt = (wh.backend.max_params() / names.len().max(1)).clamp(1, 2000);
                 let n = fit.len() as u64;
                 let context = format!(
                     "segment {seq} into {} ({})",
                     t.table(),
                     some_keys(&names, &fit, &key_idx)
                 );
-                let mut refused = Vec::new();
-                changed += merge_isolating(
-                    &mut tx,
-                    wh.backend,
-                    t,
-                    &meta.columns,
-                    fit,
-                    per_stmt,
-                    &mut refused,
-                )
-                .await
-                .map_err(|e| e.into_task_error(&context))?;
-                for (row, why) in refused {
-                    rejected.push(rejected_row(
-                        t.table().as_str(),
-                        &names,
-                        &row,
-                        &key_idx,
-                        format!("task {}: {why}", ctx.task),
-                    ));
+                for round in reduce(t, &names, fit).map_err(TaskError::fatal)? {
+                    let mut refused = Vec::new();
+                    changed +=
+                        merge_isolating(&mut tx, wh.backend, t, &meta.columns, round, &mut refused)
+                            .await
+                            .map_err(|e| e.into_task_error(&context))?;
+                    for (row, why) in refused {
+                        rejected.push(Rejected::from_row(
+                            &names,
+                            &row,
+                            &key_idx,
+                            Some(t.table().as_str()),
+                            format!("task {}: {why}", ctx.task),
+                        ));
+                    }
                 }
                 progress.inc(n);
             }
@@ -1121,21 +1137,28 @@ mod tests {
         let b = vec![Value::Str("b".into()), Value::Int(1), Value::Null];
         let rows = vec![a(1, None), a(3, Some("late")), b.clone(), a(2, Some("mid"))];
         let first = reduce(&target(Strategy::InsertNew, None), &cols, rows.clone()).unwrap();
-        assert_eq!(first, vec![a(1, None), b.clone()]);
+        assert_eq!(first, vec![vec![a(1, None), b.clone()]]);
         let acc = reduce(&target(Strategy::Accumulate, None), &cols, rows.clone()).unwrap();
-        assert_eq!(acc, vec![a(1, Some("late")), b.clone()]);
-        // Per column, the value of the newest version that has one.
+        assert_eq!(acc, vec![vec![a(1, Some("late")), b.clone()]]);
+        // The newest row of each key as it is, then what the older rows
+        // can fill: an older value never lands on a newer version.
         let latest = reduce(&target(Strategy::Latest, Some("v")), &cols, rows.clone()).unwrap();
-        assert_eq!(latest, vec![a(3, Some("late")), b.clone()]);
-        let older_fills = vec![a(3, None), a(2, Some("mid"))];
         assert_eq!(
-            reduce(&target(Strategy::Latest, Some("v")), &cols, older_fills).unwrap(),
-            vec![a(3, Some("mid"))]
+            latest,
+            vec![vec![a(3, Some("late")), b.clone()], vec![a(2, Some("mid"))]]
         );
-        // Twenty thousand copies of one key are one row.
+        let newest_null = vec![a(7, None), a(3, Some("old"))];
+        assert_eq!(
+            reduce(&target(Strategy::Latest, Some("v")), &cols, newest_null).unwrap(),
+            vec![vec![a(7, None)], vec![a(3, Some("old"))]]
+        );
+        // Twenty thousand copies of one key are two rows to merge.
         let copies: Vec<Vec<Value>> = (0..20_000).map(|i| a(i, Some("x"))).collect();
-        let one = reduce(&target(Strategy::Latest, Some("v")), &cols, copies).unwrap();
-        assert_eq!(one, vec![a(19_999, Some("x"))]);
+        let two = reduce(&target(Strategy::Latest, Some("v")), &cols, copies).unwrap();
+        assert_eq!(
+            two,
+            vec![vec![a(19_999, Some("x"))], vec![a(19_998, Some("x"))]]
+        );
         let err = reduce(&target(Strategy::Latest, Some("nope")), &cols, rows).unwrap_err();
         assert!(err.contains("no column `nope`"), "{err}");
     }

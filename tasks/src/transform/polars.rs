@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use workflows::{SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport};
 
 use crate::error::{from_io, from_sqlx};
-use crate::quarantine::{Raw, Rejected};
+use crate::quarantine::Rejected;
 use crate::schema::{ColumnType, Value};
 use crate::segment::{self, output_dir, Meta};
 use crate::warehouse::Warehouse;
@@ -348,78 +348,25 @@ fn transform_caught(cfg: &Config, meta: &Meta, rows: &[Vec<Value>]) -> Result<Ou
     })
 }
 
-/// Transforms `rows`; when the queries fail on them, finds the rows that
-/// make them fail by halving, and transforms the rest. Returns the outputs
-/// and the rows set aside with why.
-fn transform_isolating(
+/// Splits `rows` into those the queries run on and those that make them
+/// fail (each with why), by halving.
+fn isolate(
     cfg: &Config,
     meta: &Meta,
     rows: Vec<Vec<Value>>,
-    rejected: &mut Vec<(Vec<Value>, String)>,
-) -> Result<Outputs, String> {
+    good: &mut Vec<Vec<Value>>,
+    bad: &mut Vec<(Vec<Value>, String)>,
+) {
     match transform_caught(cfg, meta, &rows) {
-        Ok(out) => Ok(out),
-        Err(reason) if rows.len() == 1 => {
-            rejected.extend(rows.into_iter().map(|r| (r, reason.clone())));
-            Ok(Vec::new())
-        }
-        Err(_) if rows.is_empty() => Ok(Vec::new()),
+        Ok(_) => good.extend(rows),
+        Err(reason) if rows.len() == 1 => bad.extend(rows.into_iter().map(|r| (r, reason.clone()))),
+        Err(_) if rows.is_empty() => {}
         Err(_) => {
             let mut left = rows;
             let right = left.split_off(left.len() / 2);
-            let a = transform_isolating(cfg, meta, left, rejected)?;
-            let b = transform_isolating(cfg, meta, right, rejected)?;
-            concat(a, b)
+            isolate(cfg, meta, left, good, bad);
+            isolate(cfg, meta, right, good, bad);
         }
-    }
-}
-
-/// The outputs of two parts of a segment, together.
-fn concat(a: Outputs, b: Outputs) -> Result<Outputs, String> {
-    if a.is_empty() {
-        return Ok(b);
-    }
-    if b.is_empty() {
-        return Ok(a);
-    }
-    a.into_iter()
-        .zip(b)
-        .map(|((name, cols, mut rows), (_, cols_b, rows_b))| {
-            if cols != cols_b {
-                return Err(format!(
-                    "output {name}: the query gave other columns for part of the segment"
-                ));
-            }
-            rows.extend(rows_b);
-            Ok((name, cols, rows))
-        })
-        .collect()
-}
-
-/// A row that made the queries fail, as a quarantine entry.
-fn rejected_row(
-    columns: &[(String, ColumnType)],
-    row: &[Value],
-    reason: String,
-    task: &str,
-) -> Rejected {
-    let mut obj = serde_json::Map::new();
-    for ((name, _), v) in columns.iter().zip(row) {
-        obj.insert(name.clone(), serde_json::to_value(v).unwrap_or_default());
-    }
-    let text = |col: &str| obj.get(col).and_then(|v| v.as_str()).map(str::to_owned);
-    let doc_id = text("doc_id");
-    let event_id = text("event_id");
-    let raw = serde_json::Value::Object(obj.clone()).to_string();
-    Rejected {
-        doc_id: doc_id
-            .clone()
-            .unwrap_or_else(|| crate::quarantine::short_hash(raw.as_bytes())),
-        event_id,
-        event_type: None,
-        reason: format!("task {task}: {reason}"),
-        location: doc_id.map(|d| format!("_id {d}")),
-        raw: Raw::Json(raw),
     }
 }
 
@@ -450,19 +397,15 @@ impl Task for TransformPolars {
                                 return Err(TaskError::fatal(e));
                             }
                             tracing::warn!(segment = seq, error = %reason, "a query failed on this segment; isolating the rows that make it fail");
-                            let mut bad = Vec::new();
-                            let out = transform_isolating(&cfg, meta, rows, &mut bad)
-                                .map_err(TaskError::fatal)?;
-                            rejected.extend(
-                                bad.into_iter()
-                                    .map(|(row, why)| rejected_row(&meta.columns, &row, why, &task)),
-                            );
-                            // Every output gets its segment, empty or not.
-                            if out.is_empty() {
-                                transform_segment(&cfg, meta, &[]).map_err(TaskError::fatal)?
-                            } else {
-                                out
-                            }
+                            let (mut good, mut bad) = (Vec::new(), Vec::new());
+                            isolate(&cfg, meta, rows, &mut good, &mut bad);
+                            let names: Vec<String> =
+                                meta.columns.iter().map(|(n, _)| n.clone()).collect();
+                            rejected.extend(bad.into_iter().map(|(row, why)| {
+                                Rejected::from_row(&names, &row, &[], None, format!("task {task}: {why}"))
+                            }));
+                            // The queries once over every row they run on.
+                            transform_caught(&cfg, meta, &good).map_err(TaskError::fatal)?
                         }
                     };
                     for (name, columns, rows) in outputs {
