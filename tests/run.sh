@@ -50,13 +50,18 @@ say "sources: events file${CUTOVER_TEST_MONGO_URL:+, mongodb}${CUTOVER_TEST_SQS_
 say "warehouses: sqlite${CUTOVER_TEST_MYSQL_URL:+, mysql}${CUTOVER_TEST_POSTGRES_URL:+, postgres}"
 say "cargo test --workspace"
 log=$(mktemp)
+# Tests that found a server missing (outside CI) write their names here.
+export CUTOVER_TEST_SKIPS
+CUTOVER_TEST_SKIPS=$(mktemp)
 set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')
 failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s += $1} END {print s + 0}')
-rm -f "$log"
+# A skipped test reports `ok` to the harness: it is counted apart.
+skipped=$(sort -u "$CUTOVER_TEST_SKIPS" | grep -c . || true)
+rm -f "$log" "$CUTOVER_TEST_SKIPS"
 echo
-echo "summary: $passed passed, $failed failed"
+echo "summary: $((passed - skipped)) passed, $failed failed, $skipped skipped"
 exit "$status"

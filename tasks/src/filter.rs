@@ -23,13 +23,18 @@ const TYPES: &[&str] = &[
     "array",
 ];
 
+/// A filter cutover cannot evaluate the way MongoDB does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct FilterError(String);
+
 impl Filter {
     /// Checks a filter document.
     ///
     /// # Errors
     /// The first unsupported operator or malformed argument.
-    pub fn new(doc: Document) -> Result<Self, String> {
-        check(&doc)?;
+    pub fn new(doc: Document) -> Result<Self, FilterError> {
+        check(&doc).map_err(FilterError)?;
         Ok(Self(doc))
     }
 
@@ -37,12 +42,12 @@ impl Filter {
     ///
     /// # Errors
     /// The table is not a filter this module supports.
-    pub fn from_toml(t: &toml::Table) -> Result<Self, String> {
-        let json = serde_json::to_value(t).map_err(|e| e.to_string())?;
+    pub fn from_toml(t: &toml::Table) -> Result<Self, FilterError> {
+        let json = serde_json::to_value(t).map_err(|e| FilterError(e.to_string()))?;
         match Bson::try_from(json) {
             Ok(Bson::Document(d)) => Self::new(d),
-            Ok(_) => Err("expected a table".into()),
-            Err(e) => Err(format!("not a MongoDB filter: {e}")),
+            Ok(_) => Err(FilterError("expected a table".into())),
+            Err(e) => Err(FilterError(format!("not a MongoDB filter: {e}"))),
         }
     }
 
@@ -246,7 +251,10 @@ mod tests {
             .unwrap()
             .matches(&doc));
         let err = f(r#""ts" = { "$regex" = "x" }"#).unwrap_err();
-        assert!(err.contains("`ts.$regex` is not supported"), "{err}");
+        assert!(
+            err.to_string().contains("`ts.$regex` is not supported"),
+            "{err}"
+        );
         assert!(f(r#""x" = { "$type" = "text" }"#).is_err());
     }
 }

@@ -1,62 +1,70 @@
 //! The registry of task kinds: one enum whose only `match`es hand each
-//! variant to its module. Validation, `cutover dags kinds` and errors all
-//! come from this table.
+//! variant to its module. Each kind module declares its own [`KindInfo`]
+//! (name, summary, role, fields) once; validation, `cutover dags kinds`,
+//! serialisation and errors all come from those.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
-use serde_aux::serde_introspection::serde_introspect;
-use workflows::{Dag, KindInfo, Role, SettingProblem, Task, TaskKinds};
+use serde::{Serialize, Serializer};
+use workflows::{Dag, KindInfo, ReadOptions, SettingProblem, Task, TaskBuilder, TaskKinds};
 
-use crate::extract::mongo::Window;
-use crate::rate::RateLimit;
+use crate::progress::Progress;
 use crate::source::Source;
 use crate::warehouse::Warehouse;
 use crate::{extract, load, transform, verify};
 
 /// A task's kind and its parsed settings.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind")]
+#[derive(Debug, Clone)]
 pub enum TaskKind {
     /// Reads events from MongoDB or the events file.
-    #[serde(rename = "extract.mongo")]
     ExtractMongo(extract::mongo::Config),
     /// Turns extracted rows into facts and dimensions with Polars SQL.
-    #[serde(rename = "transform.polars")]
     TransformPolars(transform::polars::Config),
     /// Merges transform outputs into warehouse tables.
-    #[serde(rename = "load.merge")]
     LoadMerge(load::merge::Config),
     /// Reconciles a fact table with the source.
-    #[serde(rename = "verify.reconcile")]
     VerifyReconcile(verify::reconcile::Config),
 }
 
-static CATALOG: &[KindInfo] = &[
-    KindInfo {
-        name: "extract.mongo",
-        summary: "read events of some types from MongoDB (or the events file) since the watermark; quarantine invalid ones",
-        fields: || serde_introspect::<extract::mongo::Config>(),
-    },
-    KindInfo {
-        name: "transform.polars",
-        summary: "run Polars SQL over each extracted segment, one query per output table",
-        fields: || serde_introspect::<transform::polars::Config>(),
-    },
-    KindInfo {
-        name: "load.merge",
-        summary: "merge outputs into warehouse tables, one transaction per segment with the watermark",
-        fields: || serde_introspect::<load::merge::Config>(),
-    },
-    KindInfo {
-        name: "verify.reconcile",
-        summary: "check day by day that a fact table holds exactly the valid distinct source events",
-        fields: || serde_introspect::<verify::reconcile::Config>(),
-    },
+static CATALOG: [KindInfo; 4] = [
+    extract::mongo::KIND,
+    transform::polars::KIND,
+    load::merge::KIND,
+    verify::reconcile::KIND,
 ];
+
+/// A kind's settings with its name, as `cutover dags show` prints them.
+#[derive(Serialize)]
+struct Tagged<'a, C> {
+    kind: &'static str,
+    #[serde(flatten)]
+    settings: &'a C,
+}
+
+impl Serialize for TaskKind {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kind = self.kind_name();
+        match self {
+            Self::ExtractMongo(settings) => Tagged { kind, settings }.serialize(s),
+            Self::TransformPolars(settings) => Tagged { kind, settings }.serialize(s),
+            Self::LoadMerge(settings) => Tagged { kind, settings }.serialize(s),
+            Self::VerifyReconcile(settings) => Tagged { kind, settings }.serialize(s),
+        }
+    }
+}
+
+impl TaskKind {
+    /// The settings of an extract, for what reads the same events (the
+    /// feed's routing, replays, dry runs).
+    pub fn extract(&self) -> Option<&extract::mongo::Config> {
+        match self {
+            Self::ExtractMongo(c) => Some(c),
+            _ => None,
+        }
+    }
+}
 
 fn parse_as<T: DeserializeOwned>(settings: toml::Table) -> Result<T, Vec<SettingProblem>> {
     serde_path_to_error::deserialize(toml::Value::Table(settings)).map_err(|e| {
@@ -71,15 +79,15 @@ fn parse_as<T: DeserializeOwned>(settings: toml::Table) -> Result<T, Vec<Setting
 
 impl TaskKinds for TaskKind {
     fn catalog() -> &'static [KindInfo] {
-        CATALOG
+        &CATALOG
     }
 
     fn parse(kind: &str, settings: toml::Table) -> Result<Self, Vec<SettingProblem>> {
         Ok(match kind {
-            "extract.mongo" => Self::ExtractMongo(parse_as(settings)?),
-            "transform.polars" => Self::TransformPolars(parse_as(settings)?),
-            "load.merge" => Self::LoadMerge(parse_as(settings)?),
-            "verify.reconcile" => Self::VerifyReconcile(parse_as(settings)?),
+            k if k == extract::mongo::KIND.name => Self::ExtractMongo(parse_as(settings)?),
+            k if k == transform::polars::KIND.name => Self::TransformPolars(parse_as(settings)?),
+            k if k == load::merge::KIND.name => Self::LoadMerge(parse_as(settings)?),
+            k if k == verify::reconcile::KIND.name => Self::VerifyReconcile(parse_as(settings)?),
             other => {
                 return Err(vec![SettingProblem::field(
                     "kind",
@@ -89,21 +97,12 @@ impl TaskKinds for TaskKind {
         })
     }
 
-    fn kind_name(&self) -> &'static str {
+    fn info(&self) -> &'static KindInfo {
         match self {
-            Self::ExtractMongo(_) => "extract.mongo",
-            Self::TransformPolars(_) => "transform.polars",
-            Self::LoadMerge(_) => "load.merge",
-            Self::VerifyReconcile(_) => "verify.reconcile",
-        }
-    }
-
-    fn role(&self) -> Role {
-        match self {
-            Self::ExtractMongo(_) => Role::Extract,
-            Self::TransformPolars(_) => Role::Transform,
-            Self::LoadMerge(_) => Role::Load,
-            Self::VerifyReconcile(_) => Role::Verify,
+            Self::ExtractMongo(_) => &CATALOG[0],
+            Self::TransformPolars(_) => &CATALOG[1],
+            Self::LoadMerge(_) => &CATALOG[2],
+            Self::VerifyReconcile(_) => &CATALOG[3],
         }
     }
 
@@ -115,7 +114,10 @@ impl TaskKinds for TaskKind {
                 if let Some(planned) = plan(tasks, c) {
                     for (name, result) in planned {
                         if let Err(e) = result {
-                            out.push(SettingProblem::field(format!("outputs.{name}.sql"), e));
+                            out.push(SettingProblem::field(
+                                format!("outputs.{name}.sql"),
+                                e.to_string(),
+                            ));
                         }
                     }
                 }
@@ -132,12 +134,16 @@ impl TaskKinds for TaskKind {
                 } else if depends_on.contains(&c.input) {
                     out.push(SettingProblem::field(
                         "input",
-                        format!("`{}` is not a transform.polars task of this DAG", c.input),
+                        format!(
+                            "`{}` is not a {} task of this DAG",
+                            c.input,
+                            transform::polars::KIND.name
+                        ),
                     ));
                 }
                 out
             }
-            Self::VerifyReconcile(c) => c.check(extract_config(tasks, &c.source)),
+            Self::VerifyReconcile(c) => c.check(extract_config(tasks, &c.source).is_some()),
         }
     }
 }
@@ -151,7 +157,7 @@ fn find<'a>(tasks: &[(&str, &'a TaskKind)], id: &str) -> Option<&'a TaskKind> {
 fn plan(
     tasks: &[(&str, &TaskKind)],
     t: &transform::polars::Config,
-) -> Option<transform::polars::Planned> {
+) -> Option<crate::segment::Planned> {
     let extract = extract_config(tasks, &t.input)?;
     Some(t.plan(&extract.segment_columns()))
 }
@@ -166,111 +172,79 @@ fn extract_config<'a>(
     })
 }
 
-/// What tasks connect to.
+/// What tasks connect to, and how they show progress: the
+/// [`TaskBuilder`] the binary hands to the engine.
 #[derive(Debug, Clone)]
 pub struct Env {
     /// The event source.
     pub source: Source,
     /// The warehouse.
     pub warehouse: Warehouse,
+    /// Whether tasks show progress counters.
+    pub progress: Progress,
 }
 
-/// How a run reads other than a nightly run does.
-#[derive(Debug, Clone, Default)]
-pub struct ReadOptions {
-    /// Read this window of event time instead of from the watermarks.
-    pub window: Option<Window>,
-    /// A read-rate limit shared with other runs (overrides `max_rate`).
-    pub limit: Option<Arc<RateLimit>>,
-}
-
-/// A DAG as the feed and backfills run it: its tasks without the verify
-/// tasks (and anything after them), which reconcile a whole range against
-/// the source database. `None` when the DAG reads no events.
-pub fn without_verify(dag: &Dag<TaskKind>) -> Option<Dag<TaskKind>> {
-    let mut dropped: HashSet<String> = HashSet::new();
-    let mut tasks = Vec::new();
-    for t in &dag.tasks {
-        let drop = matches!(t.kind, TaskKind::VerifyReconcile(_))
-            || t.depends_on.iter().any(|d| dropped.contains(d));
-        if drop {
-            dropped.insert(t.id.clone());
-        } else {
-            tasks.push(t.clone());
+impl Env {
+    /// Tasks over `source` and `warehouse`, showing progress.
+    pub fn new(source: Source, warehouse: Warehouse) -> Self {
+        Self {
+            source,
+            warehouse,
+            progress: Progress::Shown,
         }
     }
-    let reads = tasks
-        .iter()
-        .any(|t| matches!(t.kind, TaskKind::ExtractMongo(_)));
-    reads.then(|| Dag {
-        tasks,
-        ..dag.clone()
-    })
-}
 
-/// Builds the implementation of every task of `dag`.
-pub fn build_tasks(dag: &Dag<TaskKind>, env: &Env) -> HashMap<String, Arc<dyn Task>> {
-    build_tasks_with(dag, env, &ReadOptions::default())
-}
-
-/// Builds the implementation of every task of `dag`, reading as `read` says.
-pub fn build_tasks_with(
-    dag: &Dag<TaskKind>,
-    env: &Env,
-    read: &ReadOptions,
-) -> HashMap<String, Arc<dyn Task>> {
-    let all: Vec<(&str, &TaskKind)> = dag.tasks.iter().map(|t| (t.id.as_str(), &t.kind)).collect();
-    dag.tasks
-        .iter()
-        .map(|spec| {
-            let task: Arc<dyn Task> = match &spec.kind {
-                TaskKind::ExtractMongo(c) => extract::mongo::build(
-                    c.clone(),
-                    env.source.clone(),
-                    env.warehouse.clone(),
-                    read.window,
-                    read.limit.clone(),
-                ),
-                TaskKind::TransformPolars(c) => {
-                    transform::polars::build(c.clone(), env.warehouse.clone())
-                }
-                TaskKind::LoadMerge(c) => load::merge::build(c.clone(), env.warehouse.clone()),
-                TaskKind::VerifyReconcile(c) => {
-                    let extract = extract_config(&all, &c.source)
-                        .expect("checked when the DAG was loaded")
-                        .clone();
-                    verify::reconcile::build(
-                        c.clone(),
-                        extract,
-                        env.source.clone(),
-                        env.warehouse.clone(),
-                    )
-                }
-            };
-            (spec.id.clone(), task)
-        })
-        .collect()
-}
-
-static HIDE_PROGRESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Hides the progress counters of tasks from now on, e.g. for the many small
-/// runs of the feed consumer, which reports its own progress.
-pub fn hide_progress() {
-    HIDE_PROGRESS.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// A progress counter on standard error; hidden when it is not a terminal.
-pub fn progress(label: &str) -> ProgressBar {
-    if HIDE_PROGRESS.load(std::sync::atomic::Ordering::Relaxed) {
-        return ProgressBar::hidden();
+    /// The same, with tasks' progress counters hidden (the feed, backfills,
+    /// replays: many small runs that report their own progress).
+    pub fn quiet(self) -> Self {
+        Self {
+            progress: Progress::Hidden,
+            ..self
+        }
     }
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix} {human_pos} rows ({per_sec}, {elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.set_prefix(label.to_owned());
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    bar
+
+    /// Builds the implementation of every task of `dag`, reading from the
+    /// watermarks.
+    pub fn tasks(&self, dag: &Dag<TaskKind>) -> HashMap<String, Arc<dyn Task>> {
+        self.build(dag, &ReadOptions::default())
+    }
+}
+
+impl TaskBuilder<TaskKind> for Env {
+    fn build(&self, dag: &Dag<TaskKind>, read: &ReadOptions) -> HashMap<String, Arc<dyn Task>> {
+        let all: Vec<(&str, &TaskKind)> =
+            dag.tasks.iter().map(|t| (t.id.as_str(), &t.kind)).collect();
+        dag.tasks
+            .iter()
+            .map(|spec| {
+                let task: Arc<dyn Task> = match &spec.kind {
+                    TaskKind::ExtractMongo(c) => extract::mongo::build(
+                        c.clone(),
+                        self.source.clone(),
+                        self.warehouse.clone(),
+                        read,
+                        self.progress,
+                    ),
+                    TaskKind::TransformPolars(c) => {
+                        transform::polars::build(c.clone(), self.warehouse.clone())
+                    }
+                    TaskKind::LoadMerge(c) => {
+                        load::merge::build(c.clone(), self.warehouse.clone(), self.progress)
+                    }
+                    TaskKind::VerifyReconcile(c) => {
+                        let extract = extract_config(&all, &c.source)
+                            .expect("checked when the DAG was loaded")
+                            .selection();
+                        verify::reconcile::build(
+                            c.clone(),
+                            extract,
+                            self.source.clone(),
+                            self.warehouse.clone(),
+                        )
+                    }
+                };
+                (spec.id.clone(), task)
+            })
+            .collect()
+    }
 }

@@ -7,17 +7,14 @@
 //! `load::merge`, `verify::reconcile`) with a config struct and one
 //! [`workflows::Task`] implementation; [`kinds::TaskKind`] lists them once.
 
-pub mod backfill;
 pub mod consume;
-pub mod daemon;
 pub mod error;
 pub mod extract;
 pub mod filter;
 pub mod kinds;
 pub mod load;
-pub mod metrics;
+pub mod progress;
 pub mod quarantine;
-pub mod rate;
 pub mod replay;
 pub mod reports;
 pub mod schema;
@@ -28,5 +25,5 @@ pub mod transform;
 pub mod verify;
 pub mod warehouse;
 
-pub use kinds::{build_tasks, Env, TaskKind};
+pub use kinds::{Env, TaskKind};
 pub use warehouse::Warehouse;

@@ -345,12 +345,13 @@ const WIDTH: usize = 11;
 
 fn insert_sql(backend: Backend, rows: usize) -> String {
     let mut sql = format!("INSERT INTO cutover_quarantine ({COLUMNS}) VALUES ");
+    let mut m = backend.markers();
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
         sql.push('(');
-        sql.push_str(&backend.params(i * WIDTH + 1, WIDTH));
+        sql.push_str(&m.list(WIDTH));
         sql.push(')');
     }
     // A document quarantined again (the next run re-reads it) keeps one row,
@@ -471,14 +472,14 @@ async fn write_batch(
     }
     match insert(conn, backend, &batch).await {
         Ok(()) => return Ok(()),
-        Err(e) if crate::error::sqlx_retryable(&e) => return Err(e),
+        Err(e) if workflows::db::retryable(&e) => return Err(e),
         Err(e) => {
             tracing::debug!(error = %redact(&e.to_string()), "the quarantine refused a batch; writing it row by row");
         }
     }
     for row in batch {
         if let Err(e) = insert(conn, backend, std::slice::from_ref(&row)).await {
-            if crate::error::sqlx_retryable(&e) {
+            if workflows::db::retryable(&e) {
                 return Err(e);
             }
             tracing::warn!(error = %redact(&e.to_string()), doc_id = %row.doc_id, "the quarantine refused a row; storing it cut short");
@@ -522,22 +523,22 @@ pub struct Filter {
 /// The read failed.
 pub async fn list(wh: &Warehouse, f: &Filter) -> Result<Vec<Stored>, sqlx::Error> {
     use sqlx::Row;
-    let b = wh.backend;
+    let mut m = wh.backend.markers();
     let mut conds = Vec::new();
     let mut binds: Vec<String> = Vec::new();
     if let Some(d) = &f.dag {
         binds.push(d.clone());
-        conds.push(format!("dag = {}", b.param(binds.len())));
+        conds.push(format!("dag = {}", m.next()));
     }
     if let Some(t) = &f.task {
         binds.push(t.clone());
-        conds.push(format!("task = {}", b.param(binds.len())));
+        conds.push(format!("task = {}", m.next()));
     }
     if !f.doc_ids.is_empty() {
         let mut ps = Vec::new();
         for id in &f.doc_ids {
             binds.push(id.clone());
-            ps.push(b.param(binds.len()));
+            ps.push(m.next());
         }
         conds.push(format!("doc_id IN ({})", ps.join(", ")));
     }
@@ -587,16 +588,15 @@ pub async fn release(
     doc_ids: &[String],
     except_run: &str,
 ) -> Result<u64, sqlx::Error> {
-    let b = wh.backend;
     let mut removed = 0;
     for chunk in doc_ids.chunks(500) {
-        let ids: Vec<String> = (0..chunk.len()).map(|i| b.param(i + 4)).collect();
+        let mut m = wh.backend.markers();
         let sql = format!(
             "DELETE FROM cutover_quarantine WHERE dag = {} AND task = {} AND run_id <> {} AND doc_id IN ({})",
-            b.param(1),
-            b.param(2),
-            b.param(3),
-            ids.join(", ")
+            m.next(),
+            m.next(),
+            m.next(),
+            m.list(chunk.len())
         );
         let mut q = sqlx::query(&sql).bind(dag).bind(task).bind(except_run);
         for id in chunk {

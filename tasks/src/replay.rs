@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use bson::oid::ObjectId;
 use bson::Document;
-use workflows::{Dag, RunOptions, RunState, Runner, TaskKinds};
+use workflows::{Dag, RunOptions, RunState, Runner, TaskKinds, Trigger};
 
-use crate::kinds::{build_tasks, without_verify, Env, TaskKind};
+use crate::kinds::{Env, TaskKind};
 use crate::quarantine::{self, Filter, Raw, Stored};
 use crate::source::{parse_line, Source};
 
@@ -68,7 +68,7 @@ pub async fn replay(
         let Some(dag) = dags
             .iter()
             .find(|d| d.name == name)
-            .and_then(without_verify)
+            .and_then(Dag::without_verify)
         else {
             for r in &rows {
                 report.skipped.push((
@@ -118,9 +118,10 @@ pub async fn replay(
             let (database, collection) = dag
                 .tasks
                 .iter()
-                .find_map(|t| match &t.kind {
-                    TaskKind::ExtractMongo(c) => Some((c.database.clone(), c.collection.clone())),
-                    _ => None,
+                .find_map(|t| {
+                    t.kind
+                        .extract()
+                        .map(|c| (c.database.clone(), c.collection.clone()))
                 })
                 .unwrap_or_else(|| ("app".into(), "events".into()));
             let ids: Vec<ObjectId> = wanted.iter().map(|(_, o)| *o).collect();
@@ -149,13 +150,14 @@ pub async fn replay(
             out.push(report);
             continue;
         }
-        let run_env = Env {
-            source: Source::Feed(Arc::new(docs.values().cloned().collect())),
-            warehouse: env.warehouse.clone(),
-        };
+        let run_env = Env::new(
+            Source::Feed(Arc::new(docs.values().cloned().collect())),
+            env.warehouse.clone(),
+        )
+        .quiet();
         let mut opts = opts.clone();
-        opts.trigger = "replay".into();
-        match runner.run(&dag, build_tasks(&dag, &run_env), &opts).await {
+        opts.trigger = Trigger::Replay;
+        match runner.run(&dag, run_env.tasks(&dag), &opts).await {
             Ok(summary) => {
                 report.run_id = Some(summary.run_id.clone());
                 if summary.state == RunState::Succeeded {

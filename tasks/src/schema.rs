@@ -154,11 +154,20 @@ pub const LATEST_MS: i64 = 253_402_300_799_999;
 /// The columns of an extract, in name order.
 pub type Columns = BTreeMap<SqlIdent, ColumnSpec>;
 
+/// Why a document does not read as a row: every column's reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct Invalid(pub Vec<String>);
+
 /// Reads one column of `doc`.
 ///
 /// # Errors
 /// Why the document is invalid for this column.
-pub fn read_column(doc: &Document, name: &str, spec: &ColumnSpec) -> Result<Value, String> {
+pub fn read_column(doc: &Document, name: &str, spec: &ColumnSpec) -> Result<Value, Invalid> {
+    column(doc, name, spec).map_err(|r| Invalid(vec![r]))
+}
+
+fn column(doc: &Document, name: &str, spec: &ColumnSpec) -> Result<Value, String> {
     let found = spec.paths_lookup(doc);
     let value = match found {
         None | Some(Bson::Null) => {
@@ -275,11 +284,11 @@ pub fn bson_type_name(v: &Bson) -> &'static str {
 ///
 /// # Errors
 /// Every reason the document is invalid, joined with `; `.
-pub fn read_row(doc: &Document, columns: &Columns) -> Result<Vec<Value>, String> {
+pub fn read_row(doc: &Document, columns: &Columns) -> Result<Vec<Value>, Invalid> {
     let mut row = Vec::with_capacity(columns.len());
     let mut reasons = Vec::new();
     for (name, spec) in columns {
-        match read_column(doc, name.as_str(), spec) {
+        match column(doc, name.as_str(), spec) {
             Ok(v) => row.push(v),
             Err(r) => reasons.push(r),
         }
@@ -287,7 +296,7 @@ pub fn read_row(doc: &Document, columns: &Columns) -> Result<Vec<Value>, String>
     if reasons.is_empty() {
         Ok(row)
     } else {
-        Err(reasons.join("; "))
+        Err(Invalid(reasons))
     }
 }
 
@@ -312,17 +321,19 @@ mod tests {
             doc! { "payload": { "slide": "3", "dwell_ms": -5, "dwellMs": 10 }, "user_id": null };
         let err = read_column(&d, "slide", &spec("payload.slide", ColumnType::Int)).unwrap_err();
         assert_eq!(
-            err,
+            err.to_string(),
             "column slide: `payload.slide` is a string, expected int"
         );
         let mut dwell = spec("payload.dwell_ms", ColumnType::Int);
         dwell.min = Some(0.0);
         assert!(read_column(&d, "dwell_ms", &dwell)
             .unwrap_err()
+            .to_string()
             .contains("less than the minimum"));
         let mut user = spec("user_id", ColumnType::String);
         assert!(read_column(&d, "user_id", &user)
             .unwrap_err()
+            .to_string()
             .contains("missing"));
         user.nullable = true;
         assert_eq!(read_column(&d, "user_id", &user).unwrap(), Value::Null);

@@ -35,6 +35,44 @@ pub struct Meta {
     pub watermark: Option<Watermark>,
 }
 
+/// Each output of a transform with its columns and types, as its segments
+/// will hold them, or why its query cannot run: found by planning the
+/// queries without data.
+pub type Planned =
+    std::collections::BTreeMap<workflows::SqlIdent, Result<Vec<(String, ColumnType)>, Unplannable>>;
+
+/// Why a transform's output cannot be made, whatever the data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unplannable(pub String);
+
+/// What a run's extract read: from where in event time (`None`: the
+/// beginning), and when it started (epoch ms, wall clock). The extract
+/// records it in its output directory for the tasks after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadFrom {
+    /// The lower bound of event time read.
+    pub since_ms: Option<i64>,
+    /// When the extract started reading.
+    pub started_ms: i64,
+}
+
+const READ_FROM: &str = "read_from.json";
+
+/// Records what a run's extract read, in its output directory `dir`.
+///
+/// # Errors
+/// Writing the file failed.
+pub fn write_read_from(dir: &Path, read: ReadFrom) -> std::io::Result<()> {
+    fs::write(dir.join(READ_FROM), serde_json::to_string(&read)?)
+}
+
+/// What the extract whose output is in `dir` read in this run; `None` if it
+/// did not run.
+pub fn read_from(dir: &Path) -> Option<ReadFrom> {
+    serde_json::from_str(&fs::read_to_string(dir.join(READ_FROM)).ok()?).ok()
+}
+
 /// The directory holding output `name` of a task that makes several (a
 /// transform's outputs, one per table).
 pub fn output_dir(task_dir: &Path, name: &str) -> PathBuf {

@@ -78,6 +78,20 @@ pub struct Query {
     pub batch_size: u32,
 }
 
+/// The events a task reads and how a document reads as a row: what a task
+/// that checks an extract against the source needs of it.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The events, from the beginning.
+    pub query: Query,
+    /// The column that identifies an event.
+    pub key: String,
+    /// The timestamp column.
+    pub ts_column: String,
+    /// The columns a document reads as.
+    pub columns: crate::schema::Columns,
+}
+
 /// One item read from a source.
 #[derive(Debug, Clone)]
 pub enum Item {
@@ -525,17 +539,31 @@ fn read_item(line: Line<'_>, number: u64, q: &Query, needles: &[Vec<u8>]) -> Opt
     }
 }
 
+/// Why a line is not an event document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotADocument {
+    /// Not JSON at all.
+    #[error("not JSON: {0}")]
+    Json(String),
+    /// JSON, but not an object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// An object that is not valid Extended JSON (e.g. a bad `$date`).
+    #[error("not MongoDB Extended JSON: {0}")]
+    ExtendedJson(String),
+}
+
 /// Parses one line of an events file.
 ///
 /// # Errors
 /// Why the line is not an Extended JSON document.
-pub fn parse_line(line: &str) -> Result<Document, String> {
+pub fn parse_line(line: &str) -> Result<Document, NotADocument> {
     let json: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        serde_json::from_str(line).map_err(|e| NotADocument::Json(e.to_string()))?;
     match Bson::try_from(json) {
         Ok(Bson::Document(d)) => Ok(d),
-        Ok(_) => Err("not a JSON object".into()),
-        Err(e) => Err(format!("not MongoDB Extended JSON: {e}")),
+        Ok(_) => Err(NotADocument::NotAnObject),
+        Err(e) => Err(NotADocument::ExtendedJson(e.to_string())),
     }
 }
 
@@ -574,7 +602,10 @@ mod tests {
             a.get_datetime("ts").unwrap().timestamp_millis(),
             1_704_164_645_678
         );
-        assert!(parse_line("{not json").unwrap_err().starts_with("not JSON"));
+        assert!(parse_line("{not json")
+            .unwrap_err()
+            .to_string()
+            .starts_with("not JSON"));
         assert!(parse_line("[1,2]").is_err());
     }
 }

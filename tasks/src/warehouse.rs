@@ -9,7 +9,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Row};
 use workflows::redact::redact_url;
-use workflows::{Backend, Ledger};
+use workflows::{Backend, Ledger, SqlIdent};
 
 static SQLITE: Migrator = sqlx::migrate!("../migrations/sqlite");
 static MYSQL: Migrator = sqlx::migrate!("../migrations/mysql");
@@ -161,8 +161,8 @@ impl Warehouse {
         Ledger::new(self.pool.clone(), self.backend)
     }
 
-    /// Quotes an identifier for this backend.
-    pub fn q(&self, ident: &str) -> String {
+    /// Quotes a checked identifier for this backend.
+    pub fn q(&self, ident: &SqlIdent) -> String {
         self.backend.quote(ident)
     }
 
@@ -171,11 +171,11 @@ impl Warehouse {
     /// # Errors
     /// The read failed.
     pub async fn watermark(&self, dag: &str, task: &str) -> Result<Option<i64>, sqlx::Error> {
-        let b = self.backend;
+        let mut m = self.backend.markers();
         let sql = format!(
             "SELECT ts_ms FROM cutover_watermarks WHERE dag = {} AND task = {}",
-            b.param(1),
-            b.param(2)
+            m.next(),
+            m.next()
         );
         let row = sqlx::query(&sql)
             .bind(dag)
@@ -189,7 +189,7 @@ impl Warehouse {
     ///
     /// # Errors
     /// The query failed.
-    pub async fn count(&self, table: &str) -> Result<i64, sqlx::Error> {
+    pub async fn count(&self, table: &SqlIdent) -> Result<i64, sqlx::Error> {
         let sql = format!("SELECT COUNT(*) FROM {}", self.q(table));
         sqlx::query(&sql)
             .fetch_one(&self.pool)
@@ -344,20 +344,18 @@ pub async fn advance_watermark(
     run_id: &str,
 ) -> Result<(), sqlx::Error> {
     let now = workflows::ledger::timestamp(chrono::Utc::now());
-    let p = |n| backend.param(n);
+    let values = backend.markers().list(5);
     let upsert = match backend {
         Backend::MySql => format!(
-            "INSERT INTO cutover_watermarks (dag, task, ts_ms, run_id, updated_at) VALUES ({}, {}, {}, {}, {}) \
+            "INSERT INTO cutover_watermarks (dag, task, ts_ms, run_id, updated_at) VALUES ({values}) \
              ON DUPLICATE KEY UPDATE run_id = IF(VALUES(ts_ms) > ts_ms, VALUES(run_id), run_id), \
              updated_at = IF(VALUES(ts_ms) > ts_ms, VALUES(updated_at), updated_at), \
-             ts_ms = GREATEST(ts_ms, VALUES(ts_ms))",
-            p(1), p(2), p(3), p(4), p(5)
+             ts_ms = GREATEST(ts_ms, VALUES(ts_ms))"
         ),
         Backend::Sqlite | Backend::Postgres => format!(
-            "INSERT INTO cutover_watermarks (dag, task, ts_ms, run_id, updated_at) VALUES ({}, {}, {}, {}, {}) \
+            "INSERT INTO cutover_watermarks (dag, task, ts_ms, run_id, updated_at) VALUES ({values}) \
              ON CONFLICT (dag, task) DO UPDATE SET ts_ms = excluded.ts_ms, run_id = excluded.run_id, updated_at = excluded.updated_at \
-             WHERE excluded.ts_ms > cutover_watermarks.ts_ms",
-            p(1), p(2), p(3), p(4), p(5)
+             WHERE excluded.ts_ms > cutover_watermarks.ts_ms"
         ),
     };
     sqlx::query(&upsert)
@@ -403,7 +401,7 @@ pub async fn record_commit(
     let sql = format!(
         "INSERT INTO cutover_commits (run_id, dag, task, segment, rows_offered, rows_changed, watermark_ms, committed_at) \
          VALUES ({})",
-        backend.params(1, 8)
+        backend.markers().list(8)
     );
     sqlx::query(&sql)
         .bind(c.run_id)

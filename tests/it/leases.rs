@@ -100,17 +100,17 @@ async fn a_run_whose_lease_was_taken_over_commits_nothing() -> Result<()> {
             .acquire("users", "other", Duration::from_secs(600), now)
             .await?
             .unwrap();
-        let env = tasks::kinds::Env {
-            source: tasks::source::Source::open(&events.display().to_string()).await?,
-            warehouse: warehouse.clone(),
-        };
+        let env = tasks::kinds::Env::new(
+            tasks::source::Source::open(&events.display().to_string()).await?,
+            warehouse.clone(),
+        );
         let opts = workflows::RunOptions {
             work_root: dir.path().join(format!("work-{}", wh.name)),
             lease: Some(stale),
             ..workflows::RunOptions::default()
         };
         let summary = workflows::Runner::new(warehouse.ledger())
-            .run(users, tasks::kinds::build_tasks(users, &env), &opts)
+            .run(users, env.tasks(users), &opts)
             .await?;
         assert!(
             !matches!(summary.state, workflows::RunState::Succeeded),

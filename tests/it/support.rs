@@ -54,20 +54,66 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-/// The address of a test server from the environment variable `var`.
-/// Outside CI a missing one skips the test (it says so); under `CI=true`
-/// it fails the test, so that a green CI run has tested every server.
+/// The address of a test server from the environment variable `var`,
+/// checked to accept connections. Outside CI a missing or unreachable one
+/// skips the test (it says so, and `tests/run.sh` counts it as skipped);
+/// under `CI=true` it fails the test, naming the variable, so that a green
+/// CI run has tested every server.
 pub fn server(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{var} is not set, and under CI=true every test server is required")
-        }
-        _ => {
-            eprintln!("{var} is not set: skipped");
-            None
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let problem = match std::env::var(var) {
+        Ok(v) if !v.is_empty() => match reachable(&v) {
+            Ok(()) => return Some(v),
+            Err(e) => format!("{var} names a server that does not answer ({e})"),
+        },
+        _ => format!("{var} is not set"),
+    };
+    if ci {
+        panic!("{problem}, and under CI=true every test server is required");
+    }
+    eprintln!("{problem}: skipped");
+    if let Ok(path) = std::env::var("CUTOVER_TEST_SKIPS") {
+        use std::io::Write;
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unknown")
+            .to_owned();
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}");
         }
     }
+    None
+}
+
+/// Whether the host and port of a server URL accept a TCP connection.
+fn reachable(url: &str) -> std::io::Result<()> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let default_port = match url.split(':').next() {
+        Some("mysql" | "mariadb") => 3306,
+        Some("postgres" | "postgresql") => 5432,
+        Some("mongodb") => 27017,
+        Some("https") => 443,
+        _ => 80,
+    };
+    let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    for a in std::net::ToSocketAddrs::to_socket_addrs(&addr)? {
+        match std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Every warehouse backend available to this test run.

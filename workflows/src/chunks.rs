@@ -18,6 +18,36 @@ use sqlx::{AnyPool, Row};
 
 use crate::ledger::timestamp;
 use crate::sql::{text, Backend};
+use crate::state::read;
+
+crate::stored_enum! {
+    /// Where a chunk stands, as `cutover_backfill_chunks.state` stores it.
+    pub enum ChunkState as "chunk state" {
+        /// Not claimed yet, or failed and to be tried again.
+        Pending = "pending",
+        /// Claimed by a worker (whose claim may have expired).
+        Running = "running",
+        /// Loaded.
+        Done = "done",
+        /// Its run failed; the next run of the backfill tries it again.
+        Failed = "failed",
+    }
+}
+
+/// How a claimed chunk's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    /// Loaded: the run and the events it read.
+    Done {
+        /// Events its extracts read.
+        events: i64,
+    },
+    /// Its run failed.
+    Failed {
+        /// The first error.
+        error: String,
+    },
+}
 
 /// A chunk of a backfill: `[from_ms, until_ms)` of event time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -26,8 +56,8 @@ pub struct Chunk {
     pub from_ms: i64,
     /// The first instant after it.
     pub until_ms: i64,
-    /// `pending`, `running`, `done` or `failed`.
-    pub state: String,
+    /// Where it stands.
+    pub state: ChunkState,
     /// Who claimed it last.
     pub holder: Option<String>,
     /// Claims so far; the current claim's token.
@@ -115,10 +145,6 @@ impl Chunks {
         }
     }
 
-    fn p(&self, n: usize) -> String {
-        self.backend.param(n)
-    }
-
     /// Records the planned chunks that are not recorded yet, and makes the
     /// failed ones pending again, so that this run of the backfill tries
     /// them once more.
@@ -136,8 +162,8 @@ impl Chunks {
             _ => "",
         };
         let sql = format!(
-            "{insert} cutover_backfill_chunks (backfill, dag, from_ms, until_ms, state) VALUES ({}, 'pending'){conflict}",
-            self.backend.params(1, 4)
+            "{insert} cutover_backfill_chunks (backfill, dag, from_ms, until_ms, state) VALUES ({}){conflict}",
+            self.backend.markers().list(5)
         );
         let mut tx = self.pool.begin().await.map_err(self.err("recording"))?;
         for (from, until) in planned {
@@ -146,17 +172,23 @@ impl Chunks {
                 .bind(&self.dag)
                 .bind(from)
                 .bind(until)
+                .bind(ChunkState::Pending.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(self.err("recording"))?;
         }
         tx.commit().await.map_err(self.err("recording"))?;
+        let mut m = self.backend.markers();
         let retry = format!(
-            "UPDATE cutover_backfill_chunks SET state = 'pending' WHERE backfill = {} AND state = 'failed'",
-            self.p(1)
+            "UPDATE cutover_backfill_chunks SET state = {} WHERE backfill = {} AND state = {}",
+            m.next(),
+            m.next(),
+            m.next()
         );
         sqlx::query(&retry)
+            .bind(ChunkState::Pending.as_str())
             .bind(&self.backfill)
+            .bind(ChunkState::Failed.as_str())
             .execute(&self.pool)
             .await
             .map_err(self.err("retrying failed chunks"))?;
@@ -170,7 +202,7 @@ impl Chunks {
     pub async fn list(&self) -> Result<Vec<Chunk>, ChunkError> {
         let sql = format!(
             "SELECT from_ms, until_ms, state, holder, attempts, run_id, events, error FROM cutover_backfill_chunks WHERE backfill = {} ORDER BY from_ms",
-            self.p(1)
+            self.backend.markers().next()
         );
         let rows = sqlx::query(&sql)
             .bind(&self.backfill)
@@ -182,7 +214,7 @@ impl Chunks {
                 Ok(Chunk {
                     from_ms: r.try_get("from_ms")?,
                     until_ms: r.try_get("until_ms")?,
-                    state: text(r, "state")?.unwrap_or_default(),
+                    state: read(r, "state")?,
                     holder: text(r, "holder")?,
                     attempts: r.try_get("attempts")?,
                     run_id: text(r, "run_id")?,
@@ -200,19 +232,26 @@ impl Chunks {
     /// # Errors
     /// The warehouse failed.
     pub async fn claim(&self, ttl: Duration, now_ms: i64) -> Result<Option<Claim>, ChunkError> {
-        let free = |backfill: usize, now: usize| {
+        // `set` comes first in each statement, then `free` or the key.
+        let set = |m: &mut crate::sql::Markers| {
             format!(
-                "backfill = {} AND (state = 'pending' OR (state = 'running' AND expires_ms < {}))",
-                self.p(backfill),
-                self.p(now)
+                "SET state = {}, holder = {}, expires_ms = {}, attempts = attempts + 1, error = NULL",
+                m.next(),
+                m.next(),
+                m.next()
             )
         };
-        let set = format!(
-            "SET state = 'running', holder = {}, expires_ms = {}, attempts = attempts + 1, error = NULL",
-            self.p(1),
-            self.p(2)
-        );
+        let free = |m: &mut crate::sql::Markers| {
+            format!(
+                "backfill = {} AND (state = {} OR (state = {} AND expires_ms < {}))",
+                m.next(),
+                m.next(),
+                m.next(),
+                m.next()
+            )
+        };
         let expires_ms = now_ms + ttl.as_millis() as i64;
+        let running = ChunkState::Running.as_str();
         let claim = |row: &sqlx::any::AnyRow| -> Result<Claim, sqlx::Error> {
             Ok(Claim {
                 from_ms: row.try_get("from_ms")?,
@@ -223,18 +262,23 @@ impl Chunks {
         if self.backend == Backend::Sqlite {
             // One statement: SQLite runs it alone, so no other writer comes
             // between the choice of the chunk and its update.
+            let mut m = self.backend.markers();
+            let set = set(&mut m);
+            let by = m.next();
             let sql = format!(
-                "UPDATE cutover_backfill_chunks {set} WHERE backfill = {} AND from_ms = \
+                "UPDATE cutover_backfill_chunks {set} WHERE backfill = {by} AND from_ms = \
                  (SELECT from_ms FROM cutover_backfill_chunks WHERE {} ORDER BY from_ms LIMIT 1) \
                  RETURNING from_ms, until_ms, attempts",
-                self.p(3),
-                free(4, 5)
+                free(&mut m)
             );
             let row = sqlx::query(&sql)
+                .bind(running)
                 .bind(&self.holder)
                 .bind(expires_ms)
                 .bind(&self.backfill)
                 .bind(&self.backfill)
+                .bind(ChunkState::Pending.as_str())
+                .bind(running)
                 .bind(now_ms)
                 .fetch_optional(&self.pool)
                 .await
@@ -249,21 +293,26 @@ impl Chunks {
         // locked, passing over locked ones instead of waiting for them.
         let pick = format!(
             "SELECT from_ms FROM cutover_backfill_chunks WHERE {} ORDER BY from_ms LIMIT 1 FOR UPDATE SKIP LOCKED",
-            free(1, 2)
+            free(&mut self.backend.markers())
         );
+        let mut m = self.backend.markers();
+        let set = set(&mut m);
         let take = format!(
             "UPDATE cutover_backfill_chunks {set} WHERE backfill = {} AND from_ms = {}",
-            self.p(3),
-            self.p(4)
+            m.next(),
+            m.next()
         );
+        let mut m = self.backend.markers();
         let read = format!(
             "SELECT from_ms, until_ms, attempts FROM cutover_backfill_chunks WHERE backfill = {} AND from_ms = {}",
-            self.p(1),
-            self.p(2)
+            m.next(),
+            m.next()
         );
         let mut tx = self.pool.begin().await.map_err(self.err("claiming"))?;
         let picked = sqlx::query(&pick)
             .bind(&self.backfill)
+            .bind(ChunkState::Pending.as_str())
+            .bind(running)
             .bind(now_ms)
             .fetch_optional(&mut *tx)
             .await
@@ -273,6 +322,7 @@ impl Chunks {
         };
         let from_ms: i64 = row.try_get(0).map_err(self.err("claiming"))?;
         sqlx::query(&take)
+            .bind(running)
             .bind(&self.holder)
             .bind(expires_ms)
             .bind(&self.backfill)
@@ -296,12 +346,17 @@ impl Chunks {
     /// # Errors
     /// The warehouse failed.
     pub async fn unfinished(&self) -> Result<i64, ChunkError> {
+        let mut m = self.backend.markers();
         let sql = format!(
-            "SELECT COUNT(*) FROM cutover_backfill_chunks WHERE backfill = {} AND state IN ('pending', 'running')",
-            self.p(1)
+            "SELECT COUNT(*) FROM cutover_backfill_chunks WHERE backfill = {} AND state IN ({}, {})",
+            m.next(),
+            m.next(),
+            m.next()
         );
         sqlx::query(&sql)
             .bind(&self.backfill)
+            .bind(ChunkState::Pending.as_str())
+            .bind(ChunkState::Running.as_str())
             .fetch_one(&self.pool)
             .await
             .and_then(|r| r.try_get(0))
@@ -319,13 +374,15 @@ impl Chunks {
         ttl: Duration,
         now_ms: i64,
     ) -> Result<bool, ChunkError> {
+        let mut m = self.backend.markers();
         let sql = format!(
-            "UPDATE cutover_backfill_chunks SET expires_ms = {} WHERE backfill = {} AND from_ms = {} AND attempts = {} AND holder = {} AND state = 'running'",
-            self.p(1),
-            self.p(2),
-            self.p(3),
-            self.p(4),
-            self.p(5)
+            "UPDATE cutover_backfill_chunks SET expires_ms = {} WHERE backfill = {} AND from_ms = {} AND attempts = {} AND holder = {} AND state = {}",
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next()
         );
         let done = sqlx::query(&sql)
             .bind(now_ms + ttl.as_millis() as i64)
@@ -333,6 +390,7 @@ impl Chunks {
             .bind(claim.from_ms)
             .bind(claim.token)
             .bind(&self.holder)
+            .bind(ChunkState::Running.as_str())
             .execute(&self.pool)
             .await
             .map_err(self.err("renewing a claim"))?;
@@ -349,27 +407,29 @@ impl Chunks {
         &self,
         claim: &Claim,
         run_id: &str,
-        outcome: Result<i64, &str>,
+        outcome: &ChunkOutcome,
     ) -> Result<bool, ChunkError> {
         let (state, events, error) = match outcome {
-            Ok(events) => ("done", events, None),
-            Err(e) => ("failed", 0, Some(e)),
+            ChunkOutcome::Done { events } => (ChunkState::Done, *events, None),
+            ChunkOutcome::Failed { error } => (ChunkState::Failed, 0, Some(error.as_str())),
         };
+        let mut m = self.backend.markers();
         let sql = format!(
             "UPDATE cutover_backfill_chunks SET state = {}, run_id = {}, events = {}, error = {}, done_at = {}, expires_ms = 0 \
-             WHERE backfill = {} AND from_ms = {} AND attempts = {} AND holder = {} AND state = 'running'",
-            self.p(1),
-            self.p(2),
-            self.p(3),
-            self.p(4),
-            self.p(5),
-            self.p(6),
-            self.p(7),
-            self.p(8),
-            self.p(9)
+             WHERE backfill = {} AND from_ms = {} AND attempts = {} AND holder = {} AND state = {}",
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next()
         );
         let done = sqlx::query(&sql)
-            .bind(state)
+            .bind(state.as_str())
             .bind(run_id)
             .bind(events)
             .bind(error)
@@ -378,6 +438,7 @@ impl Chunks {
             .bind(claim.from_ms)
             .bind(claim.token)
             .bind(&self.holder)
+            .bind(ChunkState::Running.as_str())
             .execute(&self.pool)
             .await
             .map_err(self.err("recording a chunk's end"))?;
@@ -390,6 +451,10 @@ mod tests {
     use super::*;
 
     const TTL: Duration = Duration::from_secs(10);
+
+    fn done(events: i64) -> ChunkOutcome {
+        ChunkOutcome::Done { events }
+    }
 
     #[test]
     fn a_range_is_cut_into_whole_chunks_and_a_shorter_last_one() {
@@ -424,7 +489,7 @@ mod tests {
         let c0 = a.claim(TTL, 1_000).await.unwrap().unwrap();
         let c1 = b.claim(TTL, 1_000).await.unwrap().unwrap();
         assert_eq!((c0.from_ms, c1.from_ms), (0, 1));
-        assert!(a.finish(&c0, "r0", Ok(7)).await.unwrap());
+        assert!(a.finish(&c0, "r0", &done(7)).await.unwrap());
         // `b` dies holding chunk 1; chunk 2 is claimed, then, once b's claim
         // has expired, chunk 1 again, with the next token.
         let c2 = a.claim(TTL, 2_000).await.unwrap().unwrap();
@@ -435,10 +500,19 @@ mod tests {
         assert_eq!((again.from_ms, again.token), (1, 2));
         // b comes back: its claim is gone.
         assert!(!b.renew(&c1, TTL, 11_002).await.unwrap());
-        assert!(!b.finish(&c1, "rb", Ok(1)).await.unwrap());
-        assert!(a.finish(&again, "r1", Ok(5)).await.unwrap());
-        assert!(a.finish(&c2, "r2", Err("boom")).await.unwrap());
-        let states: Vec<(String, Option<String>)> = a
+        assert!(!b.finish(&c1, "rb", &done(1)).await.unwrap());
+        assert!(a.finish(&again, "r1", &done(5)).await.unwrap());
+        assert!(a
+            .finish(
+                &c2,
+                "r2",
+                &ChunkOutcome::Failed {
+                    error: "boom".into()
+                }
+            )
+            .await
+            .unwrap());
+        let states: Vec<(ChunkState, Option<String>)> = a
             .list()
             .await
             .unwrap()
@@ -448,9 +522,9 @@ mod tests {
         assert_eq!(
             states,
             [
-                ("done".into(), Some("r0".into())),
-                ("done".into(), Some("r1".into())),
-                ("failed".into(), Some("r2".into())),
+                (ChunkState::Done, Some("r0".into())),
+                (ChunkState::Done, Some("r1".into())),
+                (ChunkState::Failed, Some("r2".into())),
             ]
         );
         // A rerun tries the failed chunk again, and only it.

@@ -135,12 +135,8 @@ impl Leases {
         let expires_ms = now_ms + ttl.as_millis() as i64;
         // The row lock the update takes orders concurrent takers: the second
         // sees the first's expiry and takes nothing.
-        // Markers in the order they are bound (`?` is positional).
-        let mut n = 0;
-        let mut p = || {
-            n += 1;
-            b.param(n)
-        };
+        let mut m = b.markers();
+        let mut p = || m.next();
         let mut take = format!(
             "UPDATE cutover_leases SET holder = {}, token = token + 1, expires_ms = {}",
             p(),
@@ -173,7 +169,7 @@ impl Leases {
         }
         let token: i64 = sqlx::query(&format!(
             "SELECT token FROM cutover_leases WHERE dag = {}",
-            b.param(1)
+            b.markers().next()
         ))
         .bind(dag)
         .fetch_one(&mut *tx)
@@ -197,7 +193,7 @@ impl Leases {
     pub async fn last_tick(&self, dag: &str) -> Result<Option<i64>, LeaseError> {
         let sql = format!(
             "SELECT last_tick_ms FROM cutover_leases WHERE dag = {}",
-            self.backend.param(1)
+            self.backend.markers().next()
         );
         let row = sqlx::query(&sql)
             .bind(dag)
@@ -222,13 +218,14 @@ impl Leases {
         now_ms: i64,
     ) -> Result<Lease, LeaseError> {
         let b = self.backend;
+        let mut m = b.markers();
         let expires_ms = now_ms + ttl.as_millis() as i64;
         let sql = format!(
             "UPDATE cutover_leases SET expires_ms = {} WHERE dag = {} AND token = {} AND expires_ms > {}",
-            b.param(1),
-            b.param(2),
-            b.param(3),
-            b.param(4)
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next()
         );
         let renewed = sqlx::query(&sql)
             .bind(expires_ms)
@@ -255,10 +252,11 @@ impl Leases {
     /// The warehouse failed.
     pub async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
         let b = self.backend;
+        let mut m = b.markers();
         let sql = format!(
             "UPDATE cutover_leases SET expires_ms = 0 WHERE dag = {} AND token = {}",
-            b.param(1),
-            b.param(2)
+            m.next(),
+            m.next()
         );
         sqlx::query(&sql)
             .bind(&lease.dag)
@@ -289,7 +287,7 @@ impl Leases {
         };
         let sql = format!(
             "SELECT holder, token, expires_ms FROM cutover_leases WHERE dag = {}{lock}",
-            backend.param(1)
+            backend.markers().next()
         );
         let row = sqlx::query(&sql)
             .bind(&lease.dag)

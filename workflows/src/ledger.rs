@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::sql::{text, write_row, Backend};
-use crate::state::{RunState, TaskState};
+use crate::state::{read, AttemptStatus, RunState, RunStatus, TaskState, Trigger};
 
 /// A ledger read or write failed.
 #[derive(Debug, thiserror::Error)]
@@ -38,16 +38,16 @@ pub struct RunRecord {
     pub run_id: String,
     /// The DAG's name.
     pub dag: String,
-    /// What started it: `manual`, `schedule`, `backfill`, `demo`.
-    pub trigger: String,
+    /// What started it.
+    pub trigger: Trigger,
     /// The schedule tick it belongs to, for scheduled runs.
     pub scheduled_at: Option<String>,
     /// When it started (RFC 3339, UTC).
     pub started_at: String,
     /// When it ended.
     pub ended_at: Option<String>,
-    /// `running`, `succeeded`, `failed` or `interrupted`.
-    pub state: String,
+    /// How it stands.
+    pub state: RunStatus,
     /// Rows read by all its tasks.
     pub rows_read: i64,
     /// Rows written by all its tasks.
@@ -65,8 +65,8 @@ pub struct AttemptRecord {
     pub task: String,
     /// The attempt, from 1; 0 for a skipped task.
     pub attempt: i64,
-    /// A [`TaskState`] name.
-    pub state: String,
+    /// How it stands.
+    pub state: AttemptStatus,
     /// When it started.
     pub started_at: Option<String>,
     /// When it ended.
@@ -117,21 +117,21 @@ impl Ledger {
         &self,
         run_id: &str,
         dag: &str,
-        trigger: &str,
+        trigger: Trigger,
         scheduled_at: Option<DateTime<Utc>>,
         started_at: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
         let sql = format!(
             "INSERT INTO cutover_runs (run_id, dag, trigger_kind, scheduled_at, started_at, state, host, pid, process, heartbeat_ms, rows_read, rows_written, rows_quarantined) VALUES ({}, 0, 0, 0)",
-            self.backend.params(1, 10)
+            self.backend.markers().list(10)
         );
         sqlx::query(&sql)
             .bind(run_id)
             .bind(dag)
-            .bind(trigger)
+            .bind(trigger.as_str())
             .bind(scheduled_at.map(timestamp))
             .bind(timestamp(started_at))
-            .bind(RunState::Running.name())
+            .bind(RunStatus::Running.as_str())
             .bind(hostname())
             .bind(i64::from(std::process::id()))
             .bind(process_identity())
@@ -198,7 +198,7 @@ impl Ledger {
                 ("attempt", attempt.into()),
             ],
             &[
-                ("state", state.name().into()),
+                ("state", state.status().as_str().into()),
                 ("started_at", started_at.map(timestamp).into()),
                 ("ended_at", ended_at.map(timestamp).into()),
                 ("rows_read", read.into()),
@@ -227,20 +227,20 @@ impl Ledger {
         totals: crate::runner::Totals,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
-        let b = self.backend;
+        let mut m = self.backend.markers();
         let error = error.map(|e| clip(&crate::redact::redact(e), MAX_ERROR));
         let sql = format!(
             "UPDATE cutover_runs SET state = {}, ended_at = {}, rows_read = {}, rows_written = {}, rows_quarantined = {}, error = {} WHERE run_id = {}",
-            b.param(1),
-            b.param(2),
-            b.param(3),
-            b.param(4),
-            b.param(5),
-            b.param(6),
-            b.param(7)
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next(),
+            m.next()
         );
         sqlx::query(&sql)
-            .bind(state.name())
+            .bind(state.status().as_str())
             .bind(timestamp(ended_at))
             .bind(totals.read as i64)
             .bind(totals.written as i64)
@@ -260,17 +260,17 @@ impl Ledger {
     /// # Errors
     /// The write failed.
     pub async fn heartbeat(&self, run_id: &str) -> Result<(), LedgerError> {
-        let b = self.backend;
+        let mut m = self.backend.markers();
         let sql = format!(
             "UPDATE cutover_runs SET heartbeat_ms = {} WHERE run_id = {} AND state = {}",
-            b.param(1),
-            b.param(2),
-            b.param(3)
+            m.next(),
+            m.next(),
+            m.next()
         );
         sqlx::query(&sql)
             .bind(Utc::now().timestamp_millis())
             .bind(run_id)
-            .bind(RunState::Running.name())
+            .bind(RunStatus::Running.as_str())
             .execute(&self.pool)
             .await
             .map_err(LedgerError::new(format!(
@@ -287,17 +287,17 @@ impl Ledger {
     /// # Errors
     /// The ledger failed.
     pub async fn interrupt_dead(&self, dag: Option<&str>) -> Result<Vec<String>, LedgerError> {
-        let b = self.backend;
+        let mut m = self.backend.markers();
+        let state = m.next();
         let filter = if dag.is_some() {
-            format!(" AND dag = {}", b.param(2))
+            format!(" AND dag = {}", m.next())
         } else {
             String::new()
         };
         let sql = format!(
-            "SELECT run_id, host, pid, process, heartbeat_ms, started_at FROM cutover_runs WHERE state = {}{filter}",
-            b.param(1)
+            "SELECT run_id, host, pid, process, heartbeat_ms, started_at FROM cutover_runs WHERE state = {state}{filter}"
         );
-        let mut q = sqlx::query(&sql).bind(RunState::Running.name());
+        let mut q = sqlx::query(&sql).bind(RunStatus::Running.as_str());
         if let Some(d) = dag {
             q = q.bind(d);
         }
@@ -356,13 +356,13 @@ impl Ledger {
     pub async fn states(
         &self,
         run_ids: &[String],
-    ) -> Result<std::collections::HashMap<String, String>, LedgerError> {
+    ) -> Result<std::collections::HashMap<String, RunStatus>, LedgerError> {
         let mut out = std::collections::HashMap::new();
         let what = || LedgerError::new("reading run states");
         for chunk in run_ids.chunks(200) {
             let sql = format!(
                 "SELECT run_id, state FROM cutover_runs WHERE run_id IN ({})",
-                self.backend.params(1, chunk.len())
+                self.backend.markers().list(chunk.len())
             );
             let mut q = sqlx::query(&sql);
             for id in chunk {
@@ -371,7 +371,7 @@ impl Ledger {
             for r in q.fetch_all(&self.pool).await.map_err(what())? {
                 out.insert(
                     text(&r, "run_id").map_err(what())?.unwrap_or_default(),
-                    text(&r, "state").map_err(what())?.unwrap_or_default(),
+                    read(&r, "state").map_err(what())?,
                 );
             }
         }
@@ -384,26 +384,27 @@ impl Ledger {
     /// # Errors
     /// The write failed.
     pub async fn interrupt_run(&self, run_id: &str, reason: &str) -> Result<(), LedgerError> {
-        let b = self.backend;
         let now = timestamp(Utc::now());
         let what = || LedgerError::new(format!("recording that run {run_id} was interrupted"));
         // Its attempts first, so that a run recorded as interrupted has no
         // attempt left running.
         for table in ["cutover_task_attempts", "cutover_runs"] {
+            let mut m = self.backend.markers();
             let sql = format!(
                 "UPDATE {table} SET state = {}, ended_at = {}, error = {} WHERE run_id = {} AND state = {}",
-                b.param(1),
-                b.param(2),
-                b.param(3),
-                b.param(4),
-                b.param(5)
+                m.next(),
+                m.next(),
+                m.next(),
+                m.next(),
+                m.next()
             );
+            // The same text in both tables.
             sqlx::query(&sql)
-                .bind(RunState::Interrupted.name())
+                .bind(RunStatus::Interrupted.as_str())
                 .bind(&now)
                 .bind(reason)
                 .bind(run_id)
-                .bind(RunState::Running.name())
+                .bind(RunStatus::Running.as_str())
                 .execute(&self.pool)
                 .await
                 .map_err(what())?;
@@ -416,25 +417,26 @@ impl Ledger {
     async fn running(
         &self,
         dag: &str,
-        trigger: &str,
+        trigger: Trigger,
         scheduled_at: Option<DateTime<Utc>>,
     ) -> Result<Vec<String>, LedgerError> {
-        let b = self.backend;
+        let mut m = self.backend.markers();
+        let by = format!(
+            "dag = {} AND trigger_kind = {} AND state = {}",
+            m.next(),
+            m.next(),
+            m.next()
+        );
         let tick = if scheduled_at.is_some() {
-            format!(" AND scheduled_at = {}", b.param(4))
+            format!(" AND scheduled_at = {}", m.next())
         } else {
             String::new()
         };
-        let sql = format!(
-            "SELECT run_id FROM cutover_runs WHERE dag = {} AND trigger_kind = {} AND state = {}{tick} ORDER BY started_at",
-            b.param(1),
-            b.param(2),
-            b.param(3)
-        );
+        let sql = format!("SELECT run_id FROM cutover_runs WHERE {by}{tick} ORDER BY started_at");
         let mut q = sqlx::query(&sql)
             .bind(dag)
-            .bind(trigger)
-            .bind(RunState::Running.name());
+            .bind(trigger.as_str())
+            .bind(RunStatus::Running.as_str());
         if let Some(t) = scheduled_at {
             q = q.bind(timestamp(t));
         }
@@ -455,7 +457,7 @@ impl Ledger {
     pub async fn interrupt_abandoned(
         &self,
         dag: &str,
-        trigger: &str,
+        trigger: Trigger,
         scheduled_at: Option<DateTime<Utc>>,
         reason: &str,
     ) -> Result<Vec<String>, LedgerError> {
@@ -472,13 +474,13 @@ impl Ledger {
     /// # Errors
     /// The read failed.
     pub async fn runs(&self, dag: Option<&str>, limit: i64) -> Result<Vec<RunRecord>, LedgerError> {
-        let b = self.backend;
+        let mut m = self.backend.markers();
         let filter = if dag.is_some() {
-            format!("WHERE dag = {}", b.param(1))
+            format!("WHERE dag = {}", m.next())
         } else {
             String::new()
         };
-        let limit_param = b.param(if dag.is_some() { 2 } else { 1 });
+        let limit_param = m.next();
         let sql = format!(
             "SELECT run_id, dag, trigger_kind, scheduled_at, started_at, ended_at, state, rows_read, rows_written, rows_quarantined, error \
              FROM cutover_runs {filter} ORDER BY started_at DESC, run_id DESC LIMIT {limit_param}"
@@ -506,7 +508,7 @@ impl Ledger {
         let sql = format!(
             "SELECT task, attempt, state, started_at, ended_at, rows_read, rows_written, rows_quarantined, error \
              FROM cutover_task_attempts WHERE run_id = {} ORDER BY started_at, task, attempt",
-            self.backend.param(1)
+            self.backend.markers().next()
         );
         let rows = sqlx::query(&sql)
             .bind(run_id)
@@ -520,7 +522,7 @@ impl Ledger {
                 Ok(AttemptRecord {
                     task: r.try_get("task")?,
                     attempt: r.try_get("attempt")?,
-                    state: r.try_get("state")?,
+                    state: read(r, "state")?,
                     started_at: r.try_get("started_at")?,
                     ended_at: r.try_get("ended_at")?,
                     rows_read: r.try_get("rows_read")?,
@@ -637,11 +639,11 @@ fn run_record(r: &AnyRow) -> Result<RunRecord, sqlx::Error> {
     Ok(RunRecord {
         run_id: r.try_get("run_id")?,
         dag: r.try_get("dag")?,
-        trigger: r.try_get("trigger_kind")?,
+        trigger: read(r, "trigger_kind")?,
         scheduled_at: r.try_get("scheduled_at")?,
         started_at: r.try_get("started_at")?,
         ended_at: r.try_get("ended_at")?,
-        state: r.try_get("state")?,
+        state: read(r, "state")?,
         rows_read: r.try_get("rows_read")?,
         rows_written: r.try_get("rows_written")?,
         rows_quarantined: r.try_get("rows_quarantined")?,

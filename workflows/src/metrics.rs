@@ -126,12 +126,12 @@ impl Metrics {
     }
 
     /// Records a run's end.
-    pub fn run_ended(&self, dag: &str, trigger: &str, state: &str) {
+    pub fn run_ended(&self, dag: &str, trigger: crate::Trigger, state: crate::RunStatus) {
         self.runs_finished
             .get_or_create(&vec![
                 ("dag", dag.to_owned()),
-                ("trigger", trigger.to_owned()),
-                ("state", state.to_owned()),
+                ("trigger", trigger.as_str().to_owned()),
+                ("state", state.as_str().to_owned()),
             ])
             .inc();
     }
@@ -152,7 +152,11 @@ mod tests {
     #[test]
     fn records_and_encodes() {
         let m = metrics();
-        m.run_ended("views", "schedule", "succeeded");
+        m.run_ended(
+            "views",
+            crate::Trigger::Schedule,
+            crate::RunStatus::Succeeded,
+        );
         m.task_ended(
             "views",
             "load",

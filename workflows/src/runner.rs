@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::dag::{Dag, TaskSpec};
 use crate::ledger::{Ledger, LedgerError};
-use crate::state::{RunState, TaskState};
+use crate::state::{RunState, RunStatus, TaskState, Trigger};
 use crate::task::{Role, Task, TaskContext, TaskError, TaskKinds, TaskReport};
 
 /// How a run is started.
@@ -27,8 +27,8 @@ use crate::task::{Role, Task, TaskContext, TaskError, TaskKinds, TaskReport};
 pub struct RunOptions {
     /// Where runs keep their intermediate files: `<work_root>/<dag>/<run id>/`.
     pub work_root: PathBuf,
-    /// What started the run: `manual`, `schedule`, `backfill`, `demo`.
-    pub trigger: String,
+    /// What started the run.
+    pub trigger: Trigger,
     /// The schedule tick the run belongs to.
     pub scheduled_at: Option<DateTime<Utc>>,
     /// The most tasks of this run that may run at once.
@@ -52,7 +52,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             work_root: PathBuf::from(".cutover/work"),
-            trigger: "manual".into(),
+            trigger: Trigger::Manual,
             scheduled_at: None,
             max_parallel: 4,
             keep_work: false,
@@ -189,7 +189,7 @@ impl Runner {
             .begin_run(
                 &run_id,
                 &dag.name,
-                &opts.trigger,
+                opts.trigger,
                 opts.scheduled_at,
                 started_at,
             )
@@ -242,11 +242,7 @@ impl Runner {
             let reason = "interrupted: the scheduler stopped before the run ended; the next run goes on from the watermarks";
             tracing::warn!(dag = %dag.name, run_id = %run_id, "run interrupted");
             self.ledger.interrupt_run(&run_id, reason).await?;
-            crate::metrics::metrics().run_ended(
-                &dag.name,
-                &opts.trigger,
-                RunState::Interrupted.name(),
-            );
+            crate::metrics::metrics().run_ended(&dag.name, opts.trigger, RunStatus::Interrupted);
             return Err(RunError::Interrupted(run_id));
         }
         let summary = match summary {
@@ -271,7 +267,7 @@ impl Runner {
             first_error.as_deref(),
         )
         .await?;
-        crate::metrics::metrics().run_ended(&dag.name, &opts.trigger, summary.state.name());
+        crate::metrics::metrics().run_ended(&dag.name, opts.trigger, summary.state.status());
         if summary.state == RunState::Succeeded && !opts.keep_work {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
         }
@@ -594,8 +590,8 @@ pub async fn prune_work(ledger: &Ledger, dir: &std::path::Path, current: &str, k
     let mut kept = 0;
     for id in ids {
         if matches!(
-            states.get(&id).map(String::as_str),
-            Some("failed" | "interrupted")
+            states.get(&id),
+            Some(RunStatus::Failed | RunStatus::Interrupted)
         ) {
             kept += 1;
             if kept > keep && id != current {

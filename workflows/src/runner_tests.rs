@@ -14,28 +14,28 @@ use crate::dag::{parse, Dag};
 use crate::ledger::Ledger;
 use crate::runner::{RunOptions, Runner};
 use crate::sql::Backend;
-use crate::state::{RunState, TaskState};
+use crate::state::{AttemptStatus, RunState, RunStatus, TaskState};
 use crate::task::{KindInfo, SettingProblem, Task, TaskContext, TaskError, TaskKinds, TaskReport};
 
 #[derive(Debug, Serialize)]
 struct Any;
 
+static KIND: KindInfo = KindInfo {
+    name: "test",
+    summary: "a test task",
+    role: crate::task::Role::Load,
+    fields: || &[],
+};
+
 impl TaskKinds for Any {
     fn catalog() -> &'static [KindInfo] {
-        &[KindInfo {
-            name: "test",
-            summary: "a test task",
-            fields: || &[],
-        }]
+        std::slice::from_ref(&KIND)
     }
     fn parse(_: &str, _: toml::Table) -> Result<Self, Vec<SettingProblem>> {
         Ok(Any)
     }
-    fn kind_name(&self) -> &'static str {
-        "test"
-    }
-    fn role(&self) -> crate::task::Role {
-        crate::task::Role::Load
+    fn info(&self) -> &'static KindInfo {
+        &KIND
     }
     fn check(&self, _: &[String], _: &[(&str, &Self)]) -> Vec<SettingProblem> {
         Vec::new()
@@ -168,7 +168,7 @@ async fn dependencies_run_first_and_independent_tasks_together() {
     );
     let runs = r.ledger().runs(Some("t"), 10).await.unwrap();
     assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].state, "succeeded");
+    assert_eq!(runs[0].state, RunStatus::Succeeded);
     assert_eq!(runs[0].rows_written, 2);
     assert!(runs[0].ended_at.is_some());
     assert!(
@@ -200,11 +200,15 @@ async fn retryable_errors_are_retried_until_success() {
     assert_eq!(s.state, RunState::Succeeded);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     let attempts = r.ledger().attempts(&s.run_id).await.unwrap();
-    let states: Vec<(i64, &str)> = attempts
-        .iter()
-        .map(|a| (a.attempt, a.state.as_str()))
-        .collect();
-    assert_eq!(states, [(1, "failed"), (2, "failed"), (3, "succeeded")]);
+    let states: Vec<(i64, AttemptStatus)> = attempts.iter().map(|a| (a.attempt, a.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (1, AttemptStatus::Failed),
+            (2, AttemptStatus::Failed),
+            (3, AttemptStatus::Succeeded)
+        ]
+    );
     assert_eq!(
         attempts[0].error.as_deref(),
         Some("connection reset (call 1)")
@@ -252,7 +256,7 @@ async fn retries_run_out_and_fatal_errors_are_not_retried() {
     assert_eq!(failed, ["fatal", "flaky"]);
     assert!(s.work_dir.exists(), "a failed run keeps its work directory");
     let run = &r.ledger().runs(None, 1).await.unwrap()[0];
-    assert_eq!(run.state, "failed");
+    assert_eq!(run.state, RunStatus::Failed);
     assert!(
         run.error.as_deref().is_some_and(|e| e.contains("task f")),
         "{run:?}"
@@ -318,5 +322,5 @@ async fn a_timeout_cancels_the_attempt_and_dependents_are_skipped() {
     let attempts = r.ledger().attempts(&s.run_id).await.unwrap();
     assert!(attempts
         .iter()
-        .any(|a| a.task == "after_next" && a.state == "skipped"));
+        .any(|a| a.task == "after_next" && a.state == AttemptStatus::Skipped));
 }

@@ -66,15 +66,12 @@ impl Schedule {
     /// Parses a cron expression and a time zone name.
     ///
     /// # Errors
-    /// `(field, message)` for the first part that does not parse.
-    pub fn new(cron: &str, timezone: &str) -> Result<Self, (&'static str, String)> {
-        let parsed = parse_cron(cron).map_err(|e| ("cron", e))?;
-        let timezone: Tz = timezone.parse().map_err(|_| {
-            (
-                "timezone",
-                format!("`{timezone}` is not an IANA time zone such as `UTC` or `Europe/Berlin`"),
-            )
-        })?;
+    /// The first part that does not parse.
+    pub fn new(cron: &str, timezone: &str) -> Result<Self, ScheduleError> {
+        let parsed = parse_cron(cron)?;
+        let timezone: Tz = timezone
+            .parse()
+            .map_err(|_| ScheduleError::TimeZone(timezone.to_owned()))?;
         Ok(Self {
             cron: cron.to_owned(),
             timezone,
@@ -184,16 +181,46 @@ impl Schedule {
     }
 }
 
+/// A schedule that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// The cron expression.
+    #[error("`{cron}` is not a valid cron expression: {source}")]
+    Cron {
+        /// The expression.
+        cron: String,
+        /// What croner said.
+        #[source]
+        source: croner::errors::CronError,
+    },
+    /// The time zone.
+    #[error("`{0}` is not an IANA time zone such as `UTC` or `Europe/Berlin`")]
+    TimeZone(String),
+}
+
+impl ScheduleError {
+    /// The DAG file field the error is about: `cron` or `timezone`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Cron { .. } => "cron",
+            Self::TimeZone(_) => "timezone",
+        }
+    }
+}
+
 /// Parses a cron expression with optional seconds.
 ///
 /// # Errors
 /// Why the expression is invalid.
-pub fn parse_cron(cron: &str) -> Result<Cron, String> {
+pub fn parse_cron(cron: &str) -> Result<Cron, ScheduleError> {
     CronParser::builder()
         .seconds(Seconds::Optional)
         .build()
         .parse(cron)
-        .map_err(|e| format!("`{cron}` is not a valid cron expression: {e}"))
+        .map_err(|source| ScheduleError::Cron {
+            cron: cron.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -364,9 +391,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert_eq!(Schedule::new("61 * * * *", "UTC").unwrap_err().0, "cron");
         assert_eq!(
-            Schedule::new("0 2 * * *", "Mars/Olympus").unwrap_err().0,
+            Schedule::new("61 * * * *", "UTC").unwrap_err().field(),
+            "cron"
+        );
+        assert_eq!(
+            Schedule::new("0 2 * * *", "Mars/Olympus")
+                .unwrap_err()
+                .field(),
             "timezone"
         );
     }

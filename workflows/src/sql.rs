@@ -19,8 +19,8 @@ impl SqlIdent {
     /// Checks `name` against the identifier pattern.
     ///
     /// # Errors
-    /// A message saying why `name` is not a plain SQL name.
-    pub fn new(name: &str) -> Result<Self, String> {
+    /// `name` is not a plain SQL name.
+    pub fn new(name: &str) -> Result<Self, BadIdent> {
         let mut chars = name.chars();
         let first_ok = chars
             .next()
@@ -29,10 +29,17 @@ impl SqlIdent {
         if first_ok && rest_ok && name.len() <= 63 {
             Ok(Self(name.to_owned()))
         } else {
-            Err(format!(
-                "`{name}` is not a plain SQL name (letters, digits and _, not starting with a digit, at most 63 characters)"
-            ))
+            Err(BadIdent(name.to_owned()))
         }
+    }
+
+    /// This name behind a prefix of plain name characters, e.g. a staging
+    /// table's `stg_` and its table's name.
+    pub fn prefixed(&self, prefix: &'static str) -> Self {
+        debug_assert!(prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        Self(format!("{prefix}{}", self.0))
     }
 
     /// The name as written.
@@ -40,6 +47,11 @@ impl SqlIdent {
         &self.0
     }
 }
+
+/// A name that is not a plain SQL name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a plain SQL name (letters, digits and _, not starting with a digit, at most 63 characters)")]
+pub struct BadIdent(pub String);
 
 impl fmt::Display for SqlIdent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,28 +98,23 @@ impl Backend {
         }
     }
 
-    /// Quotes an identifier that has passed [`SqlIdent`]'s check.
-    pub fn quote(self, ident: &str) -> String {
+    /// Quotes a checked identifier: the only way a name reaches SQL.
+    pub fn quote(self, ident: &SqlIdent) -> String {
+        let ident = ident.as_str();
         match self {
             Self::MySql => format!("`{ident}`"),
             Self::Sqlite | Self::Postgres => format!("\"{ident}\""),
         }
     }
 
-    /// The bind-parameter marker for the `n`th parameter (1-based).
-    pub fn param(self, n: usize) -> String {
-        match self {
-            Self::Postgres => format!("${n}"),
-            Self::Sqlite | Self::MySql => "?".to_owned(),
+    /// Bind-parameter markers for one statement, numbered from 1 in the
+    /// order they are taken: take them in the order they appear in the
+    /// statement's text, which is the order their values are bound.
+    pub fn markers(self) -> Markers {
+        Markers {
+            backend: self,
+            taken: 0,
         }
-    }
-
-    /// `count` comma-separated bind-parameter markers starting at `first`.
-    pub fn params(self, first: usize, count: usize) -> String {
-        (first..first + count)
-            .map(|n| self.param(n))
-            .collect::<Vec<_>>()
-            .join(", ")
     }
 
     /// The most bind parameters one statement may carry.
@@ -116,6 +123,39 @@ impl Backend {
             Self::Sqlite => 32_000,
             Self::MySql | Self::Postgres => 65_000,
         }
+    }
+}
+
+/// The bind-parameter markers of one statement ([`Backend::markers`]): `?`
+/// on SQLite and MySQL, `$1`, `$2`, ... on PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Markers {
+    backend: Backend,
+    taken: usize,
+}
+
+impl Markers {
+    /// The next marker.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> String {
+        self.taken += 1;
+        match self.backend {
+            Backend::Postgres => format!("${}", self.taken),
+            Backend::Sqlite | Backend::MySql => "?".to_owned(),
+        }
+    }
+
+    /// The next `count` markers, comma-separated.
+    pub fn list(&mut self, count: usize) -> String {
+        (0..count)
+            .map(|_| self.next())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// How many markers were taken.
+    pub fn taken(&self) -> usize {
+        self.taken
     }
 }
 
@@ -185,15 +225,14 @@ pub async fn write_row(
     key: &[(&str, Bound)],
     values: &[(&str, Bound)],
 ) -> Result<(), sqlx::Error> {
+    let mut m = backend.markers();
     let set: Vec<String> = values
         .iter()
-        .enumerate()
-        .map(|(i, (c, _))| format!("{c} = {}", backend.param(i + 1)))
+        .map(|(c, _)| format!("{c} = {}", m.next()))
         .collect();
     let by: Vec<String> = key
         .iter()
-        .enumerate()
-        .map(|(i, (c, _))| format!("{c} = {}", backend.param(values.len() + i + 1)))
+        .map(|(c, _)| format!("{c} = {}", m.next()))
         .collect();
     let update = format!(
         "UPDATE {table} SET {} WHERE {}",
@@ -210,7 +249,7 @@ pub async fn write_row(
     let insert = format!(
         "INSERT INTO {table} ({}) VALUES ({})",
         columns.join(", "),
-        backend.params(1, columns.len())
+        backend.markers().list(columns.len())
     );
     bind_all(sqlx::query(&insert), values, key)
         .execute(pool)
@@ -263,8 +302,10 @@ mod tests {
             Some(Backend::Postgres)
         );
         assert_eq!(Backend::from_url("mongodb://h"), None);
-        assert_eq!(Backend::Postgres.params(2, 3), "$2, $3, $4");
-        assert_eq!(Backend::MySql.params(1, 2), "?, ?");
-        assert_eq!(Backend::MySql.quote("t"), "`t`");
+        let mut pg = Backend::Postgres.markers();
+        assert_eq!(pg.next(), "$1");
+        assert_eq!(pg.list(3), "$2, $3, $4");
+        assert_eq!(Backend::MySql.markers().list(2), "?, ?");
+        assert_eq!(Backend::MySql.quote(&SqlIdent::new("t").unwrap()), "`t`");
     }
 }

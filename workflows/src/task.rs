@@ -94,13 +94,16 @@ pub trait Task: Send + Sync {
     async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError>;
 }
 
-/// A kind of task as `cutover dags kinds` lists it.
+/// A kind of task as `cutover dags kinds` lists it: each kind module
+/// declares its own once.
 #[derive(Debug, Clone, Copy)]
 pub struct KindInfo {
     /// The name DAG files use in `kind = "..."`.
     pub name: &'static str,
     /// One line saying what it does.
     pub summary: &'static str,
+    /// What it does in a run.
+    pub role: Role,
     /// The names of the kind's own settings, for unknown-field errors.
     pub fields: fn() -> &'static [&'static str],
 }
@@ -153,14 +156,33 @@ pub trait TaskKinds: Sized + Send + Sync + std::fmt::Debug + Serialize + 'static
     /// Every problem found, each naming its field.
     fn parse(kind: &str, settings: toml::Table) -> Result<Self, Vec<SettingProblem>>;
 
+    /// The kind of these settings, from [`TaskKinds::catalog`].
+    fn info(&self) -> &'static KindInfo;
+
     /// The kind's name.
-    fn kind_name(&self) -> &'static str;
+    fn kind_name(&self) -> &'static str {
+        self.info().name
+    }
 
     /// What the kind does in a run.
-    fn role(&self) -> Role;
+    fn role(&self) -> Role {
+        self.info().role
+    }
 
     /// Checks that need the rest of the DAG, without I/O: e.g. that a task
     /// named as an input is one of this task's dependencies. `tasks` holds
     /// every task of the DAG that parsed, by id.
     fn check(&self, depends_on: &[String], tasks: &[(&str, &Self)]) -> Vec<SettingProblem>;
+}
+
+/// Builds the implementations of a DAG's tasks from their settings: what
+/// the binary hands to the daemon and the backfill workers, which know the
+/// kinds only through [`TaskKinds`].
+pub trait TaskBuilder<K: TaskKinds>: Send + Sync + 'static {
+    /// Builds every task of `dag`, reading as `read` says.
+    fn build(
+        &self,
+        dag: &crate::Dag<K>,
+        read: &crate::read::ReadOptions,
+    ) -> std::collections::HashMap<String, std::sync::Arc<dyn Task>>;
 }

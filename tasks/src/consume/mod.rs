@@ -26,26 +26,38 @@
 //! out-of-order events leave the same rows as an in-order, once-only feed.
 //! A feed batch never moves a watermark: the nightly runs own them.
 
+mod feed;
 pub mod queue;
+mod receive;
 pub mod status;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document};
 use tokio::sync::{mpsc, watch};
-use workflows::{Dag, RunOptions, RunState, Runner};
+use workflows::{Dag, RunOptions, Runner, Trigger};
 
-use crate::kinds::{build_tasks, without_verify, Env, TaskKind};
+use crate::kinds::TaskKind;
 use crate::quarantine::{self, Raw, Rejected};
-use crate::source::{file_match, parse_line, Query, Source};
+use crate::source::{file_match, parse_line, Query};
 use crate::warehouse::Warehouse;
 
 pub use queue::{Queue, QueueError, Received};
-pub use status::{ConsumerStatus, Totals};
+pub use status::{ConsumerState, ConsumerStatus, Totals};
+
+use feed::{FeedResult, FeedRun};
+use receive::{delete_chunk, heartbeat_loop, receive_loop, Activity, Held};
+use receive::{DELETE_REQUESTS, IDLE_LOOK_EVERY, MAX_RECEIVED};
+
+/// Tries of a micro-batch whose runs fail for a reason that may pass, before
+/// its messages are released to the queue.
+const MAX_TRIES: u32 = 5;
+/// How long a message left for other consumers is remembered.
+const LEFT_MEMORY: Duration = Duration::from_secs(300);
 
 /// The `dag` under which poison messages are quarantined.
 pub const POISON_DAG: &str = "(sqs)";
@@ -129,80 +141,17 @@ pub struct Flushed {
     pub retry: Vec<Received>,
 }
 
-/// Receipt handles of messages held (received, not yet deleted or released),
-/// each with the instant it becomes visible again unless extended, which
-/// the heartbeat watches.
-#[derive(Debug, Default, Clone)]
-struct Held(Arc<Mutex<HashMap<String, Instant>>>);
-
-impl Held {
-    fn add(&self, receipts: impl IntoIterator<Item = String>, visibility: Duration) {
-        let until = Instant::now() + visibility;
-        let mut map = self.0.lock().expect("held set");
-        map.extend(receipts.into_iter().map(|r| (r, until)));
-    }
-    fn remove<'a>(&self, receipts: impl IntoIterator<Item = &'a str>) {
-        let mut map = self.0.lock().expect("held set");
-        for r in receipts {
-            map.remove(r);
-        }
-    }
-    /// The held messages that become visible within `margin`.
-    fn due(&self, margin: Duration) -> Vec<String> {
-        let soon = Instant::now() + margin;
-        let map = self.0.lock().expect("held set");
-        map.iter()
-            .filter(|(_, until)| **until <= soon)
-            .map(|(r, _)| r.clone())
-            .collect()
-    }
-    /// Records that `receipts` are invisible for `visibility` from now.
-    fn extended(&self, receipts: &[&str], visibility: Duration) {
-        let until = Instant::now() + visibility;
-        let mut map = self.0.lock().expect("held set");
-        for r in receipts {
-            if let Some(u) = map.get_mut(*r) {
-                *u = until;
-            }
-        }
-    }
-}
-
-/// When this consumer last had work of its own (a message it loaded,
-/// quarantined or deleted).
-#[derive(Debug, Clone)]
-struct Activity(Arc<Mutex<Instant>>);
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self(Arc::new(Mutex::new(Instant::now())))
-    }
-}
-
-impl Activity {
-    fn worked(&self) {
-        *self.0.lock().expect("activity") = Instant::now();
-    }
-    /// Whether it has had no work of its own for `idle`.
-    fn idle_for(&self, idle: Duration) -> bool {
-        self.0.lock().expect("activity").elapsed() >= idle
-    }
-}
-
 /// The queries of a DAG's extracts, without a time range.
 fn queries(dag: &Dag<TaskKind>) -> Vec<Query> {
     dag.tasks
         .iter()
-        .filter_map(|t| match &t.kind {
-            TaskKind::ExtractMongo(c) => Some(c.query(None, None)),
-            _ => None,
-        })
+        .filter_map(|t| t.kind.extract().map(|c| c.query(None, None)))
         .collect()
 }
 
 /// A message's body read as an event, or why it is not one.
 fn parse_event(body: &str, type_fields: &BTreeSet<String>) -> Result<Document, String> {
-    let doc = parse_line(body.trim())?;
+    let doc = parse_line(body.trim()).map_err(|e| e.to_string())?;
     if type_fields
         .iter()
         .any(|f| matches!(doc.get(f), Some(Bson::String(_))))
@@ -215,29 +164,6 @@ fn parse_event(body: &str, type_fields: &BTreeSet<String>) -> Result<Document, S
             names.join(" or ")
         ))
     }
-}
-
-/// The DAGs grouped in levels: each DAG comes after those of its `after`
-/// that are in `dags`.
-fn levels(dags: &[Dag<TaskKind>]) -> Vec<Vec<usize>> {
-    let mut level: HashMap<&str, usize> = HashMap::new();
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    // `dags` is in `after` order already (`load_dir`), so every DAG's
-    // predecessors have their level when it is reached.
-    for (i, d) in dags.iter().enumerate() {
-        let l = d
-            .after
-            .iter()
-            .filter_map(|a| level.get(a.as_str()).map(|l| l + 1))
-            .max()
-            .unwrap_or(0);
-        level.insert(&d.name, l);
-        if out.len() <= l {
-            out.resize_with(l + 1, Vec::new);
-        }
-        out[l].push(i);
-    }
-    out
 }
 
 impl Consumer {
@@ -261,7 +187,7 @@ impl Consumer {
             .filter(|d| !dags.iter().any(|x| x.name == d.name))
             .flat_map(queries)
             .collect();
-        let dags: Vec<Dag<TaskKind>> = dags.iter().filter_map(without_verify).collect();
+        let dags: Vec<Dag<TaskKind>> = dags.iter().filter_map(Dag::without_verify).collect();
         if dags.is_empty() {
             return Err(ConsumeError::NoDags);
         }
@@ -270,7 +196,7 @@ impl Consumer {
         } else {
             queue.visibility_timeout().await?;
         }
-        settings.run.trigger = "sqs".into();
+        settings.run.trigger = Trigger::Feed;
         let status = ConsumerStatus::new(queue.url());
         let routes: Vec<Vec<Query>> = dags.iter().map(queries).collect();
         let type_fields = routes
@@ -399,11 +325,11 @@ impl Consumer {
                             .filter(|(_, at)| at.elapsed() < recent)
                             .count() as u64;
                         match self.queue.depth().await {
-                            Ok((visible, in_flight)) if visible + in_flight <= theirs => {
+                            Ok(d) if d.visible + d.in_flight <= theirs => {
                                 idle_stop.store(true, Ordering::SeqCst);
                                 tracing::info!(left_for_others = theirs, "the queue has held nothing for this consumer for the idle time; stopping");
                             }
-                            Ok((visible, in_flight)) => tracing::debug!(visible, in_flight, "not idle: the queue still holds messages"),
+                            Ok(d) => tracing::debug!(visible = d.visible, in_flight = d.in_flight, "not idle: the queue still holds messages"),
                             Err(e) => tracing::warn!(error = %e, "could not read the queue's depth"),
                         }
                     }
@@ -513,7 +439,7 @@ impl Consumer {
         // fails on its data is run again on halves until the events that
         // break it are found.
         let mut succeeded: HashSet<usize> = HashSet::new();
-        for level in levels(&self.dags) {
+        for level in Dag::levels(&self.dags) {
             let mut runs = tokio::task::JoinSet::new();
             for d in level {
                 let docs = std::mem::take(&mut routed[d]);
@@ -659,300 +585,6 @@ impl Consumer {
             }
         }
         deleted
-    }
-}
-
-/// One DAG's run over the events of a micro-batch.
-struct FeedRun {
-    consumer: String,
-    dag: Dag<TaskKind>,
-    warehouse: Warehouse,
-    runner: Runner,
-    opts: RunOptions,
-}
-
-/// How a DAG's part of a micro-batch ended.
-#[derive(Debug)]
-enum FeedResult {
-    /// Every event was committed or quarantined.
-    Committed,
-    /// A run failed for a reason that may pass: try the messages again.
-    Retry,
-}
-
-/// What [`FeedRun::run_isolating`] did.
-#[derive(Debug)]
-struct FeedOutcome {
-    result: FeedResult,
-    /// Events quarantined because they alone made a run fail.
-    isolated: u64,
-    /// The failures seen on the way.
-    errors: Vec<String>,
-}
-
-/// Why a run did not succeed, and whether that may pass.
-fn failure(
-    result: &Result<workflows::RunSummary, workflows::runner::RunError>,
-) -> Option<(String, bool)> {
-    match result {
-        Ok(summary) if matches!(summary.state, RunState::Succeeded) => None,
-        Ok(summary) => {
-            let (why, retryable) = summary
-                .tasks
-                .iter()
-                .find_map(|(t, s)| match s {
-                    workflows::TaskState::Failed {
-                        error, retryable, ..
-                    } => Some((
-                        format!("run {}: task {t}: {error}", summary.run_id),
-                        *retryable,
-                    )),
-                    _ => None,
-                })
-                .unwrap_or_else(|| {
-                    (
-                        format!("run {}: {}", summary.run_id, summary.state.name()),
-                        true,
-                    )
-                });
-            Some((why, retryable))
-        }
-        Err(e) => Some((e.to_string(), true)),
-    }
-}
-
-impl FeedRun {
-    async fn run(
-        &self,
-        docs: Vec<Document>,
-    ) -> Result<workflows::RunSummary, workflows::runner::RunError> {
-        let env = Env {
-            source: Source::Feed(Arc::new(docs)),
-            warehouse: self.warehouse.clone(),
-        };
-        let tasks = build_tasks(&self.dag, &env);
-        self.runner.run(&self.dag, tasks, &self.opts).await
-    }
-
-    /// Runs the DAG over `docs` (each with its message's index; `ids` are
-    /// the message ids, in the same order); when a run fails for its data,
-    /// runs the halves, down to single events, which are quarantined.
-    async fn run_isolating(&self, docs: Vec<(usize, Document)>, ids: Vec<String>) -> FeedOutcome {
-        let mut out = FeedOutcome {
-            result: FeedResult::Committed,
-            isolated: 0,
-            errors: Vec::new(),
-        };
-        // A failure that is not about single events (a table missing, a
-        // setting wrong) would fail every part: past this many events set
-        // aside, stop and let the messages come back instead.
-        let limit = (docs.len() / 10).max(3);
-        let (key, type_field) = self
-            .dag
-            .tasks
-            .iter()
-            .find_map(|t| match &t.kind {
-                TaskKind::ExtractMongo(c) => Some((c.key.clone(), c.type_field.clone())),
-                _ => None,
-            })
-            .unwrap_or_else(|| ("event_id".into(), "type".into()));
-        let mut breaking: Vec<Rejected> = Vec::new();
-        let mut checked_empty = false;
-        let mut todo: Vec<Vec<(Document, String)>> =
-            vec![docs.into_iter().map(|(_, d)| d).zip(ids).collect()];
-        while let Some(part) = todo.pop() {
-            let result = self
-                .run(part.iter().map(|(d, _)| d.clone()).collect())
-                .await;
-            let Some((why, retryable)) = failure(&result) else {
-                continue;
-            };
-            out.errors.push(why.clone());
-            if retryable {
-                out.result = FeedResult::Retry;
-                return out;
-            }
-            // A run that fails without any event fails for its settings or
-            // its tables, not for the data: no event is to blame.
-            if !checked_empty {
-                checked_empty = true;
-                if let Some((empty_why, _)) = failure(&self.run(Vec::new()).await) {
-                    out.errors.push(format!(
-                        "the DAG fails even without events ({empty_why}); the messages come back"
-                    ));
-                    out.result = FeedResult::Retry;
-                    return out;
-                }
-            }
-            if breaking.len() >= limit {
-                out.errors.push(format!(
-                    "more than {limit} events each fail the run alone: not a problem of single events; the messages come back"
-                ));
-                out.result = FeedResult::Retry;
-                return out;
-            }
-            if part.len() == 1 {
-                let (doc, id) = &part[0];
-                breaking.push(Rejected::from_doc(
-                    doc,
-                    &key,
-                    &type_field,
-                    format!(
-                        "the run of dag {} failed on this event alone: {why}",
-                        self.dag.name
-                    ),
-                    Some(&format!("message {id}")),
-                ));
-            } else {
-                tracing::warn!(dag = %self.dag.name, events = part.len(), error = %why, "a run failed on its data; running halves to find the events that break it");
-                let mut left = part;
-                let right = left.split_off(left.len() / 2);
-                todo.push(right);
-                todo.push(left);
-            }
-        }
-        // Only now that the rest committed are the breaking events set
-        // aside (a batch that comes back is searched again).
-        match quarantine::write(
-            &self.warehouse,
-            &self.dag.name,
-            "consume",
-            &self.consumer,
-            &breaking,
-        )
-        .await
-        {
-            Ok(()) => out.isolated = breaking.len() as u64,
-            Err(e) => {
-                out.errors
-                    .push(format!("quarantining the events that break the run: {e}"));
-                out.result = FeedResult::Retry;
-            }
-        }
-        out
-    }
-}
-
-/// Deletes up to ten messages, trying the failed entries again; returns how
-/// many were deleted and the errors of the last attempt.
-async fn delete_chunk(queue: &Queue, chunk: &[&str]) -> (u64, Vec<String>) {
-    let mut todo: Vec<String> = chunk.iter().map(|s| (*s).to_owned()).collect();
-    let mut deleted = 0u64;
-    let mut errors = Vec::new();
-    for attempt in 1..=DELETE_ATTEMPTS {
-        let refs: Vec<&str> = todo.iter().map(String::as_str).collect();
-        match queue.delete_batch(&refs).await {
-            Ok(failed) => {
-                deleted += (todo.len() - failed.len()) as u64;
-                if failed.is_empty() {
-                    return (deleted, Vec::new());
-                }
-                if attempt == DELETE_ATTEMPTS {
-                    errors = failed
-                        .iter()
-                        .map(|(_, why)| format!("deleting a message: {why}; it will come back"))
-                        .collect();
-                }
-                todo = failed.into_iter().map(|(r, _)| r).collect();
-            }
-            Err(e) => {
-                if attempt == DELETE_ATTEMPTS {
-                    errors = vec![format!("{e}; the messages will come back")];
-                }
-            }
-        }
-        if attempt < DELETE_ATTEMPTS {
-            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
-        }
-    }
-    (deleted, errors)
-}
-
-const DELETE_ATTEMPTS: u32 = 3;
-/// Tries of a micro-batch whose runs fail for a reason that may pass, before
-/// its messages are released to the queue.
-const MAX_TRIES: u32 = 5;
-/// How long a message left for other consumers is remembered.
-const LEFT_MEMORY: Duration = Duration::from_secs(300);
-/// Delete requests in flight at once.
-const DELETE_REQUESTS: usize = 8;
-/// How often an idle consumer asks the queue whether it is empty.
-const IDLE_LOOK_EVERY: Duration = Duration::from_secs(1);
-const MAX_RECEIVED: usize = 100;
-
-/// One receiver: long-polls until told to stop, holding what it receives.
-#[allow(clippy::too_many_arguments)]
-async fn receive_loop(
-    n: usize,
-    queue: Queue,
-    wait: Duration,
-    visibility: Duration,
-    held: Held,
-    tx: mpsc::Sender<Received>,
-    mut stop: watch::Receiver<bool>,
-    idle_stop: Arc<AtomicBool>,
-) {
-    let mut failures = 0u32;
-    loop {
-        if *stop.borrow() || idle_stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let received = tokio::select! {
-            r = queue.receive(wait, Some(visibility)) => r,
-            _ = stop.changed() => return,
-        };
-        match received {
-            Ok(messages) => {
-                failures = 0;
-                held.add(messages.iter().map(|m| m.receipt.clone()), visibility);
-                tracing::debug!(
-                    receiver = n,
-                    received = messages.len(),
-                    redelivered = messages.iter().filter(|m| m.receive_count > 1).count(),
-                    "receive"
-                );
-                for m in messages {
-                    if tx.send(m).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                let pause = Duration::from_millis(250 * 2u64.pow(failures.min(7)));
-                tracing::warn!(receiver = n, error = %e, retry_in_ms = pause.as_millis() as u64, "receive failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-        }
-    }
-}
-
-/// Keeps held messages invisible while their batch is being loaded: every
-/// third of the visibility timeout, the messages that would become visible
-/// within half of it are made invisible for a whole timeout again.
-async fn heartbeat_loop(queue: Queue, held: Held, visibility: Duration) {
-    let every = (visibility / 3).max(Duration::from_secs(1));
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let receipts = held.due(visibility / 2);
-        for chunk in receipts.chunks(queue::MAX_BATCH) {
-            let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            match queue.extend_batch(&refs, visibility).await {
-                Ok(refused) => {
-                    held.extended(&refs, visibility);
-                    for (_, why) in refused {
-                        // Deleted since, or already visible again: nothing to keep.
-                        tracing::debug!(reason = %why, "visibility not extended");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-            }
-        }
     }
 }
 

@@ -13,17 +13,27 @@ use aws_sdk_sqs::types::{
 
 /// SQS refused or could not be reached.
 #[derive(Debug, thiserror::Error)]
-#[error("SQS {action} on {queue}: {message}")]
+#[error("SQS {action} on {queue}: {}", DisplayErrorContext(.source.as_ref()))]
 pub struct QueueError {
     /// What was attempted.
     pub action: &'static str,
     /// The queue URL.
     pub queue: String,
-    /// The error with its context.
-    pub message: String,
+    /// The SDK's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync + 'static>,
     /// Whether the request never got an answer from the service (a network
     /// error or a timeout), as opposed to a refusal.
     pub transient: bool,
+}
+
+/// Messages on a queue, as SQS approximates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Depth {
+    /// Visible: waiting to be received.
+    pub visible: u64,
+    /// Received and not yet deleted or visible again.
+    pub in_flight: u64,
 }
 
 /// One message received.
@@ -73,8 +83,8 @@ impl Queue {
 
     fn error<E, R>(&self, action: &'static str, e: SdkError<E, R>) -> QueueError
     where
-        E: std::error::Error + 'static,
-        R: std::fmt::Debug,
+        E: std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + Send + Sync + 'static,
     {
         let transient = matches!(
             e,
@@ -83,7 +93,7 @@ impl Queue {
         QueueError {
             action,
             queue: self.url.clone(),
-            message: DisplayErrorContext(&e).to_string(),
+            source: Box::new(e),
             transient,
         }
     }
@@ -113,7 +123,7 @@ impl Queue {
     ///
     /// # Errors
     /// The queue cannot be reached.
-    pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
+    pub async fn depth(&self) -> Result<Depth, QueueError> {
         let out = self
             .client
             .get_queue_attributes()
@@ -131,10 +141,10 @@ impl Queue {
                 .and_then(|v| v.parse::<u64>().ok())
                 .unwrap_or(0)
         };
-        Ok((
-            get(QueueAttributeName::ApproximateNumberOfMessages),
-            get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-        ))
+        Ok(Depth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        })
     }
 
     /// Receives up to ten messages, waiting up to `wait` for the first

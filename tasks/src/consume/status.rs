@@ -57,8 +57,8 @@ pub struct ConsumerStatus {
     pub started_at: String,
     /// When the row was last written.
     pub updated_at: String,
-    /// `running`, `stopped`.
-    pub state: String,
+    /// Whether it runs.
+    pub state: ConsumerState,
     /// Its counters.
     #[serde(flatten)]
     pub totals: Totals,
@@ -66,6 +66,16 @@ pub struct ConsumerStatus {
     pub lag_ms: Option<i64>,
     /// The last error, if any.
     pub last_error: Option<String>,
+}
+
+workflows::stored_enum! {
+    /// Whether a consumer runs, as `cutover_consumers.state` stores it.
+    pub enum ConsumerState as "consumer state" {
+        /// Consuming (or died without saying so: see `updated_at`).
+        Running = "running",
+        /// Stopped.
+        Stopped = "stopped",
+    }
 }
 
 impl ConsumerStatus {
@@ -79,7 +89,7 @@ impl ConsumerStatus {
             pid: std::process::id(),
             started_at: now.clone(),
             updated_at: now,
-            state: "running".into(),
+            state: ConsumerState::Running,
             totals: Totals::default(),
             lag_ms: None,
             last_error: None,
@@ -113,13 +123,13 @@ impl ConsumerStatus {
 
     /// Writes the row as `running`.
     pub async fn start(&mut self, wh: &Warehouse) {
-        self.state = "running".into();
+        self.state = ConsumerState::Running;
         self.save(wh).await;
     }
 
     /// Writes the row as `stopped`.
     pub async fn finish(&mut self, wh: &Warehouse) {
-        self.state = "stopped".into();
+        self.state = ConsumerState::Stopped;
         self.save(wh).await;
     }
 
@@ -186,7 +196,7 @@ impl ConsumerStatus {
                     pid: r.try_get::<i64, _>("pid")? as u32,
                     started_at: r.try_get("started_at")?,
                     updated_at: r.try_get("updated_at")?,
-                    state: r.try_get("state")?,
+                    state: workflows::state::read(r, "state")?,
                     totals: Totals {
                         messages: n("messages")?,
                         redelivered: n("redelivered")?,

@@ -11,15 +11,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use workflows::{SettingProblem, Task, TaskContext, TaskError, TaskReport};
+use workflows::{
+    KindInfo, RateLimit, Role, SettingProblem, Task, TaskContext, TaskError, TaskReport, Window,
+};
 
 use crate::error::{from_io, from_sqlx};
+use crate::progress::Progress;
 use crate::quarantine::{self, Rejected};
-use crate::rate::RateLimit;
 use crate::schema::{read_row, ColumnType, Columns, Value};
-use crate::segment::{self, Meta, Watermark};
-use crate::source::{Item, Query, Source};
+use crate::segment::{self, write_read_from, Meta, ReadFrom, Watermark};
+use crate::source::{Item, Query, Selection, Source};
 use crate::warehouse::Warehouse;
+
+/// The kind.
+pub const KIND: KindInfo = KindInfo {
+    name: "extract.mongo",
+    summary: "read events of some types from MongoDB (or the events file) since the watermark; quarantine invalid ones",
+    role: Role::Extract,
+    fields: || serde_aux::serde_introspection::serde_introspect::<Config>(),
+};
 
 /// The settings of an `extract.mongo` task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,14 +59,14 @@ pub struct Config {
     pub key: String,
     /// How far before the watermark each run reads again, to pick up events
     /// that arrived late, e.g. `2h`.
-    #[serde(default = "default_lookback", with = "humantime_serde")]
+    #[serde(default = "default_lookback", with = "workflows::duration")]
     pub lookback: Duration,
     /// How far ahead of this machine's clock an event's time may be and
     /// still count for the watermark, e.g. `5m`. An event dated later (a
     /// wrong clock, a typo such as 9999-12-31) is loaded, as the legacy
     /// analytics count it, but the watermark does not move past now plus
     /// this, so incremental runs go on reading what arrives next.
-    #[serde(default = "default_clock_skew", with = "humantime_serde")]
+    #[serde(default = "default_clock_skew", with = "workflows::duration")]
     pub clock_skew: Duration,
     /// Rows per segment, and documents per MongoDB round trip.
     #[serde(default = "default_batch_size")]
@@ -67,25 +77,6 @@ pub struct Config {
     pub max_rate: Option<NonZeroU32>,
     /// The columns to read, by name: path, type and constraints.
     pub columns: Columns,
-}
-
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{s}` is not a duration such as `30s`, `5m` or `2h`: {e}"
-            ))
-        })
-    }
 }
 
 fn default_database() -> String {
@@ -128,8 +119,8 @@ impl Config {
                 "clock_skew",
                 format!(
                     "`{}` is more than {}: a clock that wrong is no clock",
-                    humantime::format_duration(self.clock_skew),
-                    humantime::format_duration(MAX_CLOCK_SKEW)
+                    workflows::duration::format(self.clock_skew),
+                    workflows::duration::format(MAX_CLOCK_SKEW)
                 ),
             ));
         }
@@ -138,7 +129,7 @@ impl Config {
         }
         if let Some(filter) = &self.filter {
             if let Err(e) = crate::filter::Filter::from_toml(filter) {
-                out.push(SettingProblem::field("filter", e));
+                out.push(SettingProblem::field("filter", e.to_string()));
             }
         }
         if !self.columns.keys().any(|c| c.as_str() == self.key) {
@@ -205,6 +196,17 @@ impl Config {
         }
     }
 
+    /// The events it reads and how a document reads as a row, for the
+    /// tasks that check it.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            query: self.query(None, None),
+            key: self.key.clone(),
+            ts_column: self.ts_column().unwrap_or_default().to_owned(),
+            columns: self.columns.clone(),
+        }
+    }
+
     /// Where the next run starts reading: the watermark minus the lookback.
     pub fn since(&self, watermark: Option<i64>) -> Option<i64> {
         watermark.map(|w| w - self.lookback.as_millis() as i64)
@@ -225,41 +227,8 @@ pub struct ExtractMongo {
     /// The limit on the read rate (the task's `max_rate`, or a backfill's
     /// shared one).
     pub limit: Option<Arc<RateLimit>>,
-}
-
-/// A window of event time, `[from_ms, until_ms)` in epoch ms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// The first instant read.
-    pub from_ms: i64,
-    /// The first instant not read.
-    pub until_ms: i64,
-}
-
-const READ_FROM: &str = "read_from.json";
-
-/// What a run's extract read: from where in event time (`None`: the
-/// beginning), and when it started (epoch ms, wall clock).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadFrom {
-    /// The lower bound of event time read.
-    pub since_ms: Option<i64>,
-    /// When the extract started reading.
-    pub started_ms: i64,
-}
-
-/// Records what a run's extract read, for the tasks after it.
-///
-/// # Errors
-/// Writing the file failed.
-pub fn write_read_from(dir: &std::path::Path, read: ReadFrom) -> std::io::Result<()> {
-    std::fs::write(dir.join(READ_FROM), serde_json::to_string(&read)?)
-}
-
-/// What the extract whose output is in `dir` read in this run; `None` if it
-/// did not run.
-pub fn read_from(dir: &std::path::Path) -> Option<ReadFrom> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join(READ_FROM)).ok()?).ok()
+    /// Whether it shows a progress counter.
+    pub progress: Progress,
 }
 
 /// What a pass over the source found.
@@ -320,7 +289,7 @@ impl Task for ExtractMongo {
             .position(|c| Some(c.as_str()) == cfg.ts_column())
             .ok_or_else(|| TaskError::fatal("no timestamp column"))?;
         let ordered = self.source.is_ordered();
-        let progress = crate::kinds::progress(&format!("{} {}", ctx.dag, ctx.task));
+        let progress = self.progress.counter(&format!("{} {}", ctx.dag, ctx.task));
 
         let horizon_ms = read.started_ms + cfg.clock_skew.as_millis() as i64;
         let mut stream = self.source.stream(&query).await?;
@@ -385,7 +354,7 @@ impl Task for ExtractMongo {
                         &doc,
                         &cfg.key,
                         &cfg.type_field,
-                        reason,
+                        reason.to_string(),
                         line.map(|n| self.source.line_location(n)).as_deref(),
                     )),
                 },
@@ -413,11 +382,11 @@ impl Task for ExtractMongo {
             _ if feed => "the feed".to_owned(),
             Some(ms) if self.window.is_some() => format!(
                 "the window {} to {}",
-                crate::reports::format_ms(ms),
-                crate::reports::format_ms(self.window.map_or(ms, |w| w.until_ms))
+                workflows::time::format_ms(ms),
+                workflows::time::format_ms(self.window.map_or(ms, |w| w.until_ms))
             ),
             None => "the beginning".to_owned(),
-            Some(ms) => crate::reports::format_ms(ms),
+            Some(ms) => workflows::time::format_ms(ms),
         };
         let mut summary = format!(
             "read {} documents from {from}: {} valid rows, {} quarantined",
@@ -425,19 +394,19 @@ impl Task for ExtractMongo {
         );
         if pass.future > 0 {
             let latest = pass.max_future_ts.map_or_else(String::new, |t| {
-                format!(" (the latest {})", crate::reports::format_ms(t))
+                format!(" (the latest {})", workflows::time::format_ms(t))
             });
             tracing::warn!(
                 dag = %ctx.dag,
                 task = %ctx.task,
                 events = pass.future,
-                clock_skew = %humantime::format_duration(cfg.clock_skew),
+                clock_skew = %workflows::duration::format(cfg.clock_skew),
                 "events dated in the future: loaded, but the watermark does not move past now"
             );
             summary.push_str(&format!(
                 "; {} dated after now + {}{latest}: loaded, watermark held at now",
                 pass.future,
-                humantime::format_duration(cfg.clock_skew)
+                workflows::duration::format(cfg.clock_skew)
             ));
         }
         Ok(TaskReport {
@@ -455,15 +424,19 @@ pub fn build(
     config: Config,
     source: Source,
     warehouse: Warehouse,
-    window: Option<Window>,
-    limit: Option<Arc<RateLimit>>,
+    read: &workflows::ReadOptions,
+    progress: Progress,
 ) -> Arc<dyn Task> {
-    let limit = limit.or_else(|| config.max_rate.map(|r| Arc::new(RateLimit::new(r))));
+    let limit = read
+        .limit
+        .clone()
+        .or_else(|| config.max_rate.map(|r| Arc::new(RateLimit::new(r))));
     Arc::new(ExtractMongo {
         config,
         source,
         warehouse,
-        window,
+        window: read.window,
         limit,
+        progress,
     })
 }

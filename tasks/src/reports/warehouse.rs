@@ -25,7 +25,8 @@ fn sum(b: Backend, expr: &str) -> String {
 
 /// The query of a report; parameters 1 and 2 are the range bounds.
 pub fn sql(b: Backend, name: ReportName) -> String {
-    let (from, to) = (b.param(1), b.param(2));
+    let mut m = b.markers();
+    let (from, to) = (m.next(), m.next());
     match name {
         ReportName::ViewsDaily => format!(
             "SELECT d.date, f.presentation_id, COUNT(*), COUNT(DISTINCT f.user_id) \

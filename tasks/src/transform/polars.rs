@@ -14,13 +14,23 @@ use async_trait::async_trait;
 use polars::prelude::*;
 use polars::sql::SQLContext;
 use serde::{Deserialize, Serialize};
-use workflows::{SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport};
+use workflows::{
+    KindInfo, Role, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport,
+};
 
 use crate::error::{from_io, from_sqlx};
 use crate::quarantine::Rejected;
 use crate::schema::{ColumnType, Value};
-use crate::segment::{self, output_dir, Meta};
+use crate::segment::{self, output_dir, Meta, Planned, Unplannable};
 use crate::warehouse::Warehouse;
+
+/// The kind.
+pub const KIND: KindInfo = KindInfo {
+    name: "transform.polars",
+    summary: "run Polars SQL over each extracted segment, one query per output table",
+    role: Role::Transform,
+    fields: || serde_aux::serde_introspection::serde_introspect::<Config>(),
+};
 
 /// The settings of a `transform.polars` task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,7 +91,7 @@ impl Config {
                 for name in self.outputs.keys() {
                     out.insert(
                         name.clone(),
-                        Err(format!("the input cannot be framed: {e}")),
+                        Err(Unplannable(format!("the input cannot be framed: {e}"))),
                     );
                 }
                 return out;
@@ -99,18 +109,18 @@ impl Config {
                     .join()
             });
             let result = match planned {
-                Err(_) => Err("planning the query panicked".to_owned()),
-                Ok(Err(e)) => Err(first_line(&e.to_string())),
+                Err(_) => Err(Unplannable("planning the query panicked".to_owned())),
+                Ok(Err(e)) => Err(Unplannable(first_line(&e.to_string()))),
                 Ok(Ok(schema)) => schema
                     .iter()
                     .map(|(col, dtype)| {
-                        SqlIdent::new(col).map_err(|e| format!("column {e}"))?;
+                        SqlIdent::new(col).map_err(|e| Unplannable(format!("column {e}")))?;
                         loadable(dtype)
                             .map(|ty| (col.to_string(), ty))
                             .ok_or_else(|| {
-                                format!(
+                                Unplannable(format!(
                                     "column {col} has type {dtype}, which cannot be loaded; cast it in the query"
-                                )
+                                ))
                             })
                     })
                     .collect(),
@@ -120,9 +130,6 @@ impl Config {
         out
     }
 }
-
-/// Each output's columns and types, or why its query cannot run.
-pub type Planned = BTreeMap<SqlIdent, Result<Vec<(String, ColumnType)>, String>>;
 
 /// The first line of a message (Polars adds context lines).
 fn first_line(s: &str) -> String {
@@ -210,7 +217,7 @@ pub fn to_frame(columns: &[(String, ColumnType)], rows: &[Vec<Value>]) -> Polars
 ///
 /// # Errors
 /// A column has a type the warehouse cannot take, named in the message.
-pub fn from_frame(df: &DataFrame) -> Result<(Vec<(String, ColumnType)>, Vec<Vec<Value>>), String> {
+fn from_frame(df: &DataFrame) -> Result<(Vec<(String, ColumnType)>, Vec<Vec<Value>>), String> {
     let height = df.height();
     let mut columns = Vec::new();
     let mut rows: Vec<Vec<Value>> = (0..height)
@@ -303,7 +310,16 @@ pub fn transform_segment(
     cfg: &Config,
     meta: &Meta,
     rows: &[Vec<Value>],
-) -> Result<Vec<(SqlIdent, Vec<(String, ColumnType)>, Vec<Vec<Value>>)>, String> {
+) -> Result<Outputs, QueryFailed> {
+    transform(cfg, meta, rows).map_err(QueryFailed)
+}
+
+/// Why the queries failed over a segment, naming the output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueryFailed(pub String);
+
+fn transform(cfg: &Config, meta: &Meta, rows: &[Vec<Value>]) -> Result<Outputs, String> {
     let df = to_frame(&meta.columns, rows).map_err(|e| format!("building the input frame: {e}"))?;
     let mut ctx = SQLContext::new();
     ctx.register(&cfg.table_name(), df.lazy());
@@ -330,22 +346,20 @@ pub struct TransformPolars {
     pub warehouse: Warehouse,
 }
 
-/// The outputs of one segment, by output.
-type Outputs = Vec<(SqlIdent, Vec<(String, ColumnType)>, Vec<Vec<Value>>)>;
+/// The outputs of one segment, by output: its columns and rows.
+pub type Outputs = Vec<(SqlIdent, Vec<(String, ColumnType)>, Vec<Vec<Value>>)>;
 
 /// [`transform_segment`], with a panic turned into an error.
 fn transform_caught(cfg: &Config, meta: &Meta, rows: &[Vec<Value>]) -> Result<Outputs, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        transform_segment(cfg, meta, rows)
-    }))
-    .unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-            .unwrap_or_else(|| "a panic".to_owned());
-        Err(format!("the query panicked: {}", first_line(&what)))
-    })
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| transform(cfg, meta, rows)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".to_owned());
+            Err(format!("the query panicked: {}", first_line(&what)))
+        })
 }
 
 /// Splits `rows` into those the queries run on and those that make them

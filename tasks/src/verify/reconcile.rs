@@ -11,14 +11,24 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
-use workflows::{SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport};
+use workflows::{
+    KindInfo, Role, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport,
+};
 
 use crate::error::from_sqlx;
-use crate::extract::mongo::Config as ExtractConfig;
-use crate::reports::day_of;
 use crate::schema::{read_row, Value};
-use crate::source::{Item, Source};
+use crate::segment::read_from;
+use crate::source::{Item, Query, Selection, Source};
 use crate::warehouse::Warehouse;
+use workflows::time::day_of;
+
+/// The kind.
+pub const KIND: KindInfo = KindInfo {
+    name: "verify.reconcile",
+    summary: "check day by day that a fact table holds exactly the valid distinct source events",
+    role: Role::Verify,
+    fields: || serde_aux::serde_introspection::serde_introspect::<Config>(),
+};
 
 /// The settings of a `verify.reconcile` task.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,25 +78,36 @@ fn default_show() -> usize {
 }
 
 impl Config {
-    /// Checks without I/O; `extract` is the source task's settings if it is
-    /// an `extract.mongo` task of the DAG.
-    pub fn check(&self, extract: Option<&ExtractConfig>) -> Vec<SettingProblem> {
-        match extract {
-            Some(_) => Vec::new(),
-            None => vec![SettingProblem::field(
+    /// Checks without I/O; `source_is_extract` says whether `source` names
+    /// an extract task of the DAG.
+    pub fn check(&self, source_is_extract: bool) -> Vec<SettingProblem> {
+        if source_is_extract {
+            Vec::new()
+        } else {
+            vec![SettingProblem::field(
                 "source",
-                format!("`{}` is not an extract.mongo task of this DAG", self.source),
-            )],
+                format!("`{}` is not an extract task of this DAG", self.source),
+            )]
         }
     }
+}
+
+/// What the source holds in a range.
+struct SourceKeys {
+    /// Documents read.
+    read: u64,
+    /// Distinct valid event keys per UTC day.
+    days: BTreeMap<String, HashSet<String>>,
+    /// Keys of documents stored after the run's extract began.
+    during: HashSet<String>,
 }
 
 /// The task.
 pub struct Reconcile {
     /// Its settings.
     pub config: Config,
-    /// The source task's settings.
-    pub extract: ExtractConfig,
+    /// What the source task reads.
+    pub extract: Selection,
     /// The source.
     pub source: Source,
     /// The warehouse.
@@ -103,7 +124,7 @@ impl Reconcile {
         from_ms: Option<i64>,
         until_ms: i64,
         arrived_ms: Option<i64>,
-    ) -> Result<(u64, BTreeMap<String, HashSet<String>>, HashSet<String>), TaskError> {
+    ) -> Result<SourceKeys, TaskError> {
         let cfg = &self.extract;
         let key_idx = cfg
             .columns
@@ -113,11 +134,15 @@ impl Reconcile {
         let ts_idx = cfg
             .columns
             .keys()
-            .position(|c| Some(c.as_str()) == cfg.ts_column())
+            .position(|c| c.as_str() == cfg.ts_column)
             .ok_or_else(|| TaskError::fatal("no timestamp column"))?;
         let mut stream = self
             .source
-            .stream(&cfg.query(from_ms, Some(until_ms)))
+            .stream(&Query {
+                since_ms: from_ms,
+                until_ms: Some(until_ms),
+                ..cfg.query.clone()
+            })
             .await?;
         let mut days: BTreeMap<String, HashSet<String>> = BTreeMap::new();
         let mut during = HashSet::new();
@@ -141,7 +166,7 @@ impl Reconcile {
                 days.entry(day_of(*ts)).or_default().insert(key.clone());
             }
         }
-        Ok((read, days, during))
+        Ok(SourceKeys { read, days, during })
     }
 
     /// The event ids this DAG quarantined after reading them (a transform
@@ -150,7 +175,7 @@ impl Reconcile {
         let wh = &self.warehouse;
         let sql = format!(
             "SELECT event_id FROM cutover_quarantine WHERE dag = {} AND event_id IS NOT NULL",
-            wh.backend.param(1)
+            wh.backend.markers().next()
         );
         let rows = sqlx::query(&sql)
             .bind(dag)
@@ -172,14 +197,14 @@ impl Reconcile {
         until_ms: i64,
     ) -> Result<Vec<(String, i64)>, TaskError> {
         let wh = &self.warehouse;
-        let b = wh.backend;
+        let mut m = wh.backend.markers();
         let sql = format!(
             "SELECT {k}, {t} FROM {tbl} WHERE {t} >= {p1} AND {t} < {p2}",
-            k = wh.q(self.config.key.as_str()),
-            t = wh.q(self.config.ts.as_str()),
-            tbl = wh.q(self.config.table.as_str()),
-            p1 = b.param(1),
-            p2 = b.param(2)
+            k = wh.q(&self.config.key),
+            t = wh.q(&self.config.ts),
+            tbl = wh.q(&self.config.table),
+            p1 = m.next(),
+            p2 = m.next()
         );
         let rows = sqlx::query(&sql)
             .bind(from_ms.unwrap_or(i64::MIN / 2))
@@ -215,7 +240,7 @@ impl Task for Reconcile {
         };
         let until = watermark + 1;
         // Whole days: from the start of the day the run's extract began at.
-        let read = crate::extract::mongo::read_from(&ctx.output_dir(&self.config.source));
+        let read = read_from(&ctx.output_dir(&self.config.source));
         let from = match self.config.scope {
             Scope::All => None,
             Scope::Run => read
@@ -226,7 +251,11 @@ impl Task for Reconcile {
         // second precision) may or may not be loaded yet: it is left out of
         // the comparison on both sides, and the next run checks it.
         let arrived = read.map(|r| r.started_ms - 1_000);
-        let (read_count, mut source, during) = self.source_keys(from, until, arrived).await?;
+        let SourceKeys {
+            read: read_count,
+            days: mut source,
+            during,
+        } = self.source_keys(from, until, arrived).await?;
         let mut table = self.table_keys(from, until).await?;
         if !during.is_empty() {
             for keys in source.values_mut() {
@@ -323,7 +352,7 @@ impl Task for Reconcile {
                     self.config.table,
                     source.len(),
                     from.map_or_else(String::new, |f| format!("from {} ", day_of(f))),
-                    crate::reports::format_ms(watermark),
+                    workflows::time::format_ms(watermark),
                     if explained > 0 {
                         format!(", but for {explained} events the DAG quarantined (`cutover quarantine list --dag {}`)", ctx.dag)
                     } else {
@@ -345,7 +374,7 @@ impl Task for Reconcile {
 /// Builds the task.
 pub fn build(
     config: Config,
-    extract: ExtractConfig,
+    extract: Selection,
     source: Source,
     warehouse: Warehouse,
 ) -> Arc<dyn Task> {

@@ -5,7 +5,7 @@
 //! tokio-cron-scheduler drives a one-second tick in UTC. Fire times are not
 //! left to it: its time-zone jobs keep the offset they were created with
 //! after a daylight-saving change (its issues #87 and #107), so each DAG's
-//! next fire time comes from [`workflows::schedule::Schedule::next_after`].
+//! next fire time comes from [`crate::schedule::Schedule::next_after`].
 //! At a due tick the daemon claims the DAG's lease for that tick
 //! ([`Leases::claim_tick`]); only the claimant runs it, renewing the lease
 //! while it runs, and every load commit checks the lease, so a daemon that
@@ -19,9 +19,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use tokio_cron_scheduler::{Job, JobScheduler};
-use workflows::{Dag, Lease, Leases, RunOptions, RunState, Runner};
 
-use crate::kinds::{build_tasks, Env, TaskKind};
+use crate::keep_alive::{KeepAlive, Renewal};
+use crate::read::ReadOptions;
+use crate::runner::RunError;
+use crate::task::{TaskBuilder, TaskKinds};
+use crate::{Dag, Leases, RunOptions, RunState, Runner, Trigger};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -68,15 +71,15 @@ pub struct Ran {
 ///
 /// # Errors
 /// The scheduler could not start, or no DAG is scheduled.
-pub async fn run(
-    dags: &[Dag<TaskKind>],
-    env: Env,
+pub async fn run<K: TaskKinds + Clone>(
+    dags: &[Dag<K>],
+    builder: Arc<dyn TaskBuilder<K>>,
     runner: Runner,
     settings: Settings,
     mut stop: watch::Receiver<bool>,
 ) -> Result<Ran, DaemonError> {
-    let leases = Leases::new(env.warehouse.pool.clone(), env.warehouse.backend);
-    let scheduled: Vec<&Dag<TaskKind>> = dags.iter().filter(|d| d.schedule.is_some()).collect();
+    let leases = Leases::new(runner.ledger().pool().clone(), runner.ledger().backend());
+    let scheduled: Vec<&Dag<K>> = dags.iter().filter(|d| d.schedule.is_some()).collect();
     if scheduled.is_empty() {
         return Err(DaemonError::NothingScheduled);
     }
@@ -120,7 +123,6 @@ pub async fn run(
             catch_up.insert(dag.name.clone(), missed.into());
         }
     }
-    let env = Arc::new(env);
     let (interrupt_tx, interrupt) = watch::channel(false);
     let settings = Settings {
         run: RunOptions {
@@ -170,7 +172,7 @@ pub async fn run(
                         (*dag).clone(),
                         tick,
                         catching_up,
-                        Arc::clone(&env),
+                        Arc::clone(&builder),
                         runner.clone(),
                         leases.clone(),
                         settings.clone(),
@@ -273,11 +275,11 @@ impl Ran {
 
 /// Claims the tick's lease and, if this daemon got it, runs the DAG under
 /// it, renewing it until the run ends.
-async fn run_tick(
-    dag: Dag<TaskKind>,
+async fn run_tick<K: TaskKinds>(
+    dag: Dag<K>,
     tick: DateTime<Utc>,
     catching_up: bool,
-    env: Arc<Env>,
+    builder: Arc<dyn TaskBuilder<K>>,
     runner: Runner,
     leases: Leases,
     settings: Settings,
@@ -327,27 +329,37 @@ async fn run_tick(
     let reason = "interrupted: the scheduler running it stopped or lost its lease before the run ended; later runs went on from the watermarks";
     if let Err(e) = runner
         .ledger()
-        .interrupt_abandoned(&name, "schedule", None, reason)
+        .interrupt_abandoned(&name, Trigger::Schedule, None, reason)
         .await
     {
         tracing::warn!(dag = %name, error = %e, "could not record abandoned runs");
     }
-    let (done_tx, done) = watch::channel(false);
-    let renewer = tokio::spawn(renew(
-        leases.clone(),
-        lease.clone(),
-        settings.lease_ttl,
-        done,
-    ));
+    let renewer = {
+        let (leases, lease, ttl) = (leases.clone(), lease.clone(), settings.lease_ttl);
+        KeepAlive::start(ttl, move || {
+            let (leases, lease) = (leases.clone(), lease.clone());
+            async move {
+                if let Err(e) = leases
+                    .renew(&lease, ttl, Utc::now().timestamp_millis())
+                    .await
+                {
+                    // A lost lease makes the run's next commit fail; a
+                    // database error is tried again at the next renewal.
+                    tracing::warn!(dag = %lease.dag, error = %e, "could not renew the lease");
+                }
+                Renewal::Kept
+            }
+        })
+    };
     let opts = RunOptions {
-        trigger: "schedule".into(),
+        trigger: Trigger::Schedule,
         scheduled_at: Some(tick),
         lease: Some(lease.clone()),
         ..settings.run.clone()
     };
-    let result = runner.run(&dag, build_tasks(&dag, &env), &opts).await;
-    let _ = done_tx.send(true);
-    let _ = renewer.await;
+    let tasks = builder.build(&dag, &ReadOptions::default());
+    let result = runner.run(&dag, tasks, &opts).await;
+    renewer.stop().await;
     if let Err(e) = leases.release(&lease).await {
         tracing::warn!(dag = %name, error = %e, "could not release the lease; it expires");
     }
@@ -357,33 +369,11 @@ async fn run_tick(
             tracing::warn!(dag = %name, run_id = %s.run_id, "scheduled run failed");
             Outcome::Failed
         }
-        Err(workflows::runner::RunError::Interrupted(_)) => Outcome::Interrupted,
+        Err(RunError::Interrupted(_)) => Outcome::Interrupted,
         Err(e) => {
             tracing::warn!(dag = %name, error = %e, "scheduled run could not start");
             Outcome::Failed
         }
     };
     ended(outcome)
-}
-
-/// Renews `lease` every third of its time to live until `done`.
-async fn renew(leases: Leases, mut lease: Lease, ttl: Duration, mut done: watch::Receiver<bool>) {
-    let every = ttl / 3;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = done.changed() => return,
-        }
-        match leases
-            .renew(&lease, ttl, Utc::now().timestamp_millis())
-            .await
-        {
-            Ok(l) => lease = l,
-            Err(e) => {
-                // A lost lease makes the run's next commit fail; a database
-                // error is tried again at the next renewal.
-                tracing::warn!(dag = %lease.dag, error = %e, "could not renew the lease");
-            }
-        }
-    }
 }

@@ -1,10 +1,33 @@
-//! A limit on how fast extracts read the source, shared by every task that
-//! holds it: `max_rate` on an extract, or `cutover backfill --max-rate`
-//! over all its workers. It protects the live MongoDB from a long read.
+//! How a run reads other than a nightly run does: a window of event time
+//! instead of the watermarks (backfills), and a limit on how fast extracts
+//! read the source, shared by every task that holds it (`max_rate` on an
+//! extract, or `cutover backfill --max-rate` over all its workers), which
+//! protects the live database from a long read.
+
+use std::sync::Arc;
 
 use std::num::NonZeroU32;
 
 use governor::{DefaultDirectRateLimiter, Quota};
+
+/// A window of event time, `[from_ms, until_ms)` in epoch ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// The first instant read.
+    pub from_ms: i64,
+    /// The first instant not read.
+    pub until_ms: i64,
+}
+
+/// How a run reads other than a nightly run does.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Read this window of event time instead of from the watermarks; such
+    /// a read never moves a watermark.
+    pub window: Option<Window>,
+    /// A read-rate limit shared with other runs (overrides `max_rate`).
+    pub limit: Option<Arc<RateLimit>>,
+}
 
 /// A reader takes from the limit at a time what the rate allows in this
 /// long, so that it never overdraws by more.

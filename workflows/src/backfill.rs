@@ -1,6 +1,6 @@
 //! Backfills (`cutover backfill`): a DAG's extract, transform and load over
 //! a range of event time, cut into chunks that are each loaded as their own
-//! run and recorded in the chunk ledger ([`workflows::chunks`]).
+//! run and recorded in the chunk ledger ([`crate::chunks`]).
 //!
 //! Workers, in this process (`--parallel`) and in others sharing the
 //! warehouse, claim chunks without overlap; a rerun skips the chunks done;
@@ -20,14 +20,13 @@ use chrono::Utc;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::watch;
 use tracing::Instrument;
-use workflows::chunks::{plan, Chunk, ChunkError};
-use workflows::{Chunks, Claim, Dag, RunOptions, RunState, Runner, TaskState};
 
-use crate::error::sqlx_retryable;
-use crate::extract::mongo::Window;
-use crate::kinds::{build_tasks_with, without_verify, Env, ReadOptions, TaskKind};
-use crate::rate::RateLimit;
-use crate::reports::format_ms;
+use crate::chunks::{plan, Chunk, ChunkError, ChunkOutcome, ChunkState};
+use crate::keep_alive::{KeepAlive, Renewal};
+use crate::read::{RateLimit, ReadOptions, Window};
+use crate::task::{TaskBuilder, TaskKinds};
+use crate::time::format_ms;
+use crate::{Chunks, Claim, Dag, RunOptions, RunState, Runner, Trigger};
 
 /// What to backfill and how.
 #[derive(Debug, Clone)]
@@ -59,7 +58,7 @@ impl Settings {
             "{dag} {}..{} by {}",
             format_ms(self.from_ms),
             format_ms(self.until_ms),
-            humantime::format_duration(self.chunk)
+            crate::duration::format(self.chunk)
         )
     }
 }
@@ -85,7 +84,7 @@ impl Settings {
         if self.chunk < Duration::from_secs(1) {
             return Err(BackfillError::Settings(format!(
                 "--chunk {} is shorter than a second",
-                humantime::format_duration(self.chunk)
+                crate::duration::format(self.chunk)
             )));
         }
         let step = self.chunk.as_millis().min(i64::MAX as u128) as i64;
@@ -93,14 +92,14 @@ impl Settings {
         if chunks > MAX_CHUNKS {
             return Err(BackfillError::Settings(format!(
                 "--chunk {} cuts the range into {chunks} chunks, more than {MAX_CHUNKS}; use a longer --chunk",
-                humantime::format_duration(self.chunk)
+                crate::duration::format(self.chunk)
             )));
         }
         if self.claim_ttl < MIN_CLAIM_TTL {
             return Err(BackfillError::Settings(format!(
                 "--claim-ttl {} is shorter than {}: a claim renewed every third of it would expire while its worker is busy, and another worker would take its chunk",
-                humantime::format_duration(self.claim_ttl),
-                humantime::format_duration(MIN_CLAIM_TTL)
+                crate::duration::format(self.claim_ttl),
+                crate::duration::format(MIN_CLAIM_TTL)
             )));
         }
         Ok(())
@@ -150,13 +149,13 @@ pub struct Report {
 ///
 /// # Errors
 /// The chunk ledger failed.
-pub async fn dry_run(
-    dag: &Dag<TaskKind>,
-    env: &Env,
+pub async fn dry_run<K>(
+    dag: &Dag<K>,
+    runner: &Runner,
     settings: &Settings,
 ) -> Result<Vec<Chunk>, BackfillError> {
     settings.check()?;
-    let chunks = chunks_of(dag, env, settings)?;
+    let chunks = chunks_of(dag, runner, settings)?;
     let recorded = chunks.list().await?;
     Ok(plan(settings.from_ms, settings.until_ms, settings.chunk)
         .into_iter()
@@ -168,7 +167,7 @@ pub async fn dry_run(
                 .unwrap_or(Chunk {
                     from_ms,
                     until_ms,
-                    state: "pending".into(),
+                    state: ChunkState::Pending,
                     holder: None,
                     attempts: 0,
                     run_id: None,
@@ -179,13 +178,17 @@ pub async fn dry_run(
         .collect())
 }
 
-fn chunks_of(dag: &Dag<TaskKind>, env: &Env, settings: &Settings) -> Result<Chunks, BackfillError> {
+fn chunks_of<K>(
+    dag: &Dag<K>,
+    runner: &Runner,
+    settings: &Settings,
+) -> Result<Chunks, BackfillError> {
     if settings.from_ms >= settings.until_ms {
         return Err(BackfillError::EmptyRange);
     }
     Ok(Chunks::new(
-        env.warehouse.pool.clone(),
-        env.warehouse.backend,
+        runner.ledger().pool().clone(),
+        runner.ledger().backend(),
         &settings.key(&dag.name),
         &dag.name,
         &settings.holder,
@@ -197,23 +200,28 @@ fn chunks_of(dag: &Dag<TaskKind>, env: &Env, settings: &Settings) -> Result<Chun
 ///
 /// # Errors
 /// The DAG reads no events, the range is empty, or the chunk ledger failed.
-pub async fn run(
-    dag: &Dag<TaskKind>,
-    env: Env,
+pub async fn run<K: TaskKinds + Clone>(
+    dag: &Dag<K>,
+    builder: Arc<dyn TaskBuilder<K>>,
     runner: Runner,
     settings: Settings,
     stop: watch::Receiver<bool>,
 ) -> Result<Report, BackfillError> {
     let started = Instant::now();
     settings.check()?;
-    let chunks = chunks_of(dag, &env, &settings)?;
-    let dag = without_verify(dag).ok_or_else(|| BackfillError::NothingToRead(dag.name.clone()))?;
+    let chunks = chunks_of(dag, &runner, &settings)?;
+    let dag = dag
+        .without_verify()
+        .ok_or_else(|| BackfillError::NothingToRead(dag.name.clone()))?;
     chunks
         .prepare(&plan(settings.from_ms, settings.until_ms, settings.chunk))
         .await?;
     let before = chunks.list().await?;
     let total = before.len();
-    let done_before = before.iter().filter(|c| c.state == "done").count();
+    let done_before = before
+        .iter()
+        .filter(|c| c.state == ChunkState::Done)
+        .count();
     tracing::info!(
         backfill = %chunks.backfill,
         chunks = total,
@@ -221,11 +229,10 @@ pub async fn run(
         parallel = settings.parallel.get(),
         "backfill started"
     );
-    crate::kinds::hide_progress();
     let progress = Progress::new(total as u64, done_before as u64);
     let shared = Arc::new(Shared {
         dag,
-        env,
+        builder,
         runner,
         chunks,
         read: ReadOptions {
@@ -258,7 +265,7 @@ pub async fn run(
     }
     let after = shared.chunks.list().await?;
     let done_here = shared.done_here.load(Ordering::Relaxed) as usize;
-    let done = after.iter().filter(|c| c.state == "done").count();
+    let done = after.iter().filter(|c| c.state == ChunkState::Done).count();
     Ok(Report {
         key: shared.chunks.backfill.clone(),
         chunks: total,
@@ -266,18 +273,21 @@ pub async fn run(
         done_elsewhere: done.saturating_sub(done_here),
         left: after
             .iter()
-            .filter(|c| c.state == "pending" || c.state == "running")
+            .filter(|c| matches!(c.state, ChunkState::Pending | ChunkState::Running))
             .count(),
-        failed: after.into_iter().filter(|c| c.state == "failed").collect(),
+        failed: after
+            .into_iter()
+            .filter(|c| c.state == ChunkState::Failed)
+            .collect(),
         events: shared.events.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
     })
 }
 
 /// What the workers of one process share.
-struct Shared {
-    dag: Dag<TaskKind>,
-    env: Env,
+struct Shared<K> {
+    dag: Dag<K>,
+    builder: Arc<dyn TaskBuilder<K>>,
     runner: Runner,
     chunks: Chunks,
     read: ReadOptions,
@@ -291,7 +301,10 @@ struct Shared {
 /// workers still hold some.
 const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
-async fn worker(shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Result<(), BackfillError> {
+async fn worker<K: TaskKinds>(
+    shared: Arc<Shared<K>>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), BackfillError> {
     let mut failures = 0;
     loop {
         if *stop.borrow() {
@@ -302,7 +315,7 @@ async fn worker(shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Result<(), 
             Ok(false) => return Ok(()),
             // A busy or lost connection, a deadlock: the ledger is tried
             // again a few times before the worker gives up.
-            Err(e) if sqlx_retryable(e.cause()) && failures < LEDGER_RETRIES => {
+            Err(e) if crate::db::retryable(e.cause()) && failures < LEDGER_RETRIES => {
                 failures += 1;
                 tracing::warn!(error = %e, cause = %e.cause(), "the chunk ledger failed; trying again");
                 tokio::time::sleep(LOOK_AGAIN * failures).await;
@@ -317,7 +330,7 @@ const LEDGER_RETRIES: u32 = 5;
 
 /// Claims and runs one chunk, or waits for chunks other workers hold;
 /// `false` when none is left to do.
-async fn step(shared: &Shared) -> Result<bool, ChunkError> {
+async fn step<K: TaskKinds>(shared: &Shared<K>) -> Result<bool, ChunkError> {
     let Some(claim) = shared
         .chunks
         .claim(shared.settings.claim_ttl, Utc::now().timestamp_millis())
@@ -335,7 +348,7 @@ async fn step(shared: &Shared) -> Result<bool, ChunkError> {
     Ok(true)
 }
 
-async fn run_chunk(shared: &Shared, claim: &Claim) -> Result<(), ChunkError> {
+async fn run_chunk<K: TaskKinds>(shared: &Shared<K>, claim: &Claim) -> Result<(), ChunkError> {
     let s = &shared.settings;
     let tick = chrono::DateTime::from_timestamp_millis(claim.from_ms);
     if claim.token > 1 {
@@ -345,7 +358,7 @@ async fn run_chunk(shared: &Shared, claim: &Claim) -> Result<(), ChunkError> {
         if let Err(e) = shared
             .runner
             .ledger()
-            .interrupt_abandoned(&shared.dag.name, "backfill", tick, reason)
+            .interrupt_abandoned(&shared.dag.name, Trigger::Backfill, tick, reason)
             .await
         {
             tracing::warn!(error = %e, "could not record abandoned runs");
@@ -356,15 +369,30 @@ async fn run_chunk(shared: &Shared, claim: &Claim) -> Result<(), ChunkError> {
         format_ms(claim.from_ms),
         format_ms(claim.until_ms)
     );
-    let (done_tx, done) = watch::channel(false);
-    let renewer = tokio::spawn(renew(
-        shared.chunks.clone(),
-        claim.clone(),
-        s.claim_ttl,
-        done,
-    ));
+    let renewer = {
+        let (chunks, claim, ttl) = (shared.chunks.clone(), claim.clone(), s.claim_ttl);
+        KeepAlive::start(ttl, move || {
+            let (chunks, claim) = (chunks.clone(), claim.clone());
+            async move {
+                match chunks
+                    .renew(&claim, ttl, Utc::now().timestamp_millis())
+                    .await
+                {
+                    Ok(true) => Renewal::Kept,
+                    Ok(false) => {
+                        tracing::warn!(from = %format_ms(claim.from_ms), "lost the claim on a chunk");
+                        Renewal::Lost
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not renew a chunk's claim");
+                        Renewal::Kept
+                    }
+                }
+            }
+        })
+    };
     let opts = RunOptions {
-        trigger: "backfill".into(),
+        trigger: Trigger::Backfill,
         scheduled_at: tick,
         ..s.run.clone()
     };
@@ -375,91 +403,49 @@ async fn run_chunk(shared: &Shared, claim: &Claim) -> Result<(), ChunkError> {
         }),
         ..shared.read.clone()
     };
-    let tasks = build_tasks_with(&shared.dag, &shared.env, &read);
+    let tasks = shared.builder.build(&shared.dag, &read);
     let result = shared.runner.run(&shared.dag, tasks, &opts).await;
-    let _ = done_tx.send(true);
-    let _ = renewer.await;
+    renewer.stop().await;
     let (run_id, outcome) = match &result {
         Ok(summary) if summary.state == RunState::Succeeded => (
             summary.run_id.clone(),
-            Ok(extracted(&shared.dag, summary) as i64),
+            ChunkOutcome::Done {
+                events: summary.totals.read as i64,
+            },
         ),
-        Ok(summary) => {
-            let error = summary
-                .tasks
-                .iter()
-                .find_map(|(id, st)| match st {
-                    TaskState::Failed { error, .. } => Some(format!("task {id}: {error}")),
-                    _ => None,
-                })
-                .unwrap_or_else(|| "the run failed".into());
-            (summary.run_id.clone(), Err(error))
-        }
-        Err(e) => (String::new(), Err(e.to_string())),
+        Ok(summary) => (
+            summary.run_id.clone(),
+            ChunkOutcome::Failed {
+                error: summary
+                    .first_error()
+                    .unwrap_or_else(|| "the run failed".into()),
+            },
+        ),
+        Err(e) => (
+            String::new(),
+            ChunkOutcome::Failed {
+                error: e.to_string(),
+            },
+        ),
     };
-    let recorded = shared
-        .chunks
-        .finish(
-            claim,
-            &run_id,
-            outcome.as_ref().map(|e| *e).map_err(String::as_str),
-        )
-        .await?;
+    let recorded = shared.chunks.finish(claim, &run_id, &outcome).await?;
     if !recorded {
         tracing::warn!(chunk = %window, run_id = %run_id, "the claim on this chunk expired and another worker took it; it is theirs to record");
         return Ok(());
     }
     match outcome {
-        Ok(events) => {
+        ChunkOutcome::Done { events } => {
             shared.done_here.fetch_add(1, Ordering::Relaxed);
             let events = events as u64;
             let total = shared.events.fetch_add(events, Ordering::Relaxed) + events;
             shared.progress.chunk_done(&window, &run_id, events, total);
         }
-        Err(error) => {
+        ChunkOutcome::Failed { error } => {
             tracing::error!(chunk = %window, run_id = %run_id, error = %error, "chunk failed; the next run of the backfill tries it again");
             shared.progress.chunk_failed();
         }
     }
     Ok(())
-}
-
-/// Events the run's extracts read.
-fn extracted(dag: &Dag<TaskKind>, summary: &workflows::RunSummary) -> u64 {
-    summary
-        .tasks
-        .iter()
-        .filter(|(id, _)| {
-            dag.tasks
-                .iter()
-                .any(|t| &t.id == id && matches!(t.kind, TaskKind::ExtractMongo(_)))
-        })
-        .map(|(_, s)| match s {
-            TaskState::Succeeded { report, .. } => report.rows_read,
-            _ => 0,
-        })
-        .sum()
-}
-
-/// Renews `claim` every third of `ttl` until `done`.
-async fn renew(chunks: Chunks, claim: Claim, ttl: Duration, mut done: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(ttl / 3) => {}
-            _ = done.changed() => return,
-        }
-        match chunks
-            .renew(&claim, ttl, Utc::now().timestamp_millis())
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::warn!(from = %format_ms(claim.from_ms), "lost the claim on a chunk");
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "could not renew a chunk's claim"),
-        }
-    }
 }
 
 /// Progress: a bar with rate and ETA on a terminal, a log line per chunk

@@ -22,20 +22,24 @@ enum TestKind {
     Noop,
 }
 
+static KINDS: [KindInfo; 2] = [
+    KindInfo {
+        name: "copy",
+        summary: "copies",
+        role: crate::task::Role::Transform,
+        fields: || &["table", "input"],
+    },
+    KindInfo {
+        name: "noop",
+        summary: "does nothing",
+        role: crate::task::Role::Transform,
+        fields: || &[],
+    },
+];
+
 impl TaskKinds for TestKind {
     fn catalog() -> &'static [KindInfo] {
-        &[
-            KindInfo {
-                name: "copy",
-                summary: "copies",
-                fields: || &["table", "input"],
-            },
-            KindInfo {
-                name: "noop",
-                summary: "does nothing",
-                fields: || &[],
-            },
-        ]
+        &KINDS
     }
 
     fn parse(kind: &str, settings: toml::Table) -> Result<Self, Vec<SettingProblem>> {
@@ -53,16 +57,13 @@ impl TaskKinds for TestKind {
         }
     }
 
-    fn kind_name(&self) -> &'static str {
+    fn info(&self) -> &'static KindInfo {
         match self {
-            Self::Copy(_) => "copy",
-            Self::Noop => "noop",
+            Self::Copy(_) => &KINDS[0],
+            Self::Noop => &KINDS[1],
         }
     }
 
-    fn role(&self) -> crate::task::Role {
-        crate::task::Role::Transform
-    }
     fn check(&self, depends_on: &[String], _tasks: &[(&str, &Self)]) -> Vec<SettingProblem> {
         match self {
             Self::Copy(Copy { input: Some(i), .. }) if !depends_on.contains(i) => {

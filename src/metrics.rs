@@ -19,8 +19,8 @@ use sqlx::Row;
 use workflows::metrics::metrics;
 use workflows::sql::text;
 
-use crate::consume::status::ConsumerStatus;
-use crate::warehouse::Warehouse;
+use tasks::consume::ConsumerStatus;
+use tasks::Warehouse;
 
 /// The Prometheus text format's content type.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -1,127 +1,13 @@
-//! DAG files: parsing and validation into a checked [`Dag`].
-//!
-//! A DAG file is TOML. [`parse`] turns its text into a [`Dag`] in one pass
-//! that collects every problem (unknown fields with a "did you mean", bad
-//! values, duplicate task ids, unknown dependencies, cycles, unknown kinds,
-//! invalid schedules), each naming the file, the task and the field.
-//! Validation does no I/O; only [`load_file`] and [`load_dir`] read files.
+//! Parsing one DAG file's text into a checked [`Dag`], collecting every
+//! problem in one pass.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
-
+use super::{did_you_mean, Dag, DagError, TaskSpec};
 use crate::schedule::{CatchUp, Schedule};
 use crate::task::{SettingProblem, TaskKinds};
-
-/// One problem in a DAG file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct DagError {
-    /// The file the problem is in.
-    pub file: PathBuf,
-    /// The task, when the problem is inside one.
-    pub task: Option<String>,
-    /// The field, when the problem is one field's.
-    pub field: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for DagError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if let Some(task) = &self.task {
-            write!(f, ": task `{task}`")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": field `{field}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-/// A validated DAG.
-#[derive(Debug, Clone)]
-pub struct Dag<K> {
-    /// The file it was read from.
-    pub file: PathBuf,
-    /// Its unique name.
-    pub name: String,
-    /// What it is for.
-    pub description: String,
-    /// The data point it feeds (`views`, `engagement`, ...).
-    pub data_point: String,
-    /// When the scheduler runs it; `None` for ad-hoc only.
-    pub schedule: Option<Schedule>,
-    /// DAGs that run before this one when several run together (e.g. the
-    /// dimensions before the facts in `run --all`).
-    pub after: Vec<String>,
-    /// Its tasks in a dependency order: every task after its dependencies.
-    pub tasks: Vec<TaskSpec<K>>,
-}
-
-impl<K> Dag<K> {
-    /// The task with id `id`.
-    pub fn task(&self, id: &str) -> Option<&TaskSpec<K>> {
-        self.tasks.iter().find(|t| t.id == id)
-    }
-
-    /// The tasks grouped in waves: every task in a wave depends only on
-    /// tasks of earlier waves, so a wave's tasks can run at the same time.
-    pub fn waves(&self) -> Vec<Vec<&TaskSpec<K>>> {
-        let mut level: HashMap<&str, usize> = HashMap::new();
-        let mut waves: Vec<Vec<&TaskSpec<K>>> = Vec::new();
-        for task in &self.tasks {
-            let l = task
-                .depends_on
-                .iter()
-                .map(|d| level[d.as_str()] + 1)
-                .max()
-                .unwrap_or(0);
-            level.insert(&task.id, l);
-            if waves.len() <= l {
-                waves.resize_with(l + 1, Vec::new);
-            }
-            waves[l].push(task);
-        }
-        waves
-    }
-}
-
-/// A validated task.
-#[derive(Debug, Clone, Serialize)]
-pub struct TaskSpec<K> {
-    /// Unique within the DAG.
-    pub id: String,
-    /// What it is for.
-    pub description: Option<String>,
-    /// Tasks that must succeed before this one starts.
-    pub depends_on: Vec<String>,
-    /// Further attempts after a retryable failure.
-    pub retries: u32,
-    /// Delay before the first retry; doubled for each further one.
-    #[serde(with = "humantime_serde_compat")]
-    pub backoff: Duration,
-    /// The longest delay between attempts.
-    #[serde(with = "humantime_serde_compat")]
-    pub max_backoff: Duration,
-    /// How long one attempt may take before it is cancelled and counted as
-    /// a retryable failure.
-    #[serde(with = "humantime_serde_compat")]
-    pub timeout: Duration,
-    /// The kind and its own settings.
-    pub kind: K,
-}
-
-mod humantime_serde_compat {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-}
 
 /// The settings every task has, with their defaults.
 #[derive(Debug, Clone, Copy)]
@@ -204,156 +90,6 @@ fn list(names: &[&str]) -> String {
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The candidate closest to `word`, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c)
-}
-
-/// Reads and validates one DAG file.
-///
-/// # Errors
-/// Every problem in the file, or one saying it could not be read.
-pub fn load_file<K: TaskKinds>(path: &Path) -> Result<Dag<K>, Vec<DagError>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![DagError {
-            file: path.to_path_buf(),
-            task: None,
-            field: None,
-            message: format!("cannot read the file: {e}"),
-        }]
-    })?;
-    parse(path, &text)
-}
-
-/// Reads and validates every `*.toml` file in `dir`, sorted by name, and
-/// checks that DAG names are unique.
-///
-/// # Errors
-/// Every problem in every file.
-pub fn load_dir<K: TaskKinds>(dir: &Path) -> Result<Vec<Dag<K>>, Vec<DagError>> {
-    let read_error = |e: std::io::Error| {
-        vec![DagError {
-            file: dir.to_path_buf(),
-            task: None,
-            field: None,
-            message: format!("cannot read the DAG directory: {e}"),
-        }]
-    };
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(read_error)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    paths.sort();
-    let dags = load_files(&paths)?;
-    check_after(&dags)?;
-    Ok(dags)
-}
-
-/// Reads and validates the given files and checks that DAG names are unique.
-///
-/// # Errors
-/// Every problem in every file.
-pub fn load_files<K: TaskKinds>(paths: &[PathBuf]) -> Result<Vec<Dag<K>>, Vec<DagError>> {
-    let mut dags = Vec::new();
-    let mut errors = Vec::new();
-    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for path in paths {
-        match load_file::<K>(path) {
-            Ok(dag) => {
-                if let Some(first) = seen.get(&dag.name) {
-                    errors.push(DagError {
-                        file: path.clone(),
-                        task: None,
-                        field: Some("name".into()),
-                        message: format!(
-                            "DAG name `{}` is already used by {}",
-                            dag.name,
-                            first.display()
-                        ),
-                    });
-                } else {
-                    seen.insert(dag.name.clone(), path.clone());
-                    dags.push(dag);
-                }
-            }
-            Err(mut e) => errors.append(&mut e),
-        }
-    }
-    if errors.is_empty() {
-        order_dags(dags)
-    } else {
-        Err(errors)
-    }
-}
-
-/// Reports `after` entries that name no DAG of the set.
-fn check_after<K>(dags: &[Dag<K>]) -> Result<(), Vec<DagError>> {
-    let names: Vec<&str> = dags.iter().map(|d| d.name.as_str()).collect();
-    let mut errors = Vec::new();
-    for d in dags {
-        for a in &d.after {
-            if !names.contains(&a.as_str()) {
-                let hint = did_you_mean(a, names.iter().copied())
-                    .map(|h| format!(" (did you mean `{h}`?)"))
-                    .unwrap_or_default();
-                errors.push(DagError {
-                    file: d.file.clone(),
-                    task: None,
-                    field: Some("after".into()),
-                    message: format!("unknown DAG `{a}`{hint}"),
-                });
-            }
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
-    }
-}
-
-/// Puts every DAG after the DAGs of the set its `after` names (keeping the
-/// given order otherwise), or reports a cycle.
-fn order_dags<K>(dags: Vec<Dag<K>>) -> Result<Vec<Dag<K>>, Vec<DagError>> {
-    let names: Vec<String> = dags.iter().map(|d| d.name.clone()).collect();
-    let mut slots: Vec<Option<Dag<K>>> = dags.into_iter().map(Some).collect();
-    let mut out = Vec::with_capacity(slots.len());
-    while slots.iter().any(Option::is_some) {
-        let done: Vec<&str> = out.iter().map(|d: &Dag<K>| d.name.as_str()).collect();
-        let ready = slots.iter().position(|s| {
-            s.as_ref().is_some_and(|d| {
-                d.after
-                    .iter()
-                    .all(|a| done.contains(&a.as_str()) || !names.contains(a))
-            })
-        });
-        match ready {
-            Some(i) => out.push(slots[i].take().expect("present")),
-            None => {
-                let stuck: Vec<&Dag<K>> = slots.iter().flatten().collect();
-                let list = stuck.iter().map(|d| d.name.as_str()).collect::<Vec<_>>();
-                return Err(vec![DagError {
-                    file: stuck[0].file.clone(),
-                    task: None,
-                    field: Some("after".into()),
-                    message: format!("the `after` lists of DAGs {} form a cycle", list.join(", ")),
-                }]);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Parses and validates a DAG file's text. Does no I/O.
@@ -630,12 +366,15 @@ fn parse_schedule(p: &mut Problems<'_>, t: &toml::Table) -> Option<Schedule> {
     // Report both parts when both are wrong.
     let mut ok = true;
     if let Err(e) = crate::schedule::parse_cron(&cron) {
-        p.push(None, Some("schedule.cron"), e);
+        p.push(None, Some("schedule.cron"), e.to_string());
         ok = false;
     }
-    if timezone.parse::<chrono_tz::Tz>().is_err() {
-        let (_, message) = Schedule::new("* * * * *", &timezone).unwrap_err();
-        p.push(None, Some("schedule.timezone"), message);
+    if let Err(e) = Schedule::new("* * * * *", &timezone) {
+        p.push(
+            None,
+            Some(&format!("schedule.{}", e.field())),
+            e.to_string(),
+        );
         ok = false;
     }
     if ok {
@@ -654,14 +393,10 @@ fn duration(
     v: &toml::Value,
 ) -> Option<Duration> {
     match v {
-        toml::Value::String(s) => match humantime::parse_duration(s) {
+        toml::Value::String(s) => match crate::duration::parse(s) {
             Ok(d) => Some(d),
             Err(e) => {
-                p.push(
-                    task,
-                    Some(field),
-                    format!("`{s}` is not a duration such as `30s`, `5m` or `1h 30m`: {e}"),
-                );
+                p.push(task, Some(field), e.to_string());
                 None
             }
         },
@@ -881,7 +616,3 @@ fn order<K>(p: &mut Problems<'_>, tasks: Vec<TaskSpec<K>>) -> Vec<TaskSpec<K>> {
     let mut slots: Vec<Option<TaskSpec<K>>> = tasks.into_iter().map(Some).collect();
     out.into_iter().filter_map(|i| slots[i].take()).collect()
 }
-
-#[cfg(test)]
-#[path = "dag_tests.rs"]
-mod tests;

@@ -1,0 +1,213 @@
+//! The statements of a merge, per dialect: staging, merging by strategy,
+//! closing history versions.
+
+use workflows::{Backend, SqlIdent};
+
+use super::{Strategy, Target};
+
+/// The staging table of a target, a temporary table shaped like it.
+fn staging(target: &Target) -> SqlIdent {
+    target.table().prefixed("stg_")
+}
+
+/// Statements that create an empty staging table for `target` in the
+/// current transaction (dropping one a failed transaction left behind).
+pub fn staging_sql(backend: Backend, target: &Target) -> Vec<String> {
+    let (table, stg) = (
+        backend.quote(target.table()),
+        backend.quote(&staging(target)),
+    );
+    match backend {
+        Backend::MySql => vec![
+            format!("DROP TEMPORARY TABLE IF EXISTS {stg}"),
+            format!("CREATE TEMPORARY TABLE {stg} LIKE {table}"),
+        ],
+        Backend::Postgres => vec![
+            format!("DROP TABLE IF EXISTS pg_temp.{stg}"),
+            format!("CREATE TEMP TABLE {stg} (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"),
+        ],
+        Backend::Sqlite => vec![
+            format!("DROP TABLE IF EXISTS temp.{stg}"),
+            format!("CREATE TEMP TABLE {stg} AS SELECT * FROM main.{table} WHERE 0"),
+        ],
+    }
+}
+
+/// A multi-row insert of `rows` rows of `columns` into the staging table.
+pub fn stage_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows: usize) -> String {
+    let cols = columns
+        .iter()
+        .map(|c| backend.quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "INSERT INTO {} ({cols}) VALUES ",
+        backend.quote(&staging(target))
+    );
+    let mut m = backend.markers();
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        sql.push_str(&m.list(columns.len()));
+        sql.push(')');
+    }
+    sql
+}
+
+/// The statements that merge the staging table into the target, following
+/// the target's strategy; their affected-row counts add up to the rows that
+/// changed.
+pub fn merge_sql(backend: Backend, target: &Target, columns: &[SqlIdent]) -> Vec<String> {
+    let q = |c: &SqlIdent| backend.quote(c);
+    let (table, stg) = (q(target.table()), q(&staging(target)));
+    let keys: Vec<String> = target.key.iter().map(q).collect();
+    let rest: Vec<String> = columns
+        .iter()
+        .filter(|c| !target.key.contains(c))
+        .map(q)
+        .collect();
+    let cols = columns.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+    let s_cols = columns
+        .iter()
+        .map(|c| format!("s.{}", q(c)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let join = keys
+        .iter()
+        .map(|k| format!("t.{k} = s.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let insert = format!(
+        "INSERT INTO {table} ({cols}) SELECT {s_cols} FROM {stg} s WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {join})"
+    );
+    // UPDATE ... FROM (SQLite, PostgreSQL) or UPDATE ... JOIN (MySQL).
+    let update = |sets: Vec<String>, condition: String| -> String {
+        match backend {
+            Backend::MySql => {
+                let sets: Vec<String> = sets.iter().map(|s| format!("t.{s}")).collect();
+                format!(
+                    "UPDATE {table} t JOIN {stg} s ON {join} SET {} WHERE {condition}",
+                    sets.join(", ")
+                )
+            }
+            Backend::Sqlite | Backend::Postgres => {
+                format!(
+                    "UPDATE {table} AS t SET {} FROM {stg} AS s WHERE {join} AND ({condition})",
+                    sets.join(", ")
+                )
+            }
+        }
+    };
+    let fill = |cols: &[String]| -> Option<String> {
+        if cols.is_empty() {
+            return None;
+        }
+        let sets = cols
+            .iter()
+            .map(|c| format!("{c} = COALESCE(t.{c}, s.{c})"))
+            .collect();
+        let fills = cols
+            .iter()
+            .map(|c| format!("(t.{c} IS NULL AND s.{c} IS NOT NULL)"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        Some(update(sets, fills))
+    };
+    match target.strategy {
+        Strategy::InsertNew => vec![insert],
+        Strategy::Accumulate => fill(&rest).into_iter().chain([insert]).collect(),
+        Strategy::Latest | Strategy::History => {
+            let version: Vec<String> = target.version.iter().map(q).collect();
+            let newer = row_greater(&version, "s", "t");
+            // Each assignment reads only its own column, so the order in
+            // which MySQL applies them does not matter.
+            let sets = rest
+                .iter()
+                .map(|c| {
+                    if version.contains(c) {
+                        format!("{c} = s.{c}")
+                    } else {
+                        format!("{c} = COALESCE(s.{c}, t.{c})")
+                    }
+                })
+                .collect();
+            let mut out = vec![update(sets, newer)];
+            out.extend(fill(&rest));
+            out.push(insert);
+            if target.strategy == Strategy::History {
+                out.push(valid_to_sql(backend, target));
+            }
+            out
+        }
+    }
+}
+
+/// `a > b` for rows of columns compared in order (a row-value comparison).
+fn row_greater(cols: &[String], a: &str, b: &str) -> String {
+    if let [c] = cols {
+        return format!("{a}.{c} > {b}.{c}");
+    }
+    let side = |x: &str| {
+        cols.iter()
+            .map(|c| format!("{x}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!("({}) > ({})", side(a), side(b))
+}
+
+/// The statement that sets `valid_to` of every version of the entities in
+/// the staging table to the first version column of the next version.
+fn valid_to_sql(backend: Backend, target: &Target) -> String {
+    let q = |c: &SqlIdent| backend.quote(c);
+    let (table, stg) = (q(target.table()), q(&staging(target)));
+    let list = |cols: &[SqlIdent], prefix: &str| {
+        cols.iter()
+            .map(|c| format!("{prefix}{}", q(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let entity = list(&target.entity, "");
+    let entity_in = if target.entity.len() == 1 {
+        format!("{entity} IN (SELECT {entity} FROM {stg})")
+    } else {
+        format!("({entity}) IN (SELECT {entity} FROM {stg})")
+    };
+    let next = format!(
+        "SELECT {}, LEAD({}) OVER (PARTITION BY {entity} ORDER BY {}) AS next_from FROM {table} WHERE {entity_in}",
+        list(&target.key, ""),
+        q(&target.version[0]),
+        list(&target.version, ""),
+    );
+    let join = target
+        .key
+        .iter()
+        .map(|k| format!("t.{0} = n.{0}", q(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let vt = q(target.valid_to.as_ref().expect("checked"));
+    match backend {
+        Backend::MySql => format!(
+            "UPDATE {table} t JOIN ({next}) n ON {join} SET t.{vt} = n.next_from WHERE NOT (t.{vt} <=> n.next_from)"
+        ),
+        Backend::Postgres => format!(
+            "UPDATE {table} AS t SET {vt} = n.next_from FROM ({next}) AS n WHERE {join} AND t.{vt} IS DISTINCT FROM n.next_from"
+        ),
+        Backend::Sqlite => format!(
+            "UPDATE {table} AS t SET {vt} = n.next_from FROM ({next}) AS n WHERE {join} AND t.{vt} IS NOT n.next_from"
+        ),
+    }
+}
+
+/// Drops the staging table (MySQL and SQLite keep temporary tables until
+/// the connection closes; PostgreSQL's go at commit).
+pub(super) fn unstage_sql(backend: Backend, target: &Target) -> Option<String> {
+    let stg = backend.quote(&staging(target));
+    match backend {
+        Backend::MySql => Some(format!("DROP TEMPORARY TABLE IF EXISTS {stg}")),
+        Backend::Sqlite => Some(format!("DROP TABLE IF EXISTS temp.{stg}")),
+        Backend::Postgres => None,
+    }
+}
