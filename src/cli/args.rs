@@ -1,0 +1,213 @@
+//! The arguments of the subcommands that take more than a nested
+//! subcommand, and the feed consumer's flags they share.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{at_least_3s, ListFormat, ReportFormat, ReportSource};
+
+/// The arguments of `cutover run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The DAGs to run, by name.
+    #[arg(value_name = "DAG")]
+    pub names: Vec<String>,
+    /// Run every DAG in the DAG directory: each after the DAGs its
+    /// `after` names (the dimensions before the facts), otherwise in
+    /// file-name order.
+    #[arg(long, conflicts_with = "names")]
+    pub all: bool,
+    /// Show what would run and from which watermark, without running.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep the run's segment files after success.
+    #[arg(long)]
+    pub keep_work: bool,
+}
+
+/// The arguments of `cutover runs`.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Only runs of this DAG.
+    #[arg(long)]
+    pub dag: Option<String>,
+    /// At most this many runs.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    /// First record runs still `running` whose process is gone (killed,
+    /// crashed: on this host a dead pid, elsewhere no heartbeat for 2
+    /// minutes) as interrupted. Every run does this for its own DAG.
+    #[arg(long)]
+    pub sweep: bool,
+}
+
+/// The arguments of `cutover consume`.
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    /// The DAGs to feed, by name; every DAG that reads events when none.
+    #[arg(value_name = "DAG")]
+    pub names: Vec<String>,
+    /// The queue's URL.
+    #[arg(long, env = "CUTOVER_SQS_QUEUE_URL", hide_env_values = true)]
+    pub queue_url: String,
+    /// Exit once no message has arrived for this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub until_idle: Option<u64>,
+    #[command(flatten)]
+    pub feed: FeedArgs,
+}
+
+/// The arguments of `cutover schedule`.
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// The DAGs to schedule, by name; every scheduled DAG when none.
+    #[arg(value_name = "DAG")]
+    pub names: Vec<String>,
+    /// How long a claimed lease lasts unless renewed (renewed every
+    /// third); at least 3s.
+    #[arg(long, default_value = "30s", value_parser = at_least_3s)]
+    pub lease_ttl: Duration,
+    /// How long running DAGs may take to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Also consume the live feed from SQS in this process, as `cutover
+    /// consume` does, sharing the warehouse connections and the ledger.
+    #[arg(long)]
+    pub with_sqs: bool,
+    /// The queue's URL, with --with-sqs.
+    #[arg(long, env = "CUTOVER_SQS_QUEUE_URL", hide_env_values = true)]
+    pub queue_url: Option<String>,
+    #[command(flatten)]
+    pub feed: FeedArgs,
+}
+
+/// The arguments of `cutover backfill`.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// The DAG to backfill.
+    #[arg(value_name = "DAG")]
+    pub name: String,
+    /// The first instant of event time (YYYY-MM-DD, midnight UTC, or RFC 3339).
+    #[arg(long)]
+    pub from: String,
+    /// The first instant after the range (exclusive).
+    #[arg(long)]
+    pub to: String,
+    /// The length of a chunk: at least 1s, and at most 100,000 chunks in
+    /// the range.
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    pub chunk: Duration,
+    /// Chunks this process runs at once.
+    #[arg(long, default_value = "1")]
+    pub parallel: NonZeroUsize,
+    /// At most this many events read per second by this process (over
+    /// all its chunks), to spare the live MongoDB.
+    #[arg(long, value_name = "EVENTS_PER_S")]
+    pub max_rate: Option<NonZeroU32>,
+    /// How long a claim on a chunk lasts unless renewed (every third of
+    /// it): how soon a dead worker's chunk is taken again; at least 3s.
+    #[arg(long, default_value = "60s", value_parser = at_least_3s)]
+    pub claim_ttl: Duration,
+    /// List the chunks and their states without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// The arguments of `cutover status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+}
+
+/// The arguments of `cutover seed`.
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    /// Documents to write, dirt included.
+    #[arg(long, default_value_t = 10_000)]
+    pub events: u64,
+    /// Random seed: the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Days the events span, from 2026-01-05.
+    #[arg(long, default_value_t = 14)]
+    pub days: u32,
+    /// The file to write, or a `mongodb://` URL to insert into.
+    #[arg(long)]
+    pub out: String,
+    /// The MongoDB database, when `--out` is a MongoDB URL.
+    #[arg(long, default_value = "app")]
+    pub database: String,
+    /// The MongoDB collection, when `--out` is a MongoDB URL.
+    #[arg(long, default_value = "events")]
+    pub collection: String,
+}
+
+/// The arguments of `cutover demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Documents to generate.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: u64,
+    /// Where the demo's events file and warehouse go.
+    #[arg(long, default_value = ".cutover/demo")]
+    pub dir: PathBuf,
+}
+
+/// The arguments of `cutover report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The report: views_daily, slide_engagement, shares_daily,
+    /// sessions_daily or views_by_plan.
+    pub name: String,
+    /// Where the numbers come from: the warehouse's star schema, or the
+    /// legacy aggregations over the source events (MongoDB or the
+    /// events file).
+    #[arg(long, value_enum, default_value_t = ReportSource::Warehouse)]
+    pub source: ReportSource,
+    /// The MongoDB database of the events, for `--source legacy`.
+    #[arg(long, default_value = "app")]
+    pub database: String,
+    /// The collection of the events, for `--source legacy`.
+    #[arg(long, default_value = "events")]
+    pub collection: String,
+    /// Only events at or after this instant (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only events before this instant (RFC 3339 or YYYY-MM-DD).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+    pub format: ReportFormat,
+}
+
+/// How the live feed is consumed.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Feed consumer")]
+pub struct FeedArgs {
+    /// Concurrent long-polling receivers (each receives up to 10 messages).
+    #[arg(long, default_value = "2")]
+    pub receivers: NonZeroUsize,
+    /// Flush a micro-batch when it holds this many messages...
+    #[arg(long, default_value = "1000")]
+    pub batch_messages: NonZeroUsize,
+    /// ...or when its oldest message has waited this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub batch_age: Duration,
+    /// Long-polling wait per receive, in seconds (at most 20).
+    #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]
+    pub wait: u64,
+    /// Visibility timeout for received messages, in seconds (3 to 43200);
+    /// the queue's own when absent. Held messages are extended every third
+    /// of it.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..=43_200))]
+    pub visibility_timeout: Option<u64>,
+}
