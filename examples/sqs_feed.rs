@@ -61,8 +61,8 @@ async fn publish(
                     return Ok::<_, String>(());
                 };
                 while let Some(limit) = backlog {
-                    let (visible, in_flight) = queue.depth().await.map_err(|e| e.to_string())?;
-                    if visible + in_flight < limit {
+                    let depth = queue.depth().await.map_err(|e| e.to_string())?;
+                    if depth.visible + depth.in_flight < limit {
                         break;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod metrics;
 
 use std::process::ExitCode;
 

@@ -155,7 +155,7 @@ pub async fn refresh(warehouse: &Warehouse) -> Result<(), sqlx::Error> {
     m.consumer_lag.clear();
     for c in ConsumerStatus::all(warehouse).await? {
         // A stopped consumer has no lag; its row stays for `cutover status`.
-        if c.state == "stopped" {
+        if c.state == tasks::consume::ConsumerState::Stopped {
             continue;
         }
         if let Some(lag) = c.lag_ms {
@@ -163,7 +163,7 @@ pub async fn refresh(warehouse: &Warehouse) -> Result<(), sqlx::Error> {
                 .get_or_create(&vec![
                     ("consumer", c.consumer_id.clone()),
                     ("host", c.host.clone()),
-                    ("state", c.state.clone()),
+                    ("state", c.state.to_string()),
                 ])
                 .set(lag as f64 / 1000.0);
         }

@@ -3,9 +3,11 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use tasks::backfill::{self, Settings};
-use tasks::reports::format_ms;
+use std::sync::Arc;
+
+use workflows::backfill::{self, Settings};
 use workflows::chunks::Chunk;
+use workflows::time::format_ms;
 use workflows::Runner;
 
 use super::{env, holder, parse_instant, run_options, select, start_metrics, stop_on_signal};
@@ -33,9 +35,10 @@ pub async fn command(g: &Global, args: BackfillArgs) -> Result<ExitCode> {
         run: run_options(g),
     };
     settings.check()?;
-    let env = env(g).await?;
+    let env = env(g).await?.quiet();
+    let runner = Runner::new(env.warehouse.ledger());
     if args.dry_run {
-        let chunks = backfill::dry_run(&dag, &env, &settings).await?;
+        let chunks = backfill::dry_run(&dag, &runner, &settings).await?;
         println!(
             "backfill {}: {} chunks",
             settings.key(&dag.name),
@@ -45,9 +48,8 @@ pub async fn command(g: &Global, args: BackfillArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     start_metrics(g, &env.warehouse).await?;
-    let runner = Runner::new(env.warehouse.ledger());
     let (_, stop) = stop_on_signal("finishing the chunks under way, claiming no more");
-    let report = backfill::run(&dag, env, runner, settings, stop).await?;
+    let report = backfill::run(&dag, Arc::new(env), runner, settings, stop).await?;
     let secs = report.elapsed.as_secs_f64();
     println!(
         "backfill {}: {} chunks; {} done by this process, {} done before or by other workers, {} failed; {} events in {:.1} s ({:.0} events/s)",

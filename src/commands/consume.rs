@@ -25,7 +25,6 @@ pub async fn command(g: &Global, args: ConsumeArgs) -> Result<ExitCode> {
     let wh = warehouse(g).await?;
     start_metrics(g, &wh).await?;
     let runner = Runner::new(wh.ledger());
-    tasks::kinds::hide_progress();
     let consumer = start(g, &dags, &args.queue_url, wh, runner, settings).await?;
     let (_, stop) = stop_on_signal("finishing the messages held, then exiting");
     tracing::info!(

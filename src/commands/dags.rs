@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use tasks::kinds::TaskKind;
-use tasks::reports;
 use workflows::dag;
 use workflows::TaskKinds;
 
@@ -73,7 +72,7 @@ fn list(g: &Global) -> Result<ExitCode> {
                 format!("{} ({})", s.cron, s.timezone),
                 s.next_after(Utc::now()).map_or_else(
                     || "never".into(),
-                    |t| reports::format_ms(t.timestamp_millis()),
+                    |t| workflows::time::format_ms(t.timestamp_millis()),
                 ),
             ),
             None => ("ad hoc".into(), "-".into()),

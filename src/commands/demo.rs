@@ -45,7 +45,7 @@ pub async fn command(g: &Global, args: DemoArgs) -> Result<ExitCode> {
         ..g.clone()
     };
     let dags = load_dags(&g.dags)?;
-    let mut code = run_dags(&g, &dags, false, "demo").await?;
+    let mut code = run_dags(&g, &dags, false, workflows::Trigger::Demo).await?;
     let wh = warehouse(&g).await?;
     let src = Source::open(&g.source_url).await?;
     let events = legacy::Events {

@@ -61,10 +61,7 @@ pub async fn env(g: &Global) -> Result<Env> {
         }
     }
     source.check().await?;
-    Ok(Env {
-        source,
-        warehouse: warehouse(g).await?,
-    })
+    Ok(Env::new(source, warehouse(g).await?))
 }
 
 /// Run options with the work directory from the command line.
@@ -81,7 +78,7 @@ pub fn run_options(g: &Global) -> RunOptions {
 /// The address cannot be bound.
 pub async fn start_metrics(g: &Global, wh: &Warehouse) -> Result<()> {
     if let Some(addr) = g.metrics_addr {
-        tasks::metrics::serve(addr, wh.clone())
+        crate::metrics::serve(addr, wh.clone())
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }

@@ -3,12 +3,12 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use tasks::kinds::{build_tasks, TaskKind};
-use tasks::reports;
+use tasks::kinds::TaskKind;
 use tasks::Warehouse;
 use workflows::dag::Dag;
 use workflows::redact::redact;
-use workflows::{RunOptions, RunState, Runner, TaskKinds, TaskState};
+use workflows::time::format_ms;
+use workflows::{RunOptions, RunState, Runner, TaskKinds, TaskState, Trigger};
 
 use super::{env, select, start_metrics};
 use crate::cli::{Global, RunArgs};
@@ -23,7 +23,7 @@ pub async fn command(g: &Global, args: RunArgs) -> Result<ExitCode> {
     if args.dry_run {
         dry_run_plan(g, &selected).await
     } else {
-        run_dags(g, &selected, args.keep_work, "manual").await
+        run_dags(g, &selected, args.keep_work, Trigger::Manual).await
     }
 }
 
@@ -36,25 +36,25 @@ pub async fn run_dags(
     g: &Global,
     dags: &[Dag<TaskKind>],
     keep_work: bool,
-    trigger: &str,
+    trigger: Trigger,
 ) -> Result<ExitCode> {
     let env = env(g).await?;
     start_metrics(g, &env.warehouse).await?;
     let runner = Runner::new(env.warehouse.ledger());
     let opts = RunOptions {
         work_root: g.work_dir.clone(),
-        trigger: trigger.into(),
+        trigger,
         keep_work,
         ..RunOptions::default()
     };
     let mut failed = 0;
     for dag in dags {
-        let summary = runner.run(dag, build_tasks(dag, &env), &opts).await?;
+        let summary = runner.run(dag, env.tasks(dag), &opts).await?;
         println!(
             "{} run {}: {}",
             dag.name,
             summary.run_id,
-            summary.state.name()
+            summary.state.status()
         );
         for (id, state) in &summary.tasks {
             print_task(id, state);
@@ -103,7 +103,7 @@ fn print_task(id: &str, state: &TaskState) {
         TaskState::Skipped { because } => {
             println!("  {id:<22} skipped ({because} did not succeed)")
         }
-        other => println!("  {id:<22} {}", other.name()),
+        other => println!("  {id:<22} {}", other.status()),
     }
 }
 
@@ -116,12 +116,12 @@ async fn dry_run_plan(g: &Global, dags: &[Dag<TaskKind>]) -> Result<ExitCode> {
         for (i, wave) in dag.waves().iter().enumerate() {
             for t in wave {
                 let mut line = format!("  step {}: {} [{}]", i + 1, t.id, t.kind.kind_name());
-                if let TaskKind::ExtractMongo(c) = &t.kind {
+                if let Some(c) = t.kind.extract() {
                     // Without migrations there is no watermark table yet.
                     let w = wh.watermark(&dag.name, &t.id).await.ok().flatten();
                     let from = c
                         .since(w)
-                        .map_or_else(|| "the beginning".to_owned(), reports::format_ms);
+                        .map_or_else(|| "the beginning".to_owned(), format_ms);
                     line.push_str(&format!(" would read {} from {from}", c.types.join(", ")));
                 }
                 if !t.depends_on.is_empty() {

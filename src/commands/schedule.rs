@@ -4,7 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use tasks::daemon::{self, Settings};
+use std::sync::Arc;
+
+use workflows::daemon::{self, Settings};
 use workflows::Runner;
 
 use super::{consume, env, holder, run_options, select, start_metrics, stop_on_signal, LOG_TARGET};
@@ -18,7 +20,8 @@ use crate::cli::{Global, ScheduleArgs};
 /// address or queue cannot be used, or the scheduler failed.
 pub async fn command(g: &Global, args: ScheduleArgs) -> Result<ExitCode> {
     let dags = select(g, &args.names, args.names.is_empty())?;
-    let env = env(g).await?;
+    // Many runs in one process: tasks' progress counters stay hidden.
+    let env = env(g).await?.quiet();
     start_metrics(g, &env.warehouse).await?;
     let runner = Runner::new(env.warehouse.ledger());
     let settings = Settings {
@@ -27,7 +30,6 @@ pub async fn command(g: &Global, args: ScheduleArgs) -> Result<ExitCode> {
         grace: args.grace,
         run: run_options(g),
     };
-    tasks::kinds::hide_progress();
     let consumer = match (args.with_sqs, args.queue_url) {
         (false, _) => None,
         (true, None) => {
@@ -54,7 +56,7 @@ pub async fn command(g: &Global, args: ScheduleArgs) -> Result<ExitCode> {
     };
     let (stop_tx, stop) = stop_on_signal("starting nothing more, letting running DAGs finish");
     let daemon = async {
-        let ran = daemon::run(&dags, env, runner, settings, stop.clone()).await;
+        let ran = daemon::run(&dags, Arc::new(env), runner, settings, stop.clone()).await;
         if ran.is_err() {
             // The feed stops with the scheduler.
             let _ = stop_tx.send(true);

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::{Serialize, Serializer};
 use tasks::consume::ConsumerStatus;
-use tasks::kinds::TaskKind;
-use tasks::reports::format_ms;
 use workflows::ledger::RunRecord;
 use workflows::redact::redact;
+use workflows::time::format_ms;
+use workflows::{Role, TaskKinds};
 
 use super::{load_dags, warehouse};
 use crate::cli::{Global, ListFormat, StatusArgs};
@@ -62,7 +62,7 @@ pub async fn command(g: &Global, args: StatusArgs) -> Result<ExitCode> {
         let last_run = ledger.runs(Some(&dag.name), 1).await?.into_iter().next();
         let mut watermarks = Vec::new();
         for t in &dag.tasks {
-            if let TaskKind::ExtractMongo(_) = t.kind {
+            if t.kind.role() == Role::Extract {
                 let at = wh.watermark(&dag.name, &t.id).await?.map(format_ms);
                 watermarks.push(Watermark {
                     task: t.id.clone(),

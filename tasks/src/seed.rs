@@ -238,7 +238,7 @@ impl<W: Write> Gen<W> {
                 ),
                 1 => d.insert(
                     "payload",
-                    doc! { "slide": slide, "dwell_ms": -(self.rng.gen_range(1..5000) as i32) },
+                    doc! { "slide": slide, "dwell_ms": -self.rng.gen_range(1..5000_i32) },
                 ),
                 2 => d.insert("payload", doc! { "dwell_ms": 900 }),
                 3 => {
@@ -396,7 +396,7 @@ impl<W: Write> Gen<W> {
             for _ in 0..self.rng.gen_range(1..=8) {
                 t += self.rng.gen_range(200..20_000);
                 let slide = self.rng.gen_range(1..=slides) as i32;
-                let dwell = self.rng.gen_range(0..120_000) as i32;
+                let dwell = self.rng.gen_range(0..120_000_i32);
                 let v2 = self.rng.gen_bool(0.5);
                 let mut d = self.event("slide.viewed", t);
                 d.insert("presentation_id", pid.clone());

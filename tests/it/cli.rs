@@ -1,7 +1,7 @@
 //! The command line as a user meets it: errors that name the file, task and
 //! field; help; listing.
 
-use crate::support::{cutover, ok, root};
+use crate::support::{cutover, ok};
 
 #[test]
 fn validate_reports_every_problem_and_fails() {

@@ -101,7 +101,10 @@ fn reachable(url: &str) -> std::io::Result<()> {
         Some("https") => 443,
         _ => 80,
     };
-    let addr = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let addr = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         authority.to_owned()
     } else {
         format!("{authority}:{default_port}")

@@ -284,6 +284,23 @@ pub fn redact_url(url: &str) -> String {
     redact(url).into_owned()
 }
 
+/// An error and its causes as one line, `a: b: c`, leaving out a cause
+/// whose text its parent already ends with (drivers often repeat their
+/// source in their own message).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(err) = source {
+        let text = err.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = err.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,21 +372,4 @@ mod tests {
             "at postgres://u@h/d?password=***: refused"
         );
     }
-}
-
-/// An error and its causes as one line, `a: b: c`, leaving out a cause
-/// whose text its parent already ends with (drivers often repeat their
-/// source in their own message).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        let text = err.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = err.source();
-    }
-    out
 }

@@ -217,7 +217,7 @@ pub fn to_frame(columns: &[(String, ColumnType)], rows: &[Vec<Value>]) -> Polars
 ///
 /// # Errors
 /// A column has a type the warehouse cannot take, named in the message.
-fn from_frame(df: &DataFrame) -> Result<(Vec<(String, ColumnType)>, Vec<Vec<Value>>), String> {
+fn from_frame(df: &DataFrame) -> Result<Frame, String> {
     let height = df.height();
     let mut columns = Vec::new();
     let mut rows: Vec<Vec<Value>> = (0..height)
@@ -345,6 +345,9 @@ pub struct TransformPolars {
     /// Where rows that make a query fail are quarantined.
     pub warehouse: Warehouse,
 }
+
+/// Columns with their types, and rows.
+type Frame = (Vec<(String, ColumnType)>, Vec<Vec<Value>>);
 
 /// The outputs of one segment, by output: its columns and rows.
 pub type Outputs = Vec<(SqlIdent, Vec<(String, ColumnType)>, Vec<Vec<Value>>)>;

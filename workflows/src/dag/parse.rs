@@ -504,7 +504,7 @@ fn parse_task<K: TaskKinds>(
     let before = p.list.len();
     p.unknown_fields(task, "", &raw, &known);
     if p.list.len() > before {
-        raw.retain(|k, _| own.iter().any(|f| *f == k));
+        raw.retain(|k, _| own.contains(&k));
     }
     let settings = match K::parse(&kind, raw) {
         Ok(s) => s,

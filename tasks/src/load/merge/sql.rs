@@ -68,7 +68,7 @@ pub fn merge_sql(backend: Backend, target: &Target, columns: &[SqlIdent]) -> Vec
         .filter(|c| !target.key.contains(c))
         .map(q)
         .collect();
-    let cols = columns.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+    let cols = columns.iter().map(&q).collect::<Vec<_>>().join(", ");
     let s_cols = columns
         .iter()
         .map(|c| format!("s.{}", q(c)))

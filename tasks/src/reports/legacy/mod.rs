@@ -350,6 +350,9 @@ async fn from_file(
     Ok(acc.finish(name))
 }
 
+/// A session's start (ts, device) and end ts, as far as seen.
+type SessionEnds = (Option<(i64, String)>, Option<i64>);
+
 /// What the file pass gathers, per report.
 #[derive(Default)]
 struct FileAcc {
@@ -358,7 +361,7 @@ struct FileAcc {
     /// Per group key: count, a second count or total, distinct viewers.
     groups: BTreeMap<(String, String), (i64, i64, HashSet<String>)>,
     /// Per session: start (ts, device), end ts.
-    sessions: HashMap<String, (Option<(i64, String)>, Option<i64>)>,
+    sessions: HashMap<String, SessionEnds>,
     /// Views for views_by_plan.
     views: Vec<(i64, Option<String>)>,
     /// Plan changes per user: (ts, _id, plan).
