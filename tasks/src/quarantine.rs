@@ -41,30 +41,44 @@ pub enum Raw {
     Bytes(Vec<u8>),
 }
 
+workflows::stored_enum! {
+    /// How a raw form is stored, as `cutover_quarantine.raw_encoding` says.
+    pub enum Encoding as "raw encoding" {
+        /// Canonical Extended JSON.
+        Json = "json",
+        /// Text as it was.
+        Text = "text",
+        /// Base64 of the bytes (bytes that are not UTF-8, text with a NUL).
+        Base64 = "base64",
+    }
+}
+
 impl Raw {
-    /// The form stored: its encoding name and text. Text holding a NUL
-    /// (which PostgreSQL text cannot store) is stored as base64.
-    pub fn stored(&self) -> (&'static str, String) {
+    /// The form stored: its encoding and text. Text holding a NUL (which
+    /// PostgreSQL text cannot store) is stored as base64.
+    pub fn stored(&self) -> (Encoding, String) {
         match self {
-            Self::Json(s) if !s.contains('\0') => ("json", s.clone()),
-            Self::Text(s) if !s.contains('\0') => ("text", s.clone()),
-            Self::Json(s) | Self::Text(s) => ("base64", b64(s.as_bytes())),
-            Self::Bytes(b) => ("base64", b64(b)),
+            Self::Json(s) if !s.contains('\0') => (Encoding::Json, s.clone()),
+            Self::Text(s) if !s.contains('\0') => (Encoding::Text, s.clone()),
+            Self::Json(s) | Self::Text(s) => (Encoding::Base64, b64(s.as_bytes())),
+            Self::Bytes(b) => (Encoding::Base64, b64(b)),
         }
     }
 
     /// The raw form back from its stored encoding and text.
-    pub fn from_stored(encoding: &str, text: String) -> Self {
+    pub fn from_stored(encoding: Encoding, text: String) -> Self {
         match encoding {
-            "base64" => match base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(s) => Self::Text(s),
-                    Err(e) => Self::Bytes(e.into_bytes()),
-                },
-                Err(_) => Self::Text(text),
-            },
-            "text" => Self::Text(text),
-            _ => Self::Json(text),
+            Encoding::Base64 => {
+                match base64::engine::general_purpose::STANDARD.decode(text.as_bytes()) {
+                    Ok(bytes) => match String::from_utf8(bytes) {
+                        Ok(s) => Self::Text(s),
+                        Err(e) => Self::Bytes(e.into_bytes()),
+                    },
+                    Err(_) => Self::Text(text),
+                }
+            }
+            Encoding::Text => Self::Text(text),
+            Encoding::Json => Self::Json(text),
         }
     }
 
@@ -279,8 +293,8 @@ pub struct Stored {
     pub reason: String,
     /// Where it was.
     pub location: Option<String>,
-    /// `json`, `text` or `base64`.
-    pub raw_encoding: String,
+    /// How `raw` is encoded.
+    pub raw_encoding: Encoding,
     /// The raw form in that encoding.
     pub raw: String,
     /// The run that set it aside (last).
@@ -327,7 +341,7 @@ impl Stored {
             event_type: r.event_type.as_deref().map(|s| clip(s, MAX_SHORT)),
             reason: clip(&reason, MAX_REASON),
             location: r.location.as_deref().map(|s| clip(s, MAX_SHORT)),
-            raw_encoding: encoding.to_owned(),
+            raw_encoding: encoding,
             raw,
             run_id: run_id.to_owned(),
             quarantined_at: now.to_owned(),
@@ -336,7 +350,7 @@ impl Stored {
 
     /// The raw form, decoded.
     pub fn raw(&self) -> Raw {
-        Raw::from_stored(&self.raw_encoding, self.raw.clone())
+        Raw::from_stored(self.raw_encoding, self.raw.clone())
     }
 }
 
@@ -382,7 +396,7 @@ async fn insert(
             .bind(r.event_type.clone())
             .bind(r.reason.clone())
             .bind(r.location.clone())
-            .bind(r.raw_encoding.clone())
+            .bind(r.raw_encoding.as_str())
             .bind(r.raw.clone())
             .bind(r.run_id.clone())
             .bind(r.quarantined_at.clone());
@@ -486,7 +500,7 @@ async fn write_batch(
             // The smallest row that still says what and where, in ASCII.
             let mut small = row.clone();
             small.raw = b64(&row.raw.as_bytes()[..row.raw.len().min(64 << 10)]);
-            small.raw_encoding = "base64".into();
+            small.raw_encoding = Encoding::Base64;
             small.event_id = row.event_id.as_deref().map(|s| ascii(s, 200));
             small.event_type = row.event_type.as_deref().map(|s| ascii(s, 200));
             small.location = row.location.as_deref().map(|s| ascii(s, 200));
@@ -567,7 +581,7 @@ pub async fn list(wh: &Warehouse, f: &Filter) -> Result<Vec<Stored>, sqlx::Error
                 event_type: text("event_type")?,
                 reason: text("reason")?.unwrap_or_default(),
                 location: text("location")?,
-                raw_encoding: r.try_get("raw_encoding")?,
+                raw_encoding: workflows::state::read(r, "raw_encoding")?,
                 raw: text("raw")?.unwrap_or_default(),
                 run_id: r.try_get("run_id")?,
                 quarantined_at: r.try_get("quarantined_at")?,

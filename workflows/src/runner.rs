@@ -93,12 +93,41 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// The first task that failed, with its error: `task load: ...`.
-    pub fn first_error(&self) -> Option<String> {
+    /// The first task that failed, in dependency order.
+    pub fn first_failure(&self) -> Option<Failure<'_>> {
         self.tasks.iter().find_map(|(id, s)| match s {
-            TaskState::Failed { error, .. } => Some(format!("task {id}: {error}")),
+            TaskState::Failed {
+                error, retryable, ..
+            } => Some(Failure {
+                task: id,
+                error,
+                retryable: *retryable,
+            }),
             _ => None,
         })
+    }
+
+    /// The first task that failed, with its error: `task load: ...`.
+    pub fn first_error(&self) -> Option<String> {
+        self.first_failure().map(|f| f.to_string())
+    }
+}
+
+/// A task that failed, as [`RunSummary::first_failure`] finds it; shown as
+/// `task load: ...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure<'a> {
+    /// The task's id.
+    pub task: &'a str,
+    /// Its error with its causes.
+    pub error: &'a str,
+    /// Whether the error was of a retryable kind.
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for Failure<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task {}: {}", self.task, self.error)
     }
 }
 

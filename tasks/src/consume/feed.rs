@@ -48,17 +48,8 @@ pub(super) fn failure(
         Ok(summary) if matches!(summary.state, RunState::Succeeded) => None,
         Ok(summary) => {
             let (why, retryable) = summary
-                .tasks
-                .iter()
-                .find_map(|(t, s)| match s {
-                    workflows::TaskState::Failed {
-                        error, retryable, ..
-                    } => Some((
-                        format!("run {}: task {t}: {error}", summary.run_id),
-                        *retryable,
-                    )),
-                    _ => None,
-                })
+                .first_failure()
+                .map(|f| (format!("run {}: {f}", summary.run_id), f.retryable))
                 .unwrap_or_else(|| {
                     (
                         format!("run {}: {}", summary.run_id, summary.state.status()),
