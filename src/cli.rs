@@ -249,11 +249,11 @@ pub enum ReportFormat {
 /// A duration of at least three seconds (leases and claims renewed every
 /// third of it, at most once a second).
 fn at_least_3s(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let d = workflows::duration::parse(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(3) {
         return Err(format!(
             "{} is too short: at least 3s, so that renewing every third of it keeps it",
-            humantime::format_duration(d)
+            workflows::duration::format(d)
         ));
     }
     Ok(d)

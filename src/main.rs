@@ -95,7 +95,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// for.
 fn init_logs(g: &Global) {
     let default = match g.verbose {
-        0 => "warn,cutover=info,tasks::consume=info,tasks::daemon=info,tasks::backfill=info,tasks::metrics=info",
+        0 => {
+            "warn,cutover=info,tasks::consume=info,workflows::daemon=info,workflows::backfill=info"
+        }
         1 => "warn,workflows=info,tasks=info,cutover=debug",
         _ => "info,workflows=debug,tasks=debug,cutover=trace",
     };

@@ -74,7 +74,7 @@ pub struct ScheduleArgs {
     #[arg(long, default_value = "30s", value_parser = at_least_3s)]
     pub lease_ttl: Duration,
     /// How long running DAGs may take to finish after SIGINT/SIGTERM.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = workflows::duration::parse)]
     pub grace: Duration,
     /// Also consume the live feed from SQS in this process, as `cutover
     /// consume` does, sharing the warehouse connections and the ledger.
@@ -101,7 +101,7 @@ pub struct BackfillArgs {
     pub to: String,
     /// The length of a chunk: at least 1s, and at most 100,000 chunks in
     /// the range.
-    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1d", value_parser = workflows::duration::parse)]
     pub chunk: Duration,
     /// Chunks this process runs at once.
     #[arg(long, default_value = "1")]
@@ -200,7 +200,7 @@ pub struct FeedArgs {
     #[arg(long, default_value = "1000")]
     pub batch_messages: NonZeroUsize,
     /// ...or when its oldest message has waited this long.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = workflows::duration::parse)]
     pub batch_age: Duration,
     /// Long-polling wait per receive, in seconds (at most 20).
     #[arg(long, value_name = "SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=20))]

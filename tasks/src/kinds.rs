@@ -99,10 +99,10 @@ impl TaskKinds for TaskKind {
 
     fn info(&self) -> &'static KindInfo {
         match self {
-            Self::ExtractMongo(_) => &CATALOG[0],
-            Self::TransformPolars(_) => &CATALOG[1],
-            Self::LoadMerge(_) => &CATALOG[2],
-            Self::VerifyReconcile(_) => &CATALOG[3],
+            Self::ExtractMongo(_) => &extract::mongo::KIND,
+            Self::TransformPolars(_) => &transform::polars::KIND,
+            Self::LoadMerge(_) => &load::merge::KIND,
+            Self::VerifyReconcile(_) => &verify::reconcile::KIND,
         }
     }
 

@@ -53,16 +53,26 @@ workflows::stored_enum! {
     }
 }
 
+/// A raw form as stored: its encoding and the text in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// How `text` is encoded.
+    pub encoding: Encoding,
+    /// The stored text.
+    pub text: String,
+}
+
 impl Raw {
-    /// The form stored: its encoding and text. Text holding a NUL (which
-    /// PostgreSQL text cannot store) is stored as base64.
-    pub fn stored(&self) -> (Encoding, String) {
-        match self {
+    /// The form stored. Text holding a NUL (which PostgreSQL text cannot
+    /// store) is stored as base64.
+    pub fn stored(&self) -> Encoded {
+        let (encoding, text) = match self {
             Self::Json(s) if !s.contains('\0') => (Encoding::Json, s.clone()),
             Self::Text(s) if !s.contains('\0') => (Encoding::Text, s.clone()),
             Self::Json(s) | Self::Text(s) => (Encoding::Base64, b64(s.as_bytes())),
             Self::Bytes(b) => (Encoding::Base64, b64(b)),
-        }
+        };
+        Encoded { encoding, text }
     }
 
     /// The raw form back from its stored encoding and text.
@@ -312,7 +322,7 @@ impl Stored {
             Raw::Json(s) | Raw::Text(s) => s.len(),
             Raw::Bytes(b) => b.len(),
         };
-        let (encoding, raw) = if total > max_raw {
+        let stored = if total > max_raw {
             let cut = match &r.raw {
                 Raw::Json(s) | Raw::Text(s) => {
                     let mut end = max_raw;
@@ -341,8 +351,8 @@ impl Stored {
             event_type: r.event_type.as_deref().map(|s| clip(s, MAX_SHORT)),
             reason: clip(&reason, MAX_REASON),
             location: r.location.as_deref().map(|s| clip(s, MAX_SHORT)),
-            raw_encoding: encoding,
-            raw,
+            raw_encoding: stored.encoding,
+            raw: stored.text,
             run_id: run_id.to_owned(),
             quarantined_at: now.to_owned(),
         }
@@ -450,7 +460,7 @@ pub async fn write_on(
     if rejected.is_empty() {
         return Ok(());
     }
-    let now = workflows::ledger::timestamp(chrono::Utc::now());
+    let now = workflows::time::timestamp(chrono::Utc::now());
     // The same doc_id twice in one statement would make some backends
     // refuse it, so keep the last of each.
     let mut seen = std::collections::HashSet::new();
@@ -632,9 +642,9 @@ mod tests {
             Raw::Text("not json \u{0} with a NUL".into()),
             Raw::Bytes(vec![b'{', 0xff, 0xfe, b'}']),
         ] {
-            let (enc, text) = raw.stored();
-            assert!(!text.contains('\0'));
-            let back = Raw::from_stored(enc, text);
+            let stored = raw.stored();
+            assert!(!stored.text.contains('\0'));
+            let back = Raw::from_stored(stored.encoding, stored.text);
             assert_eq!(back.display(), raw.display());
         }
         assert_eq!(Raw::Bytes(vec![b'a', 0xff]).display(), "a\\xff");

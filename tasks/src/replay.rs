@@ -82,7 +82,7 @@ pub async fn replay(
         let mut docs: BTreeMap<String, Document> = BTreeMap::new();
         let mut wanted: Vec<(String, ObjectId)> = Vec::new();
         for r in &rows {
-            let from_extract = r.task == "consume"
+            let from_extract = r.task == crate::consume::FEED_TASK
                 || dag
                     .task(&r.task)
                     .is_some_and(|t| t.kind.role() == workflows::Role::Extract);

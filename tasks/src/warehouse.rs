@@ -282,20 +282,21 @@ impl Warehouse {
     pub async fn columns(&self, table: &str) -> Result<Vec<ColumnInfo>, sqlx::Error> {
         use workflows::sql::text;
         let b = self.backend;
+        let table_marker = b.markers().next();
         let sql = match b {
-            Backend::MySql => "SELECT COLUMN_NAME AS name, DATA_TYPE AS data_type, \
+            Backend::MySql => format!("SELECT COLUMN_NAME AS name, DATA_TYPE AS data_type, \
                 CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) AS len, CAST(CHARACTER_OCTET_LENGTH AS SIGNED) AS octets, \
                 IS_NULLABLE AS nullable, COLUMN_TYPE AS column_type, EXTRA AS extra \
-                FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?".to_owned(),
-            Backend::Postgres => "SELECT column_name::text AS name, data_type::text AS data_type, \
+                FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {table_marker}"),
+            Backend::Postgres => format!("SELECT column_name::text AS name, data_type::text AS data_type, \
                 character_maximum_length::bigint AS len, character_octet_length::bigint AS octets, \
                 is_nullable::text AS nullable, data_type::text AS column_type, \
                 CASE WHEN is_generated = 'ALWAYS' THEN 'GENERATED' ELSE '' END AS extra \
-                FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1".to_owned(),
-            Backend::Sqlite => "SELECT name, type AS data_type, NULL AS len, NULL AS octets, \
+                FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = {table_marker}"),
+            Backend::Sqlite => format!("SELECT name, type AS data_type, NULL AS len, NULL AS octets, \
                 CASE WHEN \"notnull\" = 1 THEN 'NO' ELSE 'YES' END AS nullable, type AS column_type, \
                 CASE WHEN hidden <> 0 THEN 'GENERATED' ELSE '' END AS extra \
-                FROM pragma_table_xinfo(?)".to_owned(),
+                FROM pragma_table_xinfo({table_marker})"),
         };
         let rows = sqlx::query(&sql).bind(table).fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -343,7 +344,7 @@ pub async fn advance_watermark(
     ts_ms: i64,
     run_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let now = workflows::ledger::timestamp(chrono::Utc::now());
+    let now = workflows::time::timestamp(chrono::Utc::now());
     let values = backend.markers().list(5);
     let upsert = match backend {
         Backend::MySql => format!(
@@ -411,7 +412,7 @@ pub async fn record_commit(
         .bind(c.rows_offered as i64)
         .bind(c.rows_changed as i64)
         .bind(c.watermark_ms)
-        .bind(workflows::ledger::timestamp(chrono::Utc::now()))
+        .bind(workflows::time::timestamp(chrono::Utc::now()))
         .execute(conn)
         .await?;
     Ok(())

@@ -8,7 +8,7 @@
 //! chunk's run reads only its window and never moves a watermark, so a
 //! backfill can run beside the nightly runs; its loads merge like theirs,
 //! so loading a chunk twice changes nothing. An optional rate limit, shared
-//! by all the workers of the process, spares the live MongoDB.
+//! by all the workers of the process, spares the live source database.
 
 use std::io::IsTerminal;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -159,14 +159,14 @@ pub async fn dry_run<K>(
     let recorded = chunks.list().await?;
     Ok(plan(settings.from_ms, settings.until_ms, settings.chunk)
         .into_iter()
-        .map(|(from_ms, until_ms)| {
+        .map(|w| {
             recorded
                 .iter()
-                .find(|c| c.from_ms == from_ms)
+                .find(|c| c.from_ms == w.from_ms)
                 .cloned()
                 .unwrap_or(Chunk {
-                    from_ms,
-                    until_ms,
+                    from_ms: w.from_ms,
+                    until_ms: w.until_ms,
                     state: ChunkState::Pending,
                     holder: None,
                     attempts: 0,

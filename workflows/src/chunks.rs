@@ -16,9 +16,10 @@ use chrono::Utc;
 use serde::Serialize;
 use sqlx::{AnyPool, Row};
 
-use crate::ledger::timestamp;
+use crate::read::Window;
 use crate::sql::{text, Backend};
 use crate::state::read;
+use crate::time::timestamp;
 
 crate::stored_enum! {
     /// Where a chunk stands, as `cutover_backfill_chunks.state` stores it.
@@ -99,13 +100,16 @@ impl ChunkError {
 }
 
 /// Cuts `[from_ms, until_ms)` into chunks of `chunk`, the last one shorter.
-pub fn plan(from_ms: i64, until_ms: i64, chunk: Duration) -> Vec<(i64, i64)> {
+pub fn plan(from_ms: i64, until_ms: i64, chunk: Duration) -> Vec<Window> {
     let step = (chunk.as_millis() as i64).max(1);
     let mut out = Vec::new();
     let mut at = from_ms;
     while at < until_ms {
         let end = at.saturating_add(step).min(until_ms);
-        out.push((at, end));
+        out.push(Window {
+            from_ms: at,
+            until_ms: end,
+        });
         at = end;
     }
     out
@@ -151,7 +155,7 @@ impl Chunks {
     ///
     /// # Errors
     /// The warehouse failed.
-    pub async fn prepare(&self, planned: &[(i64, i64)]) -> Result<(), ChunkError> {
+    pub async fn prepare(&self, planned: &[Window]) -> Result<(), ChunkError> {
         let insert = match self.backend {
             Backend::Sqlite => "INSERT OR IGNORE INTO",
             Backend::MySql => "INSERT IGNORE INTO",
@@ -166,12 +170,12 @@ impl Chunks {
             self.backend.markers().list(5)
         );
         let mut tx = self.pool.begin().await.map_err(self.err("recording"))?;
-        for (from, until) in planned {
+        for Window { from_ms, until_ms } in planned {
             sqlx::query(&sql)
                 .bind(&self.backfill)
                 .bind(&self.dag)
-                .bind(from)
-                .bind(until)
+                .bind(from_ms)
+                .bind(until_ms)
                 .bind(ChunkState::Pending.as_str())
                 .execute(&mut *tx)
                 .await
@@ -460,8 +464,9 @@ mod tests {
     fn a_range_is_cut_into_whole_chunks_and_a_shorter_last_one() {
         let day = Duration::from_secs(86_400);
         let d = 86_400_000;
-        assert_eq!(plan(0, 3 * d, day), [(0, d), (d, 2 * d), (2 * d, 3 * d)]);
-        assert_eq!(plan(0, d + 5, day), [(0, d), (d, d + 5)]);
+        let w = |from_ms, until_ms| Window { from_ms, until_ms };
+        assert_eq!(plan(0, 3 * d, day), [w(0, d), w(d, 2 * d), w(2 * d, 3 * d)]);
+        assert_eq!(plan(0, d + 5, day), [w(0, d), w(d, d + 5)]);
         assert!(plan(d, d, day).is_empty());
     }
 

@@ -24,7 +24,7 @@ use crate::keep_alive::{KeepAlive, Renewal};
 use crate::read::ReadOptions;
 use crate::runner::RunError;
 use crate::task::{TaskBuilder, TaskKinds};
-use crate::{Dag, Leases, RunOptions, RunState, Runner, Trigger};
+use crate::{Dag, LeaseError, Leases, RunOptions, RunState, Runner, Trigger};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -339,15 +339,22 @@ async fn run_tick<K: TaskKinds>(
         KeepAlive::start(ttl, move || {
             let (leases, lease) = (leases.clone(), lease.clone());
             async move {
-                if let Err(e) = leases
+                match leases
                     .renew(&lease, ttl, Utc::now().timestamp_millis())
                     .await
                 {
-                    // A lost lease makes the run's next commit fail; a
-                    // database error is tried again at the next renewal.
-                    tracing::warn!(dag = %lease.dag, error = %e, "could not renew the lease");
+                    Ok(_) => Renewal::Kept,
+                    // A lost lease makes the run's next commit fail.
+                    Err(e @ LeaseError::Lost { .. }) => {
+                        tracing::warn!(dag = %lease.dag, error = %e, "lost the lease");
+                        Renewal::Lost
+                    }
+                    // A database error is tried again at the next renewal.
+                    Err(e) => {
+                        tracing::warn!(dag = %lease.dag, error = %e, "could not renew the lease");
+                        Renewal::Kept
+                    }
                 }
-                Renewal::Kept
             }
         })
     };

@@ -122,12 +122,16 @@ impl Leases {
         tick_ms: Option<i64>,
     ) -> Result<Option<Lease>, LeaseError> {
         let b = self.backend;
-        let ensure = match b {
-            Backend::Sqlite => "INSERT OR IGNORE INTO cutover_leases (dag, holder, token, expires_ms) VALUES (?, '', 0, 0)",
-            Backend::MySql => "INSERT IGNORE INTO cutover_leases (dag, holder, token, expires_ms) VALUES (?, '', 0, 0)",
-            Backend::Postgres => "INSERT INTO cutover_leases (dag, holder, token, expires_ms) VALUES ($1, '', 0, 0) ON CONFLICT (dag) DO NOTHING",
+        let (insert, conflict) = match b {
+            Backend::Sqlite => ("INSERT OR IGNORE INTO", ""),
+            Backend::MySql => ("INSERT IGNORE INTO", ""),
+            Backend::Postgres => ("INSERT INTO", " ON CONFLICT (dag) DO NOTHING"),
         };
-        sqlx::query(ensure)
+        let ensure = format!(
+            "{insert} cutover_leases (dag, holder, token, expires_ms) VALUES ({}, '', 0, 0){conflict}",
+            b.markers().next()
+        );
+        sqlx::query(&ensure)
             .bind(dag)
             .execute(&self.pool)
             .await

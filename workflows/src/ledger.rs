@@ -2,7 +2,9 @@
 //! warehouse in the tables `cutover_runs` and `cutover_task_attempts` (created
 //! by the migrations).
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+
+use crate::time::timestamp;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
@@ -79,11 +81,6 @@ pub struct AttemptRecord {
     pub rows_quarantined: i64,
     /// The error, or why it was skipped.
     pub error: Option<String>,
-}
-
-/// Formats an instant the way the ledger stores it.
-pub fn timestamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// The ledger in one warehouse.
@@ -388,7 +385,18 @@ impl Ledger {
         let what = || LedgerError::new(format!("recording that run {run_id} was interrupted"));
         // Its attempts first, so that a run recorded as interrupted has no
         // attempt left running.
-        for table in ["cutover_task_attempts", "cutover_runs"] {
+        for (table, interrupted, running) in [
+            (
+                "cutover_task_attempts",
+                AttemptStatus::Interrupted.as_str(),
+                AttemptStatus::Running.as_str(),
+            ),
+            (
+                "cutover_runs",
+                RunStatus::Interrupted.as_str(),
+                RunStatus::Running.as_str(),
+            ),
+        ] {
             let mut m = self.backend.markers();
             let sql = format!(
                 "UPDATE {table} SET state = {}, ended_at = {}, error = {} WHERE run_id = {} AND state = {}",
@@ -398,13 +406,12 @@ impl Ledger {
                 m.next(),
                 m.next()
             );
-            // The same text in both tables.
             sqlx::query(&sql)
-                .bind(RunStatus::Interrupted.as_str())
+                .bind(interrupted)
                 .bind(&now)
                 .bind(reason)
                 .bind(run_id)
-                .bind(RunStatus::Running.as_str())
+                .bind(running)
                 .execute(&self.pool)
                 .await
                 .map_err(what())?;

@@ -97,7 +97,7 @@ impl Metrics {
         &self,
         dag: &str,
         task: &str,
-        state: &str,
+        state: crate::AttemptStatus,
         took: Duration,
         report: Option<&TaskReport>,
     ) {
@@ -105,7 +105,7 @@ impl Metrics {
             .get_or_create(&vec![
                 ("dag", dag.to_owned()),
                 ("task", task.to_owned()),
-                ("state", state.to_owned()),
+                ("state", state.as_str().to_owned()),
             ])
             .observe(took.as_secs_f64());
         if let Some(r) = report {
@@ -160,7 +160,7 @@ mod tests {
         m.task_ended(
             "views",
             "load",
-            "succeeded",
+            crate::AttemptStatus::Succeeded,
             Duration::from_millis(1500),
             Some(&TaskReport {
                 rows_read: 10,

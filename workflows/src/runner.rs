@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::dag::{Dag, TaskSpec};
 use crate::ledger::{Ledger, LedgerError};
-use crate::state::{RunState, RunStatus, TaskState, Trigger};
+use crate::state::{AttemptStatus, RunState, RunStatus, TaskState, Trigger};
 use crate::task::{Role, Task, TaskContext, TaskError, TaskKinds, TaskReport};
 
 /// How a run is started.
@@ -494,11 +494,7 @@ impl Attempts {
             let outcome = match tokio::time::timeout(self.timeout, task.run(&self.ctx)).await {
                 Ok(result) => result,
                 Err(_) => Err(TaskError::Retryable(
-                    format!(
-                        "timed out after {}",
-                        humantime::format_duration(self.timeout)
-                    )
-                    .into(),
+                    format!("timed out after {}", crate::duration::format(self.timeout)).into(),
                 )),
             };
             let ended_at = Utc::now();
@@ -508,9 +504,9 @@ impl Attempts {
                 &self.ctx.dag,
                 &self.ctx.task,
                 if report.is_some() {
-                    "succeeded"
+                    AttemptStatus::Succeeded
                 } else {
-                    "failed"
+                    AttemptStatus::Failed
                 },
                 took,
                 report,

@@ -214,16 +214,18 @@ impl From<Option<i64>> for Bound {
 /// committing on its own. That is an upsert in every dialect for rows that
 /// only one writer ever writes (a task attempt, a consumer's progress), and
 /// unlike DELETE and INSERT in one transaction it takes no gap locks that
-/// concurrent writers of other rows deadlock on.
+/// concurrent writers of other rows deadlock on. The table and column
+/// names are cutover's own (`'static` text written in the code), never
+/// configuration.
 ///
 /// # Errors
 /// A statement failed.
 pub async fn write_row(
     pool: &sqlx::AnyPool,
     backend: Backend,
-    table: &str,
-    key: &[(&str, Bound)],
-    values: &[(&str, Bound)],
+    table: &'static str,
+    key: &[(&'static str, Bound)],
+    values: &[(&'static str, Bound)],
 ) -> Result<(), sqlx::Error> {
     let mut m = backend.markers();
     let set: Vec<String> = values

@@ -159,7 +159,7 @@ impl FeedRun {
         match quarantine::write(
             &self.warehouse,
             &self.dag.name,
-            "consume",
+            super::FEED_TASK,
             &self.consumer,
             &breaking,
         )

@@ -59,6 +59,10 @@ const MAX_TRIES: u32 = 5;
 /// How long a message left for other consumers is remembered.
 const LEFT_MEMORY: Duration = Duration::from_secs(300);
 
+/// The `task` under which the feed quarantines (poison, and the events
+/// that alone break a run).
+pub const FEED_TASK: &str = "consume";
+
 /// The `dag` under which poison messages are quarantined.
 pub const POISON_DAG: &str = "(sqs)";
 
@@ -421,7 +425,7 @@ impl Consumer {
         // Quarantine poison; if that fails, it stays on the queue.
         let rejected: Vec<Rejected> = poison.iter().map(|(_, r)| r.clone()).collect();
         let poison_ok =
-            match quarantine::write(&self.warehouse, POISON_DAG, "consume", self.id(), &rejected)
+            match quarantine::write(&self.warehouse, POISON_DAG, FEED_TASK, self.id(), &rejected)
                 .await
             {
                 Ok(()) => true,

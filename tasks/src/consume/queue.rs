@@ -199,10 +199,7 @@ impl Queue {
     ///
     /// # Errors
     /// The request as a whole failed: none was deleted.
-    pub async fn delete_batch(
-        &self,
-        receipts: &[&str],
-    ) -> Result<Vec<(String, String)>, QueueError> {
+    pub async fn delete_batch(&self, receipts: &[&str]) -> Result<Vec<Refused>, QueueError> {
         let entries = numbered(receipts)
             .map(|(id, r)| {
                 DeleteMessageBatchRequestEntry::builder()
@@ -233,7 +230,7 @@ impl Queue {
         &self,
         receipts: &[&str],
         visibility: Duration,
-    ) -> Result<Vec<(String, String)>, QueueError> {
+    ) -> Result<Vec<Refused>, QueueError> {
         let entries = numbered(receipts)
             .map(|(id, r)| {
                 ChangeMessageVisibilityBatchRequestEntry::builder()
@@ -264,14 +261,25 @@ fn numbered<'a>(receipts: &'a [&'a str]) -> impl Iterator<Item = (String, &'a st
         .map(|(i, r)| (i.to_string(), *r))
 }
 
+/// An entry of a batch request that SQS refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The message's receipt handle.
+    pub receipt: String,
+    /// SQS's code and message.
+    pub why: String,
+}
+
 /// The receipt handles of a batch's failed entries, each with its reason.
-fn failed(receipts: &[&str], entries: &[BatchResultErrorEntry]) -> Vec<(String, String)> {
+fn failed(receipts: &[&str], entries: &[BatchResultErrorEntry]) -> Vec<Refused> {
     entries
         .iter()
         .filter_map(|f| {
             let i: usize = f.id.parse().ok()?;
-            let why = format!("{}: {}", f.code, f.message.clone().unwrap_or_default());
-            Some((receipts.get(i)?.to_string(), why))
+            Some(Refused {
+                receipt: receipts.get(i)?.to_string(),
+                why: format!("{}: {}", f.code, f.message.clone().unwrap_or_default()),
+            })
         })
         .collect()
 }

@@ -87,10 +87,10 @@ pub(super) async fn delete_chunk(queue: &Queue, chunk: &[&str]) -> (u64, Vec<Str
                 if attempt == DELETE_ATTEMPTS {
                     errors = failed
                         .iter()
-                        .map(|(_, why)| format!("deleting a message: {why}; it will come back"))
+                        .map(|r| format!("deleting a message: {}; it will come back", r.why))
                         .collect();
                 }
-                todo = failed.into_iter().map(|(r, _)| r).collect();
+                todo = failed.into_iter().map(|r| r.receipt).collect();
             }
             Err(e) => {
                 if attempt == DELETE_ATTEMPTS {
@@ -177,9 +177,9 @@ pub(super) async fn heartbeat_loop(queue: Queue, held: Held, visibility: Duratio
             match queue.extend_batch(&refs, visibility).await {
                 Ok(refused) => {
                     held.extended(&refs, visibility);
-                    for (_, why) in refused {
+                    for r in refused {
                         // Deleted since, or already visible again: nothing to keep.
-                        tracing::debug!(reason = %why, "visibility not extended");
+                        tracing::debug!(reason = %r.why, "visibility not extended");
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),

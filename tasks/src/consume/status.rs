@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 use sqlx::Row;
-use workflows::ledger::timestamp;
 use workflows::sql::{text, write_row, Bound};
+use workflows::time::timestamp;
 
 use crate::warehouse::Warehouse;
 
