@@ -171,12 +171,9 @@ impl Warehouse {
     /// # Errors
     /// The read failed.
     pub async fn watermark(&self, dag: &str, task: &str) -> Result<Option<i64>, sqlx::Error> {
-        let mut m = self.backend.markers();
-        let sql = format!(
-            "SELECT ts_ms FROM cutover_watermarks WHERE dag = {} AND task = {}",
-            m.next(),
-            m.next()
-        );
+        let sql = self
+            .backend
+            .sql("SELECT ts_ms FROM cutover_watermarks WHERE dag = ? AND task = ?");
         let row = sqlx::query(&sql)
             .bind(dag)
             .bind(task)

@@ -182,13 +182,9 @@ impl Chunks {
                 .map_err(self.err("recording"))?;
         }
         tx.commit().await.map_err(self.err("recording"))?;
-        let mut m = self.backend.markers();
-        let retry = format!(
-            "UPDATE cutover_backfill_chunks SET state = {} WHERE backfill = {} AND state = {}",
-            m.next(),
-            m.next(),
-            m.next()
-        );
+        let retry = self
+            .backend
+            .sql("UPDATE cutover_backfill_chunks SET state = ? WHERE backfill = ? AND state = ?");
         sqlx::query(&retry)
             .bind(ChunkState::Pending.as_str())
             .bind(&self.backfill)
@@ -236,24 +232,10 @@ impl Chunks {
     /// # Errors
     /// The warehouse failed.
     pub async fn claim(&self, ttl: Duration, now_ms: i64) -> Result<Option<Claim>, ChunkError> {
-        // `set` comes first in each statement, then `free` or the key.
-        let set = |m: &mut crate::sql::Markers| {
-            format!(
-                "SET state = {}, holder = {}, expires_ms = {}, attempts = attempts + 1, error = NULL",
-                m.next(),
-                m.next(),
-                m.next()
-            )
-        };
-        let free = |m: &mut crate::sql::Markers| {
-            format!(
-                "backfill = {} AND (state = {} OR (state = {} AND expires_ms < {}))",
-                m.next(),
-                m.next(),
-                m.next(),
-                m.next()
-            )
-        };
+        // What a claim sets, and which chunks are free to claim.
+        const SET: &str =
+            "SET state = ?, holder = ?, expires_ms = ?, attempts = attempts + 1, error = NULL";
+        const FREE: &str = "backfill = ? AND (state = ? OR (state = ? AND expires_ms < ?))";
         let expires_ms = now_ms + ttl.as_millis() as i64;
         let running = ChunkState::Running.as_str();
         let claim = |row: &sqlx::any::AnyRow| -> Result<Claim, sqlx::Error> {
@@ -266,14 +248,10 @@ impl Chunks {
         if self.backend == Backend::Sqlite {
             // One statement: SQLite runs it alone, so no other writer comes
             // between the choice of the chunk and its update.
-            let mut m = self.backend.markers();
-            let set = set(&mut m);
-            let by = m.next();
             let sql = format!(
-                "UPDATE cutover_backfill_chunks {set} WHERE backfill = {by} AND from_ms = \
-                 (SELECT from_ms FROM cutover_backfill_chunks WHERE {} ORDER BY from_ms LIMIT 1) \
-                 RETURNING from_ms, until_ms, attempts",
-                free(&mut m)
+                "UPDATE cutover_backfill_chunks {SET} WHERE backfill = ? AND from_ms = \
+                 (SELECT from_ms FROM cutover_backfill_chunks WHERE {FREE} ORDER BY from_ms LIMIT 1) \
+                 RETURNING from_ms, until_ms, attempts"
             );
             let row = sqlx::query(&sql)
                 .bind(running)
@@ -295,23 +273,13 @@ impl Chunks {
         }
         // MySQL/PostgreSQL: lock the first free row no other worker has
         // locked, passing over locked ones instead of waiting for them.
-        let pick = format!(
-            "SELECT from_ms FROM cutover_backfill_chunks WHERE {} ORDER BY from_ms LIMIT 1 FOR UPDATE SKIP LOCKED",
-            free(&mut self.backend.markers())
-        );
-        let mut m = self.backend.markers();
-        let set = set(&mut m);
-        let take = format!(
-            "UPDATE cutover_backfill_chunks {set} WHERE backfill = {} AND from_ms = {}",
-            m.next(),
-            m.next()
-        );
-        let mut m = self.backend.markers();
-        let read = format!(
-            "SELECT from_ms, until_ms, attempts FROM cutover_backfill_chunks WHERE backfill = {} AND from_ms = {}",
-            m.next(),
-            m.next()
-        );
+        let pick = self.backend.sql(&format!(
+            "SELECT from_ms FROM cutover_backfill_chunks WHERE {FREE} ORDER BY from_ms LIMIT 1 FOR UPDATE SKIP LOCKED"
+        ));
+        let take = self.backend.sql(&format!(
+            "UPDATE cutover_backfill_chunks {SET} WHERE backfill = ? AND from_ms = ?"
+        ));
+        let read = self.backend.sql("SELECT from_ms, until_ms, attempts FROM cutover_backfill_chunks WHERE backfill = ? AND from_ms = ?");
         let mut tx = self.pool.begin().await.map_err(self.err("claiming"))?;
         let picked = sqlx::query(&pick)
             .bind(&self.backfill)
@@ -350,12 +318,8 @@ impl Chunks {
     /// # Errors
     /// The warehouse failed.
     pub async fn unfinished(&self) -> Result<i64, ChunkError> {
-        let mut m = self.backend.markers();
-        let sql = format!(
-            "SELECT COUNT(*) FROM cutover_backfill_chunks WHERE backfill = {} AND state IN ({}, {})",
-            m.next(),
-            m.next(),
-            m.next()
+        let sql = self.backend.sql(
+            "SELECT COUNT(*) FROM cutover_backfill_chunks WHERE backfill = ? AND state IN (?, ?)",
         );
         sqlx::query(&sql)
             .bind(&self.backfill)
@@ -378,16 +342,7 @@ impl Chunks {
         ttl: Duration,
         now_ms: i64,
     ) -> Result<bool, ChunkError> {
-        let mut m = self.backend.markers();
-        let sql = format!(
-            "UPDATE cutover_backfill_chunks SET expires_ms = {} WHERE backfill = {} AND from_ms = {} AND attempts = {} AND holder = {} AND state = {}",
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next()
-        );
+        let sql = self.backend.sql("UPDATE cutover_backfill_chunks SET expires_ms = ? WHERE backfill = ? AND from_ms = ? AND attempts = ? AND holder = ? AND state = ?");
         let done = sqlx::query(&sql)
             .bind(now_ms + ttl.as_millis() as i64)
             .bind(&self.backfill)
@@ -417,21 +372,8 @@ impl Chunks {
             ChunkOutcome::Done { events } => (ChunkState::Done, *events, None),
             ChunkOutcome::Failed { error } => (ChunkState::Failed, 0, Some(error.as_str())),
         };
-        let mut m = self.backend.markers();
-        let sql = format!(
-            "UPDATE cutover_backfill_chunks SET state = {}, run_id = {}, events = {}, error = {}, done_at = {}, expires_ms = 0 \
-             WHERE backfill = {} AND from_ms = {} AND attempts = {} AND holder = {} AND state = {}",
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next()
-        );
+        let sql = self.backend.sql("UPDATE cutover_backfill_chunks SET state = ?, run_id = ?, events = ?, error = ?, done_at = ?, expires_ms = 0 \
+             WHERE backfill = ? AND from_ms = ? AND attempts = ? AND holder = ? AND state = ?");
         let done = sqlx::query(&sql)
             .bind(state.as_str())
             .bind(run_id)

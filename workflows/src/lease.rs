@@ -222,15 +222,8 @@ impl Leases {
         now_ms: i64,
     ) -> Result<Lease, LeaseError> {
         let b = self.backend;
-        let mut m = b.markers();
         let expires_ms = now_ms + ttl.as_millis() as i64;
-        let sql = format!(
-            "UPDATE cutover_leases SET expires_ms = {} WHERE dag = {} AND token = {} AND expires_ms > {}",
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next()
-        );
+        let sql = b.sql("UPDATE cutover_leases SET expires_ms = ? WHERE dag = ? AND token = ? AND expires_ms > ?");
         let renewed = sqlx::query(&sql)
             .bind(expires_ms)
             .bind(&lease.dag)
@@ -256,12 +249,7 @@ impl Leases {
     /// The warehouse failed.
     pub async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
         let b = self.backend;
-        let mut m = b.markers();
-        let sql = format!(
-            "UPDATE cutover_leases SET expires_ms = 0 WHERE dag = {} AND token = {}",
-            m.next(),
-            m.next()
-        );
+        let sql = b.sql("UPDATE cutover_leases SET expires_ms = 0 WHERE dag = ? AND token = ?");
         sqlx::query(&sql)
             .bind(&lease.dag)
             .bind(lease.token)

@@ -224,18 +224,8 @@ impl Ledger {
         totals: crate::runner::Totals,
         error: Option<&str>,
     ) -> Result<(), LedgerError> {
-        let mut m = self.backend.markers();
         let error = error.map(|e| clip(&crate::redact::redact(e), MAX_ERROR));
-        let sql = format!(
-            "UPDATE cutover_runs SET state = {}, ended_at = {}, rows_read = {}, rows_written = {}, rows_quarantined = {}, error = {} WHERE run_id = {}",
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next(),
-            m.next()
-        );
+        let sql = self.backend.sql("UPDATE cutover_runs SET state = ?, ended_at = ?, rows_read = ?, rows_written = ?, rows_quarantined = ?, error = ? WHERE run_id = ?");
         sqlx::query(&sql)
             .bind(state.status().as_str())
             .bind(timestamp(ended_at))
@@ -257,13 +247,9 @@ impl Ledger {
     /// # Errors
     /// The write failed.
     pub async fn heartbeat(&self, run_id: &str) -> Result<(), LedgerError> {
-        let mut m = self.backend.markers();
-        let sql = format!(
-            "UPDATE cutover_runs SET heartbeat_ms = {} WHERE run_id = {} AND state = {}",
-            m.next(),
-            m.next(),
-            m.next()
-        );
+        let sql = self
+            .backend
+            .sql("UPDATE cutover_runs SET heartbeat_ms = ? WHERE run_id = ? AND state = ?");
         sqlx::query(&sql)
             .bind(Utc::now().timestamp_millis())
             .bind(run_id)
@@ -284,16 +270,10 @@ impl Ledger {
     /// # Errors
     /// The ledger failed.
     pub async fn interrupt_dead(&self, dag: Option<&str>) -> Result<Vec<String>, LedgerError> {
-        let mut m = self.backend.markers();
-        let state = m.next();
-        let filter = if dag.is_some() {
-            format!(" AND dag = {}", m.next())
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "SELECT run_id, host, pid, process, heartbeat_ms, started_at FROM cutover_runs WHERE state = {state}{filter}"
-        );
+        let filter = if dag.is_some() { " AND dag = ?" } else { "" };
+        let sql = self.backend.sql(&format!(
+            "SELECT run_id, host, pid, process, heartbeat_ms, started_at FROM cutover_runs WHERE state = ?{filter}"
+        ));
         let mut q = sqlx::query(&sql).bind(RunStatus::Running.as_str());
         if let Some(d) = dag {
             q = q.bind(d);
@@ -427,19 +407,14 @@ impl Ledger {
         trigger: Trigger,
         scheduled_at: Option<DateTime<Utc>>,
     ) -> Result<Vec<String>, LedgerError> {
-        let mut m = self.backend.markers();
-        let by = format!(
-            "dag = {} AND trigger_kind = {} AND state = {}",
-            m.next(),
-            m.next(),
-            m.next()
-        );
         let tick = if scheduled_at.is_some() {
-            format!(" AND scheduled_at = {}", m.next())
+            " AND scheduled_at = ?"
         } else {
-            String::new()
+            ""
         };
-        let sql = format!("SELECT run_id FROM cutover_runs WHERE {by}{tick} ORDER BY started_at");
+        let sql = self.backend.sql(&format!(
+            "SELECT run_id FROM cutover_runs WHERE dag = ? AND trigger_kind = ? AND state = ?{tick} ORDER BY started_at"
+        ));
         let mut q = sqlx::query(&sql)
             .bind(dag)
             .bind(trigger.as_str())
@@ -481,17 +456,11 @@ impl Ledger {
     /// # Errors
     /// The read failed.
     pub async fn runs(&self, dag: Option<&str>, limit: i64) -> Result<Vec<RunRecord>, LedgerError> {
-        let mut m = self.backend.markers();
-        let filter = if dag.is_some() {
-            format!("WHERE dag = {}", m.next())
-        } else {
-            String::new()
-        };
-        let limit_param = m.next();
-        let sql = format!(
+        let filter = if dag.is_some() { "WHERE dag = ?" } else { "" };
+        let sql = self.backend.sql(&format!(
             "SELECT run_id, dag, trigger_kind, scheduled_at, started_at, ended_at, state, rows_read, rows_written, rows_quarantined, error \
-             FROM cutover_runs {filter} ORDER BY started_at DESC, run_id DESC LIMIT {limit_param}"
-        );
+             FROM cutover_runs {filter} ORDER BY started_at DESC, run_id DESC LIMIT ?"
+        ));
         let mut q = sqlx::query(&sql);
         if let Some(dag) = dag {
             q = q.bind(dag);

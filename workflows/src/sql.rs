@@ -107,6 +107,29 @@ impl Backend {
         }
     }
 
+    /// A statement written with `?` for its bind parameters, in this
+    /// dialect: the `?` markers numbered (`$1`, `$2`, ...) on PostgreSQL.
+    /// A `?` inside a quoted literal is left alone.
+    pub fn sql(self, template: &str) -> String {
+        if self != Self::Postgres {
+            return template.to_owned();
+        }
+        let mut m = self.markers();
+        let mut out = String::with_capacity(template.len() + 16);
+        let mut quoted = false;
+        for c in template.chars() {
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    out.push(c);
+                }
+                '?' if !quoted => out.push_str(&m.next()),
+                _ => out.push(c),
+            }
+        }
+        out
+    }
+
     /// Bind-parameter markers for one statement, numbered from 1 in the
     /// order they are taken: take them in the order they appear in the
     /// statement's text, which is the order their values are bound.
@@ -308,6 +331,11 @@ mod tests {
         assert_eq!(pg.next(), "$1");
         assert_eq!(pg.list(3), "$2, $3, $4");
         assert_eq!(Backend::MySql.markers().list(2), "?, ?");
+        assert_eq!(
+            Backend::Postgres.sql("UPDATE t SET a = ?, b = 'x?' WHERE c = ?"),
+            "UPDATE t SET a = $1, b = 'x?' WHERE c = $2"
+        );
+        assert_eq!(Backend::Sqlite.sql("a = ?"), "a = ?");
         assert_eq!(Backend::MySql.quote(&SqlIdent::new("t").unwrap()), "`t`");
     }
 }

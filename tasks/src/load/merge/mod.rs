@@ -115,12 +115,10 @@ impl Task for LoadMerge {
         }
         // A retried attempt skips the segments an earlier attempt of this
         // run committed.
-        let mut m = wh.backend.markers();
-        let done: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT segment FROM cutover_commits WHERE run_id = {} AND task = {}",
-            m.next(),
-            m.next()
-        ))
+        let done: Vec<i64> = sqlx::query_scalar(
+            &wh.backend
+                .sql("SELECT segment FROM cutover_commits WHERE run_id = ? AND task = ?"),
+        )
         .bind(&ctx.run_id)
         .bind(&ctx.task)
         .fetch_all(&wh.pool)
