@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use args::{
-    BackfillArgs, ConsumeArgs, DemoArgs, FeedArgs, ReportArgs, RunArgs, RunsArgs, ScheduleArgs,
+    BackfillArgs, ConsumeArgs, DemoArgs, FeedArgs, ReconcileArgs, ReportArgs, RunArgs, RunsArgs, ScheduleArgs,
     SeedArgs, StatusArgs,
 };
 
@@ -154,6 +154,21 @@ pub enum Command {
     /// Print one of the five analytics reports, from the warehouse or as the
     /// legacy analytics compute it from the events.
     Report(ReportArgs),
+    /// Compare the legacy analytics with the warehouse, per report and per
+    /// UTC day, and drill every differing day down to the events behind it.
+    ///
+    /// Both sides are computed day by day (the legacy side with MongoDB
+    /// aggregations or the same rules over the events file, the warehouse
+    /// side with SQL) and folded per day into rows, the sum of every
+    /// measure and an order-independent checksum, compared under rules
+    /// printed with the result (e.g. avg_dwell_ms within a relative 1e-9).
+    /// A differing day lists its differing rows (key, legacy, warehouse),
+    /// then the events behind them: valid events missing from the facts,
+    /// those the loader quarantined, fact rows with no valid event, values
+    /// that differ, user dimension versions that give another plan. Every
+    /// reconciliation is stored in the warehouse (--history lists them).
+    /// Exits 1 when anything differs.
+    Reconcile(ReconcileArgs),
 }
 
 /// `cutover quarantine` subcommands.
@@ -236,6 +251,17 @@ pub enum ReportSource {
     Warehouse,
     /// The legacy aggregations over the source events.
     Legacy,
+}
+
+/// How a reconciliation is printed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReconcileFormat {
+    /// Aligned text.
+    Table,
+    /// The whole result.
+    Json,
+    /// A document for a review.
+    Markdown,
 }
 
 /// How a report is printed.

@@ -88,6 +88,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Seed(args) => commands::seed::command(args).await,
         Command::Demo(args) => commands::demo::command(g, args).await,
         Command::Report(args) => commands::report::command(g, args).await,
+        Command::Reconcile(args) => commands::reconcile::command(g, args).await,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{at_least_3s, ListFormat, ReportFormat, ReportSource};
+use super::{at_least_3s, ListFormat, ReconcileFormat, ReportFormat, ReportSource};
 
 /// The arguments of `cutover run`.
 #[derive(Debug, Args)]
@@ -210,4 +210,48 @@ pub struct FeedArgs {
     /// of it.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..=43_200))]
     pub visibility_timeout: Option<u64>,
+}
+
+/// The arguments of `cutover reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Reports (views_daily, slide_engagement, shares_daily,
+    /// sessions_daily, views_by_plan) or data points (views, engagement,
+    /// shares, sessions); every report when none.
+    #[arg(value_name = "REPORT|DATA_POINT")]
+    pub names: Vec<String>,
+    /// The first UTC day compared (YYYY-MM-DD).
+    #[arg(long, value_name = "DAY")]
+    pub from: Option<String>,
+    /// The first UTC day not compared (YYYY-MM-DD): `--from 2026-01-01
+    /// --to 2026-01-08` compares one week.
+    #[arg(long, value_name = "DAY")]
+    pub to: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReconcileFormat::Table)]
+    pub format: ReconcileFormat,
+    /// Differing rows and events shown (and stored) per day.
+    #[arg(long, default_value_t = 20)]
+    pub sample: usize,
+    /// Events read at most per window of a drill-down: a differing day
+    /// with more events is bisected by time, counting both sides, down to
+    /// windows this small.
+    #[arg(long, default_value_t = 20_000)]
+    pub drill_limit: usize,
+    /// The MongoDB database of the events.
+    #[arg(long, default_value = "app")]
+    pub database: String,
+    /// The collection of the events.
+    #[arg(long, default_value = "events")]
+    pub collection: String,
+    /// List the stored reconciliations (of the named reports when given),
+    /// newest first, instead of reconciling.
+    #[arg(long, conflicts_with_all = ["show", "from", "to"])]
+    pub history: bool,
+    /// How many reconciliations --history lists.
+    #[arg(long, default_value_t = 20, requires = "history")]
+    pub limit: i64,
+    /// Print a stored reconciliation again, by id, instead of reconciling.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["from", "to"])]
+    pub show: Option<String>,
 }

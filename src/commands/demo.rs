@@ -1,10 +1,13 @@
 //! `cutover demo`: seeds an events file, runs every DAG into a fresh SQLite
-//! warehouse and checks the reports against the legacy computation.
+//! warehouse and reconciles the five reports with the legacy computation,
+//! day by day.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use tasks::reports::{self, legacy, Format, Range, Report, ReportName};
+use tasks::reconciliation::render::{render, Format};
+use tasks::reconciliation::{self, record, Options, Status};
+use tasks::reports::{self, legacy, Grain, Range, ReportName};
 use tasks::source::Source;
 
 use super::run::run_dags;
@@ -54,35 +57,48 @@ pub async fn command(g: &Global, args: DemoArgs) -> Result<ExitCode> {
         collection: "events",
     };
     println!();
-    for (name, r) in ReportName::ALL {
-        let ours = reports::from_warehouse(&wh, *r, Range::default()).await?;
-        let theirs = reports::from_legacy(&events, *r, Range::default()).await?;
-        match reports::first_difference(&ours, &theirs, 1e-9) {
-            None => println!(
-                "{name:<17} {:>6} rows, equal to the legacy report",
-                ours.rows.len()
+    let options = Options {
+        origin: "demo".into(),
+        ..Options::default()
+    };
+    let result = reconciliation::reconcile(&events, &wh, &options, &|_| {}).await?;
+    record::record(&wh, &result).await?;
+    for r in &result.reports {
+        let days = r.days.len();
+        match r.status {
+            Status::Equal => println!(
+                "{:<17} {:>6} rows over {days} days, equal to the legacy report day by day",
+                r.report.name(),
+                r.warehouse_rows
             ),
-            Some(d) => {
-                println!("{name:<17} DIFFERS from the legacy report: {d}");
+            Status::Differs => {
+                println!(
+                    "{:<17} DIFFERS from the legacy report on {} of {days} days",
+                    r.report.name(),
+                    r.differing().count()
+                );
                 code = ExitCode::FAILURE;
             }
         }
     }
-    let report = reports::from_warehouse(&wh, ReportName::ViewsDaily, Range::default()).await?;
-    let shown = Report {
-        columns: report.columns.clone(),
-        rows: report.rows.iter().take(15).cloned().collect(),
-    };
+    if result.status == Status::Differs {
+        print!("\n{}", render(&result, Format::Table));
+    }
+    let report =
+        reports::from_warehouse(&wh, ReportName::ViewsDaily, Range::default(), Grain::Report).await?;
+    let shown = report.head(15);
     println!(
         "\nviews_daily (first {} of {} rows):",
         shown.rows.len(),
         report.rows.len()
     );
-    print!("{}", shown.render(Format::Table));
+    print!("{}", shown.render(reports::Format::Table));
     let db = db.display();
     println!("\nThe warehouse is the SQLite file {db}. Explore it with:");
     println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} cutover report views_daily --format json");
     println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} cutover runs");
+    println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} CUTOVER_SOURCE_URL={} cutover reconcile", events_file.display());
+    println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} cutover reconcile --history");
     println!("  sqlite3 {db} 'SELECT COUNT(*) FROM fact_views'");
     Ok(code)
 }

@@ -8,6 +8,7 @@ pub mod dags;
 pub mod demo;
 pub mod migrate;
 pub mod quarantine;
+pub mod reconcile;
 pub mod report;
 pub mod run;
 pub mod runs;

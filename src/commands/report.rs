@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tasks::reports::{self, legacy, Format, Range, ReportName};
+use tasks::reports::{self, legacy, Format, Grain, Range, ReportName};
 use tasks::source::Source;
 
 use super::{parse_instant, warehouse};
@@ -33,7 +33,7 @@ pub async fn command(g: &Global, args: ReportArgs) -> Result<ExitCode> {
     let rows = match args.source {
         ReportSource::Warehouse => {
             let wh = warehouse(g).await?;
-            reports::from_warehouse(&wh, report, range).await?
+            reports::from_warehouse(&wh, report, range, Grain::Report).await?
         }
         ReportSource::Legacy => {
             let src = Source::open(&g.source_url).await?;
@@ -47,7 +47,7 @@ pub async fn command(g: &Global, args: ReportArgs) -> Result<ExitCode> {
                 "computing {name} from the events as the legacy analytics do"
             ));
             spinner.enable_steady_tick(Duration::from_millis(200));
-            let rows = reports::from_legacy(&events, report, range).await;
+            let rows = reports::from_legacy(&events, report, range, Grain::Report).await;
             spinner.finish_and_clear();
             rows?
         }

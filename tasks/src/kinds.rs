@@ -26,13 +26,16 @@ pub enum TaskKind {
     LoadMerge(load::merge::Config),
     /// Reconciles a fact table with the source.
     VerifyReconcile(verify::reconcile::Config),
+    /// Reconciles legacy reports with the warehouse.
+    VerifyReports(verify::reports::Config),
 }
 
-static CATALOG: [KindInfo; 4] = [
+static CATALOG: [KindInfo; 5] = [
     extract::mongo::KIND,
     transform::polars::KIND,
     load::merge::KIND,
     verify::reconcile::KIND,
+    verify::reports::KIND,
 ];
 
 /// A kind's settings with its name, as `cutover dags show` prints them.
@@ -51,6 +54,7 @@ impl Serialize for TaskKind {
             Self::TransformPolars(settings) => Tagged { kind, settings }.serialize(s),
             Self::LoadMerge(settings) => Tagged { kind, settings }.serialize(s),
             Self::VerifyReconcile(settings) => Tagged { kind, settings }.serialize(s),
+            Self::VerifyReports(settings) => Tagged { kind, settings }.serialize(s),
         }
     }
 }
@@ -88,6 +92,7 @@ impl TaskKinds for TaskKind {
             k if k == transform::polars::KIND.name => Self::TransformPolars(parse_as(settings)?),
             k if k == load::merge::KIND.name => Self::LoadMerge(parse_as(settings)?),
             k if k == verify::reconcile::KIND.name => Self::VerifyReconcile(parse_as(settings)?),
+            k if k == verify::reports::KIND.name => Self::VerifyReports(parse_as(settings)?),
             other => {
                 return Err(vec![SettingProblem::field(
                     "kind",
@@ -103,6 +108,7 @@ impl TaskKinds for TaskKind {
             Self::TransformPolars(_) => &transform::polars::KIND,
             Self::LoadMerge(_) => &load::merge::KIND,
             Self::VerifyReconcile(_) => &verify::reconcile::KIND,
+            Self::VerifyReports(_) => &verify::reports::KIND,
         }
     }
 
@@ -144,6 +150,7 @@ impl TaskKinds for TaskKind {
                 out
             }
             Self::VerifyReconcile(c) => c.check(extract_config(tasks, &c.source).is_some()),
+            Self::VerifyReports(c) => c.check(extract_config(tasks, &c.source).is_some()),
         }
     }
 }
@@ -236,6 +243,17 @@ impl TaskBuilder<TaskKind> for Env {
                             .expect("checked when the DAG was loaded")
                             .selection();
                         verify::reconcile::build(
+                            c.clone(),
+                            extract,
+                            self.source.clone(),
+                            self.warehouse.clone(),
+                        )
+                    }
+                    TaskKind::VerifyReports(c) => {
+                        let extract = extract_config(&all, &c.source)
+                            .expect("checked when the DAG was loaded")
+                            .selection();
+                        verify::reports::build(
                             c.clone(),
                             extract,
                             self.source.clone(),

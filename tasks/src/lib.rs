@@ -15,6 +15,7 @@ pub mod kinds;
 pub mod load;
 pub mod progress;
 pub mod quarantine;
+pub mod reconciliation;
 pub mod replay;
 pub mod reports;
 pub mod schema;

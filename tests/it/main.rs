@@ -13,6 +13,7 @@ mod leases;
 mod mongo;
 mod schedule;
 mod sqs;
+mod reconcile;
 mod star;
 mod support;
 mod views;

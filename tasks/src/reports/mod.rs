@@ -22,7 +22,7 @@ pub use legacy::from_legacy;
 pub use warehouse::from_warehouse;
 
 /// A report of the event model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportName {
     /// Views and unique viewers per day and presentation.
@@ -95,34 +95,83 @@ impl ReportName {
     }
 }
 
-/// Every report groups by its first two fields.
-pub const GROUP_FIELDS: usize = 2;
+/// How finely a report is grouped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Grain {
+    /// As the application shows it.
+    #[default]
+    Report,
+    /// Split by UTC day of the event time: a report without a day
+    /// (`slide_engagement`) gains one as its first field, so that every
+    /// report can be compared day by day.
+    Daily,
+}
+
+impl ReportName {
+    /// Its field names at `grain`, the group fields first.
+    pub fn columns_at(self, grain: Grain) -> &'static [&'static str] {
+        match (self, grain) {
+            (Self::SlideEngagement, Grain::Daily) => &[
+                "day",
+                "presentation_id",
+                "slide",
+                "views",
+                "total_dwell_ms",
+                "avg_dwell_ms",
+            ],
+            _ => self.columns(),
+        }
+    }
+
+    /// How many of its first fields are the group key at `grain`.
+    pub fn group_fields(self, grain: Grain) -> usize {
+        match (self, grain) {
+            (Self::SlideEngagement, Grain::Daily) => 3,
+            _ => 2,
+        }
+    }
+}
 
 /// A report's rows.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// The field names, in order.
     pub columns: Vec<&'static str>,
+    /// How many of the first fields are the group key.
+    #[serde(skip)]
+    pub groups: usize,
     /// One row per group, values in column order.
     pub rows: Vec<Vec<Json>>,
 }
 
 impl Report {
-    /// A report of `name` from unsorted rows.
-    pub fn new(name: ReportName, mut rows: Vec<Vec<Json>>) -> Self {
-        rows.sort_by(|a, b| {
-            a[..GROUP_FIELDS]
-                .iter()
-                .zip(&b[..GROUP_FIELDS])
-                .map(|(x, y)| compare_json(x, y))
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
-        });
+    /// A report of `name` at `grain` from unsorted rows.
+    pub fn new(name: ReportName, grain: Grain, mut rows: Vec<Vec<Json>>) -> Self {
+        let groups = name.group_fields(grain);
+        rows.sort_by(|a, b| compare_keys(&a[..groups], &b[..groups]));
         Self {
-            columns: name.columns().to_vec(),
+            columns: name.columns_at(grain).to_vec(),
+            groups,
             rows,
         }
     }
+
+    /// Its first `n` rows.
+    pub fn head(&self, n: usize) -> Self {
+        Self {
+            rows: self.rows.iter().take(n).cloned().collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// Orders two group keys as reports sort them.
+pub fn compare_keys(a: &[Json], b: &[Json]) -> Ordering {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| compare_json(x, y))
+        .find(|o| o.is_ne())
+        .unwrap_or(Ordering::Equal)
 }
 
 fn compare_json(a: &Json, b: &Json) -> Ordering {
@@ -145,67 +194,6 @@ pub fn average(total: i64, count: i64) -> Json {
     }
 }
 
-/// The first difference between two reports of the same name, within
-/// `tolerance` for doubles, described for people.
-pub fn first_difference(a: &Report, b: &Report, tolerance: f64) -> Option<String> {
-    let key = |r: &[Json], n: usize| {
-        r[..n]
-            .iter()
-            .map(|v| match v {
-                Json::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    let n = GROUP_FIELDS;
-    let mut i = 0;
-    let mut j = 0;
-    while i < a.rows.len() || j < b.rows.len() {
-        match (a.rows.get(i), b.rows.get(j)) {
-            (Some(x), Some(y)) => {
-                let order = x[..n]
-                    .iter()
-                    .zip(&y[..n])
-                    .map(|(p, q)| compare_json(p, q))
-                    .find(|o| o.is_ne())
-                    .unwrap_or(Ordering::Equal);
-                match order {
-                    Ordering::Less => {
-                        return Some(format!("group {} only in the first", key(x, n)))
-                    }
-                    Ordering::Greater => {
-                        return Some(format!("group {} only in the second", key(y, n)))
-                    }
-                    Ordering::Equal => {
-                        for (c, (p, q)) in x.iter().zip(y).enumerate().skip(n) {
-                            let same = match (p.as_f64(), q.as_f64()) {
-                                (Some(u), Some(v)) if p.is_f64() || q.is_f64() => {
-                                    (u - v).abs() <= tolerance
-                                }
-                                _ => p == q,
-                            };
-                            if !same {
-                                return Some(format!(
-                                    "group {}: {} is {p} against {q}",
-                                    key(x, n),
-                                    a.columns[c]
-                                ));
-                            }
-                        }
-                        i += 1;
-                        j += 1;
-                    }
-                }
-            }
-            (Some(x), None) => return Some(format!("group {} only in the first", key(x, n))),
-            (None, Some(y)) => return Some(format!("group {} only in the second", key(y, n))),
-            (None, None) => break,
-        }
-    }
-    None
-}
-
 /// Time bounds in epoch ms: `from` inclusive, `to` exclusive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Range {
@@ -216,7 +204,8 @@ pub struct Range {
 }
 
 impl Range {
-    fn bounds(self) -> (i64, i64) {
+    /// The bounds, open ends as far-away instants.
+    pub fn bounds(self) -> (i64, i64) {
         (
             self.from_ms.unwrap_or(i64::MIN / 2),
             self.to_ms.unwrap_or(i64::MAX / 2),

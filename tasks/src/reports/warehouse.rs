@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use workflows::Backend;
 
-use super::{average, Range, Report, ReportName};
+use super::{average, Grain, Range, Report, ReportName};
 use crate::warehouse::Warehouse;
 
 /// `expr` as a 64-bit integer.
@@ -23,11 +23,20 @@ fn sum(b: Backend, expr: &str) -> String {
     int64(b, &format!("SUM({expr})"))
 }
 
-/// The query of a report; parameters 1 and 2 are the range bounds.
-pub fn sql(b: Backend, name: ReportName) -> String {
+/// The query of a report at a grain; parameters 1 and 2 are the range
+/// bounds.
+pub fn sql(b: Backend, name: ReportName, grain: Grain) -> String {
     let mut m = b.markers();
     let (from, to) = (m.next(), m.next());
     match name {
+        ReportName::SlideEngagement if grain == Grain::Daily => format!(
+            "SELECT d.date, f.presentation_id, {}, COUNT(*), {} \
+             FROM fact_engagement f JOIN dim_date d ON d.date_key = f.date_key \
+             WHERE f.ts_ms >= {from} AND f.ts_ms < {to} \
+             GROUP BY d.date, f.presentation_id, f.slide",
+            int64(b, "f.slide"),
+            sum(b, "f.dwell_ms")
+        ),
         ReportName::ViewsDaily => format!(
             "SELECT d.date, f.presentation_id, COUNT(*), COUNT(DISTINCT f.user_id) \
              FROM fact_views f JOIN dim_date d ON d.date_key = f.date_key \
@@ -76,7 +85,7 @@ pub fn sql(b: Backend, name: ReportName) -> String {
     }
 }
 
-/// Reads a report from the warehouse.
+/// Reads a report from the warehouse at a grain.
 ///
 /// # Errors
 /// The query failed, e.g. the schema is not migrated.
@@ -84,9 +93,11 @@ pub async fn from_warehouse(
     wh: &Warehouse,
     name: ReportName,
     range: Range,
+    grain: Grain,
 ) -> Result<Report, sqlx::Error> {
     let (from, to) = range.bounds();
-    let rows = sqlx::query(&sql(wh.backend, name))
+    let daily = grain == Grain::Daily && name == ReportName::SlideEngagement;
+    let rows = sqlx::query(&sql(wh.backend, name, grain))
         .bind(from)
         .bind(to)
         .fetch_all(&wh.pool)
@@ -103,6 +114,17 @@ pub async fn from_warehouse(
                     int(r, 2)?.into(),
                     int(r, 3)?.into(),
                 ],
+                ReportName::SlideEngagement if daily => {
+                    let (views, total) = (int(r, 3)?, int(r, 4)?);
+                    vec![
+                        text(r, 0)?,
+                        text(r, 1)?,
+                        int(r, 2)?.into(),
+                        views.into(),
+                        total.into(),
+                        average(total, views),
+                    ]
+                }
                 ReportName::SlideEngagement => {
                     let (views, total) = (int(r, 2)?, int(r, 3)?);
                     vec![
@@ -126,5 +148,5 @@ pub async fn from_warehouse(
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
-    Ok(Report::new(name, rows))
+    Ok(Report::new(name, grain, rows))
 }

@@ -15,6 +15,7 @@ use workflows::{
     KindInfo, Role, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport,
 };
 
+use super::Scope;
 use crate::error::from_sqlx;
 use crate::schema::{read_row, Value};
 use crate::segment::read_from;
@@ -54,17 +55,6 @@ pub struct Config {
     /// reading), which reads far less of a large source.
     #[serde(default)]
     pub scope: Scope,
-}
-
-/// The days a verify compares.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Scope {
-    /// Every day up to the watermark.
-    #[default]
-    All,
-    /// The days the run's extract read.
-    Run,
 }
 
 fn default_key() -> SqlIdent {
@@ -241,12 +231,7 @@ impl Task for Reconcile {
         let until = watermark + 1;
         // Whole days: from the start of the day the run's extract began at.
         let read = read_from(&ctx.output_dir(&self.config.source));
-        let from = match self.config.scope {
-            Scope::All => None,
-            Scope::Run => read
-                .and_then(|r| r.since_ms)
-                .map(|since| since - since.rem_euclid(86_400_000)),
-        };
+        let from = self.config.scope.first_day(read.as_ref());
         // An event stored after the extract began (ObjectId times have
         // second precision) may or may not be loaded yet: it is left out of
         // the comparison on both sides, and the next run checks it.

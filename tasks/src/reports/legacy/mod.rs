@@ -25,7 +25,7 @@ use bson::{Bson, Document};
 use futures::TryStreamExt;
 use serde_json::Value as Json;
 
-use super::{average, Range, Report, ReportName};
+use super::{average, Grain, Range, Report, ReportName};
 use crate::filter::Filter;
 use crate::source::{Item, Query, Source, SourceError};
 use workflows::time::day_of;
@@ -76,7 +76,7 @@ pub struct Events<'a> {
     pub collection: &'a str,
 }
 
-/// Computes a report as the legacy analytics do.
+/// Computes a report at a grain as the legacy analytics do.
 ///
 /// # Errors
 /// The source cannot be read or an aggregation failed.
@@ -84,6 +84,7 @@ pub async fn from_legacy(
     events: &Events<'_>,
     name: ReportName,
     range: Range,
+    grain: Grain,
 ) -> Result<Report, LegacyError> {
     let rows = match events.source {
         Source::Mongo(client) => {
@@ -102,7 +103,7 @@ pub async fn from_legacy(
                 namespace: format!("{}.{}", events.database, events.collection),
                 source,
             };
-            let groups = run(pipeline(name, range)).await.map_err(failed)?;
+            let groups = run(pipeline(name, range, grain)).await.map_err(failed)?;
             if name == ReportName::ViewsByPlan {
                 let history = run(plan_history_pipeline()).await.map_err(failed)?;
                 views_by_plan_from_mongo(&groups, &history)?
@@ -112,7 +113,7 @@ pub async fn from_legacy(
             } else {
                 groups
                     .iter()
-                    .map(|g| group_row(name, g))
+                    .map(|g| group_row(name, grain, g))
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| LegacyError::Shape {
                         report: name.name(),
@@ -120,9 +121,9 @@ pub async fn from_legacy(
                     })?
             }
         }
-        Source::File(_) | Source::Feed(_) => from_file(events, name, range).await?,
+        Source::File(_) | Source::Feed(_) => from_file(events, name, range, grain).await?,
     };
-    Ok(Report::new(name, rows))
+    Ok(Report::new(name, grain, rows))
 }
 
 fn int(d: &Document, k: &str) -> Option<i64> {
@@ -135,7 +136,7 @@ fn int(d: &Document, k: &str) -> Option<i64> {
 }
 
 /// A result row from one `$group` output document.
-fn group_row(name: ReportName, g: &Document) -> Option<Vec<Json>> {
+fn group_row(name: ReportName, grain: Grain, g: &Document) -> Option<Vec<Json>> {
     let key = g.get_str("_id").ok()?;
     // A day comes first and a slide number last; neither holds the
     // separator, whatever the ids do.
@@ -155,13 +156,16 @@ fn group_row(name: ReportName, g: &Document) -> Option<Vec<Json>> {
         }
         ReportName::SlideEngagement => {
             let (views, total) = (int(g, "views")?, int(g, "total_dwell_ms")?);
-            vec![
-                a.into(),
-                b.parse::<i64>().ok()?.into(),
-                views.into(),
-                total.into(),
-                average(total, views),
-            ]
+            let slide = b.parse::<i64>().ok()?;
+            let mut row: Vec<Json> = match grain {
+                Grain::Report => vec![a.into()],
+                Grain::Daily => {
+                    let (day, presentation) = a.split_once(SEP)?;
+                    vec![day.into(), presentation.into()]
+                }
+            };
+            row.extend([slide.into(), views.into(), total.into(), average(total, views)]);
+            row
         }
         ReportName::SharesDaily => vec![a.into(), b.into(), int(g, "shares")?.into()],
         ReportName::SessionsDaily | ReportName::ViewsByPlan => return None,
@@ -171,19 +175,23 @@ fn group_row(name: ReportName, g: &Document) -> Option<Vec<Json>> {
 /// Plan changes per user, sorted by time then `_id` as the source sorts.
 type History = HashMap<String, Vec<(i64, String)>>;
 
+/// The version in force at `ts` of a history sorted by time (versions at
+/// the same time in the order that decides between them): the last at or
+/// before `ts`.
+pub(crate) fn version_at<T>(history: &[(i64, T)], ts: i64) -> Option<&T> {
+    let n = history.partition_point(|(t, _)| *t <= ts);
+    n.checked_sub(1).map(|i| &history[i].1)
+}
+
 fn plan_at(history: &History, user: Option<&str>, ts: i64) -> String {
     let Some(user) = user else {
         return "anonymous".into();
     };
-    let Some(changes) = history.get(user) else {
-        return "unknown".into();
-    };
-    // The last change at or before ts; changes at equal ts are in _id order.
-    let n = changes.partition_point(|(t, _)| *t <= ts);
-    match n {
-        0 => "unknown".into(),
-        n => changes[n - 1].1.clone(),
-    }
+    history
+        .get(user)
+        .and_then(|changes| version_at(changes, ts))
+        .cloned()
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn views_by_plan(
@@ -290,6 +298,7 @@ async fn from_file(
     events: &Events<'_>,
     name: ReportName,
     range: Range,
+    grain: Grain,
 ) -> Result<Vec<Vec<Json>>, LegacyError> {
     let wanted = types(name);
     let rules: Vec<(&str, Filter)> = wanted
@@ -316,6 +325,7 @@ async fn from_file(
     let mut seen: HashSet<String> = HashSet::new();
     let mut acc = FileAcc {
         range,
+        grain,
         ..FileAcc::default()
     };
     while let Some(item) = stream.try_next().await? {
@@ -358,6 +368,8 @@ type SessionEnds = (Option<(i64, String)>, Option<i64>);
 struct FileAcc {
     /// The report's time range.
     range: Range,
+    /// The report's grain.
+    grain: Grain,
     /// Per group key: count, a second count or total, distinct viewers.
     groups: BTreeMap<(String, String), (i64, i64, HashSet<String>)>,
     /// Per session: start (ts, device), end ts.
@@ -412,7 +424,12 @@ impl FileAcc {
                 s("user_id"),
             ),
             ReportName::SlideEngagement => bump(
-                s("presentation_id").unwrap_or_default(),
+                match self.grain {
+                    Grain::Report => s("presentation_id").unwrap_or_default(),
+                    Grain::Daily => {
+                        format!("{}{SEP}{}", day_of(ts), s("presentation_id").unwrap_or_default())
+                    }
+                },
                 n("payload.slide").unwrap_or_default().to_string(),
                 n("payload.dwell_ms")
                     .or_else(|| n("payload.dwellMs"))
@@ -443,13 +460,20 @@ impl FileAcc {
                 .groups
                 .into_iter()
                 .map(|((p, slide), (views, total, _))| {
-                    vec![
-                        p.into(),
+                    // At the daily grain `p` is the day and the presentation.
+                    let mut row: Vec<Json> = match p.split_once(SEP) {
+                        Some((day, p)) if self.grain == Grain::Daily => {
+                            vec![day.into(), p.into()]
+                        }
+                        _ => vec![p.into()],
+                    };
+                    row.extend([
                         slide.parse::<i64>().unwrap_or_default().into(),
                         views.into(),
                         total.into(),
                         average(total, views),
-                    ]
+                    ]);
+                    row
                 })
                 .collect(),
             ReportName::SharesDaily => self

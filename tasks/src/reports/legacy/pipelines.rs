@@ -4,7 +4,7 @@
 use bson::{doc, Bson, Document};
 
 use super::SEP;
-use crate::reports::{Range, ReportName};
+use crate::reports::{Grain, Range, ReportName};
 
 /// Null or missing. (`{ path: null }` says the same, but inside an `$or`
 /// some MongoDB wire-protocol servers evaluate only this form.)
@@ -163,10 +163,20 @@ fn day_expr(field: &str) -> Bson {
     Bson::Document(doc! { "$dateToString": { "format": "%Y-%m-%d", "date": field } })
 }
 
-/// The aggregation pipeline of a report (for `views_by_plan` and
-/// `sessions_daily`, of their first half; see [`plan_history_pipeline`] and
-/// [`session_ends_pipeline`]).
-pub fn pipeline(name: ReportName, range: Range) -> Vec<Document> {
+/// The aggregation pipeline of a report at a grain (for `views_by_plan`
+/// and `sessions_daily`, of their first half; see [`plan_history_pipeline`]
+/// and [`session_ends_pipeline`]).
+pub fn pipeline(name: ReportName, range: Range, grain: Grain) -> Vec<Document> {
+    let slide_key = match grain {
+        Grain::Report => Bson::Array(vec!["$presentation_id".into(), SEP.into(), doc! { "$toString": "$slide" }.into()]),
+        Grain::Daily => Bson::Array(vec![
+            day_expr("$ts"),
+            SEP.into(),
+            "$presentation_id".into(),
+            SEP.into(),
+            doc! { "$toString": "$slide" }.into(),
+        ]),
+    };
     match name {
         ReportName::ViewsDaily => vec![
             match_valid("presentation.viewed", range),
@@ -190,12 +200,13 @@ pub fn pipeline(name: ReportName, range: Range) -> Vec<Document> {
             match_valid("slide.viewed", range),
             doc! { "$group": {
                 "_id": "$event_id",
+                "ts": { "$first": "$ts" },
                 "presentation_id": { "$first": "$presentation_id" },
                 "slide": { "$first": "$payload.slide" },
                 "dwell": { "$first": { "$ifNull": ["$payload.dwell_ms", "$payload.dwellMs"] } },
             } },
             doc! { "$project": {
-                "key": { "$concat": ["$presentation_id", SEP, { "$toString": "$slide" }] },
+                "key": { "$concat": slide_key },
                 "dwell": 1,
             } },
             doc! { "$group": {
