@@ -26,13 +26,16 @@ pub enum TaskKind {
     LoadMerge(load::merge::Config),
     /// Reconciles a fact table with the source.
     VerifyReconcile(verify::reconcile::Config),
+    /// Data-quality checks on warehouse tables.
+    VerifyChecks(verify::checks::Config),
 }
 
-static CATALOG: [KindInfo; 4] = [
+static CATALOG: [KindInfo; 5] = [
     extract::mongo::KIND,
     transform::polars::KIND,
     load::merge::KIND,
     verify::reconcile::KIND,
+    verify::checks::KIND,
 ];
 
 /// A kind's settings with its name, as `cutover dags show` prints them.
@@ -51,6 +54,7 @@ impl Serialize for TaskKind {
             Self::TransformPolars(settings) => Tagged { kind, settings }.serialize(s),
             Self::LoadMerge(settings) => Tagged { kind, settings }.serialize(s),
             Self::VerifyReconcile(settings) => Tagged { kind, settings }.serialize(s),
+            Self::VerifyChecks(settings) => Tagged { kind, settings }.serialize(s),
         }
     }
 }
@@ -88,6 +92,7 @@ impl TaskKinds for TaskKind {
             k if k == transform::polars::KIND.name => Self::TransformPolars(parse_as(settings)?),
             k if k == load::merge::KIND.name => Self::LoadMerge(parse_as(settings)?),
             k if k == verify::reconcile::KIND.name => Self::VerifyReconcile(parse_as(settings)?),
+            k if k == verify::checks::KIND.name => Self::VerifyChecks(parse_as(settings)?),
             other => {
                 return Err(vec![SettingProblem::field(
                     "kind",
@@ -103,6 +108,7 @@ impl TaskKinds for TaskKind {
             Self::TransformPolars(_) => &transform::polars::KIND,
             Self::LoadMerge(_) => &load::merge::KIND,
             Self::VerifyReconcile(_) => &verify::reconcile::KIND,
+            Self::VerifyChecks(_) => &verify::checks::KIND,
         }
     }
 
@@ -144,6 +150,11 @@ impl TaskKinds for TaskKind {
                 out
             }
             Self::VerifyReconcile(c) => c.check(extract_config(tasks, &c.source).is_some()),
+            Self::VerifyChecks(c) => c.check(
+                c.source
+                    .as_ref()
+                    .is_some_and(|s| extract_config(tasks, s).is_some()),
+            ),
         }
     }
 }
@@ -238,6 +249,20 @@ impl TaskBuilder<TaskKind> for Env {
                         verify::reconcile::build(
                             c.clone(),
                             extract,
+                            self.source.clone(),
+                            self.warehouse.clone(),
+                        )
+                    }
+                    TaskKind::VerifyChecks(c) => {
+                        let source_task = c.source.as_ref().map(|s| {
+                            let extract = extract_config(&all, s)
+                                .expect("checked when the DAG was loaded")
+                                .selection();
+                            (s.clone(), extract)
+                        });
+                        verify::checks::build(
+                            c,
+                            source_task,
                             self.source.clone(),
                             self.warehouse.clone(),
                         )

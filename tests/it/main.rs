@@ -7,6 +7,7 @@
 //! feed's when `CUTOVER_TEST_SQS_ENDPOINT` names an SQS-compatible one.
 
 mod backfill;
+mod checks;
 mod cli;
 mod hostile;
 mod leases;
