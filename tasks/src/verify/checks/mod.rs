@@ -441,7 +441,7 @@ impl Checks {
         let Some(newest) = newest else {
             return Ok(Finding {
                 failing: 1,
-                what: format!("table: it holds no row, and the watermark is {mark}"),
+                what: format!("empty table, with the watermark at {mark}"),
                 ..Finding::default()
             });
         };

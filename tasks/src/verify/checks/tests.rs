@@ -275,3 +275,29 @@ fn the_shipped_dags_declare_checks_that_validate() {
         assert!(!checks.is_empty(), "{} declares checks", dag.name);
     }
 }
+
+#[test]
+fn a_failure_names_the_check_its_table_the_count_and_a_sample() {
+    let check = Check {
+        table: id("fact_views"),
+        severity: Severity::Error,
+        rule: Rule::Unique {
+            columns: vec![id("session_id"), id("ts_ms")],
+        },
+    };
+    let found = Finding {
+        failing: 3,
+        what: "values held by more than one row".into(),
+        sample: vec!["(s1, 5) (2 rows)".into(), "(s2, 7) (3 rows)".into()],
+        note: String::new(),
+    };
+    assert_eq!(
+        failure_line(2, &check, &found),
+        "checks[2] unique fact_views(session_id, ts_ms): 3 values held by more than one row; e.g. (s1, 5) (2 rows), (s2, 7) (3 rows)"
+    );
+    let none = Finding {
+        sample: Vec::new(),
+        ..found
+    };
+    assert!(!failure_line(2, &check, &none).contains("e.g."));
+}
