@@ -66,11 +66,13 @@ async fn shipped_checks_pass_on_clean_data_and_name_each_damage() -> Result<()> 
     let source = events.display().to_string();
     let shipped = support::root().join("dags");
     // For the damage runs: the engagement fact's row count compared over
-    // everything up to the watermark, not only the run's range.
+    // everything up to the watermark, not only the run's range, and its
+    // viewers required (an `error` not_null on a column that can be NULL).
     let all = support::dags_edited(dir.path(), |text| {
         text.replace(
             r#"{ check = "row_count", table = "fact_engagement" }"#,
-            r#"{ check = "row_count", table = "fact_engagement", scope = "all" }"#,
+            r#"{ check = "row_count", table = "fact_engagement", scope = "all" },
+  { check = "not_null", table = "fact_engagement", columns = ["user_id"], key = "event_id" }"#,
         )
     })?;
     for wh in support::warehouses().await? {
@@ -219,6 +221,25 @@ async fn shipped_checks_pass_on_clean_data_and_name_each_damage() -> Result<()> 
             "UPDATE fact_engagement SET ts_ms = ts_ms - 3456000000",
         )
         .await?;
+        // Anonymous views have no viewer; one more loses its viewer.
+        let viewer_lost = text(
+            &pool,
+            &format!(
+                "SELECT event_id FROM fact_engagement WHERE user_id IS NOT NULL AND ts_ms < {} ORDER BY event_id LIMIT 1",
+                w - OLD_MS - 3456000000
+            ),
+        )
+        .await?;
+        exec(
+            &pool,
+            &format!("UPDATE fact_engagement SET user_id = NULL WHERE event_id = '{viewer_lost}'"),
+        )
+        .await?;
+        let anonymous = count(
+            &pool,
+            "SELECT COUNT(*) FROM fact_engagement WHERE user_id IS NULL",
+        )
+        .await?;
         let out = run(&all, &["run", "engagement"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -231,6 +252,7 @@ async fn shipped_checks_pass_on_clean_data_and_name_each_damage() -> Result<()> 
                 "checks[6] freshness fact_engagement.ts_ms within 1day 2h: 1 stale table: the newest ts_ms".into(),
                 "checks[7] row_count fact_engagement: 3 events that differ (3 missing)".into(),
                 format!("{} (missing)", gone[0]),
+                format!("checks[8] not_null fact_engagement(user_id): {anonymous} rows with a NULL (user_id: {anonymous}); e.g. event_id = "),
             ],
             &format!("engagement, {label}"),
         );
