@@ -27,6 +27,7 @@ bench:
     bash tests/bench/sqs.sh
     bash tests/bench/backfill.sh
     bash tests/bench/copies.sh
+    bash tests/bench/reconcile.sh
 
 # Run one DAG now, e.g. `just run views`.
 run dag:

@@ -9,8 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use args::{
-    BackfillArgs, ConsumeArgs, DemoArgs, FeedArgs, ReconcileArgs, ReportArgs, RunArgs, RunsArgs, ScheduleArgs,
-    SeedArgs, StatusArgs,
+    BackfillArgs, ConsumeArgs, DemoArgs, FeedArgs, ReconcileArgs, ReportArgs, RunArgs, RunsArgs,
+    ScheduleArgs, SeedArgs, StatusArgs,
 };
 
 /// cutover loads an event-sourced MongoDB collection into a star-schema

@@ -85,7 +85,8 @@ pub async fn command(g: &Global, args: DemoArgs) -> Result<ExitCode> {
         print!("\n{}", render(&result, Format::Table));
     }
     let report =
-        reports::from_warehouse(&wh, ReportName::ViewsDaily, Range::default(), Grain::Report).await?;
+        reports::from_warehouse(&wh, ReportName::ViewsDaily, Range::default(), Grain::Report)
+            .await?;
     let shown = report.head(15);
     println!(
         "\nviews_daily (first {} of {} rows):",
@@ -97,7 +98,10 @@ pub async fn command(g: &Global, args: DemoArgs) -> Result<ExitCode> {
     println!("\nThe warehouse is the SQLite file {db}. Explore it with:");
     println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} cutover report views_daily --format json");
     println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} cutover runs");
-    println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} CUTOVER_SOURCE_URL={} cutover reconcile", events_file.display());
+    println!(
+        "  CUTOVER_WAREHOUSE_URL=sqlite:{db} CUTOVER_SOURCE_URL={} cutover reconcile",
+        events_file.display()
+    );
     println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} cutover reconcile --history");
     println!("  sqlite3 {db} 'SELECT COUNT(*) FROM fact_views'");
     Ok(code)

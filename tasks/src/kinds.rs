@@ -28,14 +28,17 @@ pub enum TaskKind {
     VerifyReconcile(verify::reconcile::Config),
     /// Reconciles legacy reports with the warehouse.
     VerifyReports(verify::reports::Config),
+    /// Data-quality checks on warehouse tables.
+    VerifyChecks(verify::checks::Config),
 }
 
-static CATALOG: [KindInfo; 5] = [
+static CATALOG: [KindInfo; 6] = [
     extract::mongo::KIND,
     transform::polars::KIND,
     load::merge::KIND,
     verify::reconcile::KIND,
     verify::reports::KIND,
+    verify::checks::KIND,
 ];
 
 /// A kind's settings with its name, as `cutover dags show` prints them.
@@ -55,6 +58,7 @@ impl Serialize for TaskKind {
             Self::LoadMerge(settings) => Tagged { kind, settings }.serialize(s),
             Self::VerifyReconcile(settings) => Tagged { kind, settings }.serialize(s),
             Self::VerifyReports(settings) => Tagged { kind, settings }.serialize(s),
+            Self::VerifyChecks(settings) => Tagged { kind, settings }.serialize(s),
         }
     }
 }
@@ -93,6 +97,7 @@ impl TaskKinds for TaskKind {
             k if k == load::merge::KIND.name => Self::LoadMerge(parse_as(settings)?),
             k if k == verify::reconcile::KIND.name => Self::VerifyReconcile(parse_as(settings)?),
             k if k == verify::reports::KIND.name => Self::VerifyReports(parse_as(settings)?),
+            k if k == verify::checks::KIND.name => Self::VerifyChecks(parse_as(settings)?),
             other => {
                 return Err(vec![SettingProblem::field(
                     "kind",
@@ -109,6 +114,7 @@ impl TaskKinds for TaskKind {
             Self::LoadMerge(_) => &load::merge::KIND,
             Self::VerifyReconcile(_) => &verify::reconcile::KIND,
             Self::VerifyReports(_) => &verify::reports::KIND,
+            Self::VerifyChecks(_) => &verify::checks::KIND,
         }
     }
 
@@ -151,6 +157,11 @@ impl TaskKinds for TaskKind {
             }
             Self::VerifyReconcile(c) => c.check(extract_config(tasks, &c.source).is_some()),
             Self::VerifyReports(c) => c.check(extract_config(tasks, &c.source).is_some()),
+            Self::VerifyChecks(c) => c.check(
+                c.source
+                    .as_ref()
+                    .is_some_and(|s| extract_config(tasks, s).is_some()),
+            ),
         }
     }
 }
@@ -256,6 +267,20 @@ impl TaskBuilder<TaskKind> for Env {
                         verify::reports::build(
                             c.clone(),
                             extract,
+                            self.source.clone(),
+                            self.warehouse.clone(),
+                        )
+                    }
+                    TaskKind::VerifyChecks(c) => {
+                        let source_task = c.source.as_ref().map(|s| {
+                            let extract = extract_config(&all, s)
+                                .expect("checked when the DAG was loaded")
+                                .selection();
+                            (s.clone(), extract)
+                        });
+                        verify::checks::build(
+                            c,
+                            source_task,
                             self.source.clone(),
                             self.warehouse.clone(),
                         )

@@ -4,11 +4,12 @@
 //! consumer of the live feed (`consume`).
 //!
 //! Every kind is one module (`extract::mongo`, `transform::polars`,
-//! `load::merge`, `verify::reconcile`) with a config struct and one
+//! `load::merge`, `verify::reconcile`, `verify::checks`) with a config struct and one
 //! [`workflows::Task`] implementation; [`kinds::TaskKind`] lists them once.
 
 pub mod consume;
 pub mod error;
+pub mod expected;
 pub mod extract;
 pub mod filter;
 pub mod kinds;

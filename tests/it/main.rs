@@ -7,13 +7,14 @@
 //! feed's when `CUTOVER_TEST_SQS_ENDPOINT` names an SQS-compatible one.
 
 mod backfill;
+mod checks;
 mod cli;
 mod hostile;
 mod leases;
 mod mongo;
+mod reconcile;
 mod schedule;
 mod sqs;
-mod reconcile;
 mod star;
 mod support;
 mod views;

@@ -77,7 +77,10 @@ fn day(ms: i64) -> String {
 }
 
 async fn one(pool: &AnyPool, sql: &str) -> Result<sqlx::any::AnyRow> {
-    sqlx::query(sql).fetch_one(pool).await.with_context(|| sql.to_owned())
+    sqlx::query(sql)
+        .fetch_one(pool)
+        .await
+        .with_context(|| sql.to_owned())
 }
 
 /// What the damages were, to find in the result.
@@ -97,12 +100,23 @@ struct Damage {
 
 async fn damage(s: &Setup, pool: &AnyPool) -> Result<Damage> {
     let exec = |sql: String| async move {
-        sqlx::query(&sql).execute(pool).await.with_context(|| sql.clone())
+        sqlx::query(&sql)
+            .execute(pool)
+            .await
+            .with_context(|| sql.clone())
     };
     // 1. A views fact deleted.
-    let r = one(pool, "SELECT event_id, ts_ms FROM fact_views ORDER BY ts_ms, event_id LIMIT 1 OFFSET 40").await?;
+    let r = one(
+        pool,
+        "SELECT event_id, ts_ms FROM fact_views ORDER BY ts_ms, event_id LIMIT 1 OFFSET 40",
+    )
+    .await?;
     let view = (text(&r, "event_id"), day(r.try_get("ts_ms")?));
-    exec(format!("DELETE FROM fact_views WHERE event_id = '{}'", view.0)).await?;
+    exec(format!(
+        "DELETE FROM fact_views WHERE event_id = '{}'",
+        view.0
+    ))
+    .await?;
 
     // 2. Two engagement dwells swapped on one day: counts and sums agree.
     let rows = sqlx::query(
@@ -117,8 +131,14 @@ async fn damage(s: &Setup, pool: &AnyPool) -> Result<Damage> {
     let r = &rows[0];
     let (a, b) = (text(r, "a"), text(r, "b"));
     let (da, db): (i64, i64) = (r.try_get("da")?, r.try_get("db")?);
-    exec(format!("UPDATE fact_engagement SET dwell_ms = {db} WHERE event_id = '{a}'")).await?;
-    exec(format!("UPDATE fact_engagement SET dwell_ms = {da} WHERE event_id = '{b}'")).await?;
+    exec(format!(
+        "UPDATE fact_engagement SET dwell_ms = {db} WHERE event_id = '{a}'"
+    ))
+    .await?;
+    exec(format!(
+        "UPDATE fact_engagement SET dwell_ms = {da} WHERE event_id = '{b}'"
+    ))
+    .await?;
     let swapped = (a, b, day(r.try_get("ts")?));
 
     // 3. A user dimension version given another plan.
@@ -130,9 +150,16 @@ async fn damage(s: &Setup, pool: &AnyPool) -> Result<Damage> {
          ORDER BY f.ts_ms DESC, f.event_id LIMIT 1",
     )
     .await?;
-    let (version, user, plan) = (text(&r, "version_id"), text(&r, "user_id"), text(&r, "plan"));
+    let (version, user, plan) = (
+        text(&r, "version_id"),
+        text(&r, "user_id"),
+        text(&r, "plan"),
+    );
     let other = if plan == "team" { "free" } else { "team" };
-    exec(format!("UPDATE dim_user SET plan = '{other}' WHERE version_id = '{version}'")).await?;
+    exec(format!(
+        "UPDATE dim_user SET plan = '{other}' WHERE version_id = '{version}'"
+    ))
+    .await?;
     let days: BTreeSet<String> = sqlx::query(&format!(
         "SELECT f.ts_ms FROM fact_views f JOIN dim_user u ON u.user_id = f.user_id \
            AND u.valid_from_ms <= f.ts_ms AND (u.valid_to_ms IS NULL OR f.ts_ms < u.valid_to_ms) \
@@ -145,9 +172,17 @@ async fn damage(s: &Setup, pool: &AnyPool) -> Result<Damage> {
     .collect();
 
     // 4. A share quarantined: its fact gone, the quarantine holding it.
-    let r = one(pool, "SELECT event_id, ts_ms, doc_id FROM fact_shares ORDER BY ts_ms, event_id LIMIT 1 OFFSET 5").await?;
+    let r = one(
+        pool,
+        "SELECT event_id, ts_ms, doc_id FROM fact_shares ORDER BY ts_ms, event_id LIMIT 1 OFFSET 5",
+    )
+    .await?;
     let quarantined = (text(&r, "event_id"), day(r.try_get("ts_ms")?));
-    exec(format!("DELETE FROM fact_shares WHERE event_id = '{}'", quarantined.0)).await?;
+    exec(format!(
+        "DELETE FROM fact_shares WHERE event_id = '{}'",
+        quarantined.0
+    ))
+    .await?;
     exec(format!(
         "INSERT INTO cutover_quarantine (dag, task, doc_id, event_id, event_type, reason, raw, run_id, quarantined_at) \
          VALUES ('shares', 'load_shares', '{}', '{}', 'presentation.shared', 'damaged by the test', '{{}}', 'test', '2026-01-01T00:00:00Z')",
@@ -209,7 +244,12 @@ fn findings(result: &Value, report: &str, day: &str) -> Vec<(String, String, Str
         .iter()
         .find(|r| r["report"] == report)
         .unwrap();
-    let d = r["days"].as_array().unwrap().iter().find(|d| d["day"] == day).unwrap();
+    let d = r["days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["day"] == day)
+        .unwrap();
     d["events"]["findings"]
         .as_array()
         .unwrap()
@@ -249,9 +289,19 @@ fn reconcile_json(s: &Setup, wh: &str, work: &Path, extra: &[&str]) -> (bool, Va
 async fn damaged_reports_are_named(s: &Setup, w: &TestWarehouse) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let work = dir.path().join("work");
-    let label = format!("{} from {}", w.name, match s.events { Events::File(_) => "a file", Events::Mongo { .. } => "MongoDB" });
+    let label = format!(
+        "{} from {}",
+        w.name,
+        match s.events {
+            Events::File(_) => "a file",
+            Events::Mongo { .. } => "MongoDB",
+        }
+    );
     let out = ok(run(s, &w.url, &work, &["run", "--all"]));
-    assert!(out.contains("equal to the legacy reports"), "{label}: the DAGs prove their reports:\n{out}");
+    assert!(
+        out.contains("equal to the legacy reports"),
+        "{label}: the DAGs prove their reports:\n{out}"
+    );
 
     let (clean, result) = reconcile_json(s, &w.url, &work, &[]);
     assert!(clean, "{label}: a fresh load reconciles clean: {result:#}");
@@ -274,8 +324,16 @@ async fn damaged_reports_are_named(s: &Setup, w: &TestWarehouse) -> Result<()> {
         let expect = |v: &[&String]| v.iter().map(|s| (*s).clone()).collect::<BTreeSet<_>>();
         assert_eq!(days["views_daily"], expect(&[&d.view.1]), "{label}");
         assert_eq!(days["slide_engagement"], expect(&[&d.swapped.2]), "{label}");
-        assert_eq!(days["shares_daily"], expect(&[&d.added.1, &d.quarantined.1]), "{label}");
-        assert!(days["sessions_daily"].is_empty(), "{label}: {:?}", days["sessions_daily"]);
+        assert_eq!(
+            days["shares_daily"],
+            expect(&[&d.added.1, &d.quarantined.1]),
+            "{label}"
+        );
+        assert!(
+            days["sessions_daily"].is_empty(),
+            "{label}: {:?}",
+            days["sessions_daily"]
+        );
         let mut by_plan = d.user.1.clone();
         by_plan.insert(d.view.1.clone());
         assert_eq!(days["views_by_plan"], by_plan, "{label}");
@@ -287,7 +345,10 @@ async fn damaged_reports_are_named(s: &Setup, w: &TestWarehouse) -> Result<()> {
         );
         assert_eq!(
             kinds_ids(&findings(&result, "slide_engagement", &d.swapped.2)),
-            BTreeSet::from([pair("value_differs", &d.swapped.0), pair("value_differs", &d.swapped.1)]),
+            BTreeSet::from([
+                pair("value_differs", &d.swapped.0),
+                pair("value_differs", &d.swapped.1)
+            ]),
             "{label}"
         );
         assert_eq!(
@@ -296,12 +357,20 @@ async fn damaged_reports_are_named(s: &Setup, w: &TestWarehouse) -> Result<()> {
             "{label}"
         );
         let q = findings(&result, "shares_daily", &d.quarantined.1);
-        assert_eq!(kinds_ids(&q), BTreeSet::from([pair("quarantined", &d.quarantined.0)]), "{label}");
-        assert!(q[0].2.contains("damaged by the test"), "{label}: the reason is given: {q:?}");
+        assert_eq!(
+            kinds_ids(&q),
+            BTreeSet::from([pair("quarantined", &d.quarantined.0)]),
+            "{label}"
+        );
+        assert!(
+            q[0].2.contains("damaged by the test"),
+            "{label}: the reason is given: {q:?}"
+        );
         for day in &d.user.1 {
             let f = findings(&result, "views_by_plan", day);
             assert!(
-                f.iter().any(|(k, _, detail)| k == "dimension_version" && detail.contains(&format!("user {}", d.user.0))),
+                f.iter().any(|(k, _, detail)| k == "dimension_version"
+                    && detail.contains(&format!("user {}", d.user.0))),
                 "{label}: {day} names the user {}: {f:?}",
                 d.user.0
             );
@@ -312,8 +381,14 @@ async fn damaged_reports_are_named(s: &Setup, w: &TestWarehouse) -> Result<()> {
     let out = run(s, &w.url, &work, &["reconcile", "shares_daily"]);
     assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains(&format!("shares_daily on {}: DIFFERS", d.quarantined.1)), "{table}");
-    assert!(table.contains(&d.quarantined.0) && table.contains("quarantined"), "{table}");
+    assert!(
+        table.contains(&format!("shares_daily on {}: DIFFERS", d.quarantined.1)),
+        "{table}"
+    );
+    assert!(
+        table.contains(&d.quarantined.0) && table.contains("quarantined"),
+        "{table}"
+    );
     let history: Value = serde_json::from_str(&ok(run(
         s,
         &w.url,
@@ -382,11 +457,17 @@ fn bad_arguments_say_what_is_wrong() {
     let events = dir.path().join("none.jsonl");
     let run = |args: &[&str]| {
         let out = support::cutover(&events, &wh, &dir.path().join("work"), args);
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, err) = run(&["reconcile", "views_weekly"]);
     assert_ne!(code, Some(0));
-    assert!(err.contains("views_weekly") && err.contains("data point"), "{err}");
+    assert!(
+        err.contains("views_weekly") && err.contains("data point"),
+        "{err}"
+    );
     let (code, err) = run(&["reconcile", "--from", "2026-02-30"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("--from `2026-02-30` is not a day"), "{err}");

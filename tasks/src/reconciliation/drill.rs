@@ -36,6 +36,7 @@ use crate::schema::lookup;
 use crate::source::{Item, Query, Source};
 use crate::warehouse::Warehouse;
 use workflows::time::format_ms;
+use workflows::Backend;
 
 /// At most this many windows are read in one drill-down.
 pub const MAX_WINDOWS: usize = 64;
@@ -163,7 +164,8 @@ fn spec(name: ReportName) -> Spec {
             table: "fact_views",
             key: ("event_id", "event_id"),
             ts: "ts_ms",
-            narrow: (name == ReportName::ViewsDaily).then_some(("presentation_id", "presentation_id")),
+            narrow: (name == ReportName::ViewsDaily)
+                .then_some(("presentation_id", "presentation_id")),
             fields: VIEW_FIELDS,
         },
         ReportName::SlideEngagement => Spec {
@@ -191,6 +193,15 @@ fn spec(name: ReportName) -> Spec {
             fields: SESSION_FIELDS,
         },
     }
+}
+
+/// The values of `values` a text column of the warehouse can hold:
+/// PostgreSQL's text holds no NUL character (the loader quarantines such
+/// values there), and binding one fails the statement.
+fn storable<'v>(backend: Backend, values: impl Iterator<Item = &'v str>) -> Vec<&'v str> {
+    values
+        .filter(|v| backend != Backend::Postgres || !v.contains('\0'))
+        .collect()
 }
 
 /// The bounds of a UTC day `YYYY-MM-DD` in epoch ms.
@@ -307,7 +318,13 @@ impl Drilling<'_> {
                 .spec
                 .fields
                 .iter()
-                .map(|f| bson_json(f.paths.iter().find_map(|p| lookup(&doc, p).filter(|v| !matches!(v, Bson::Null)))))
+                .map(|f| {
+                    bson_json(
+                        f.paths
+                            .iter()
+                            .find_map(|p| lookup(&doc, p).filter(|v| !matches!(v, Bson::Null))),
+                    )
+                })
                 .collect();
             let mut seen = Seen {
                 ts: ts.timestamp_millis(),
@@ -335,10 +352,17 @@ impl Drilling<'_> {
         Ok(out.into_iter().map(|(k, (_, s))| (k, s)).collect())
     }
 
+    /// The narrowing keys the warehouse can hold, when reads are narrowed.
+    fn fact_keys(&self) -> Option<Vec<&str>> {
+        self.spec.narrow?;
+        let keys = self.keys.as_ref()?;
+        Some(storable(self.wh.backend, keys.iter().map(String::as_str)))
+    }
+
     fn where_sql(&self, m: &mut workflows::sql::Markers) -> String {
         let s = &self.spec;
         let mut w = format!("{ts} >= {} AND {ts} < {}", m.next(), m.next(), ts = s.ts);
-        if let (Some((column, _)), Some(keys)) = (s.narrow, &self.keys) {
+        if let (Some((column, _)), Some(keys)) = (s.narrow, self.fact_keys()) {
             w.push_str(&format!(" AND {column} IN ({})", m.list(keys.len())));
         }
         w
@@ -351,26 +375,39 @@ impl Drilling<'_> {
         to: i64,
     ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
         let mut q = sqlx::query(sql).bind(from).bind(to);
-        if self.spec.narrow.is_some() {
-            for k in self.keys.iter().flatten() {
-                q = q.bind(k.as_str());
-            }
+        for k in self.fact_keys().into_iter().flatten() {
+            q = q.bind(k);
         }
         q
     }
 
+    /// Whether the narrowing leaves no key the warehouse can hold.
+    fn nothing_in_facts(&self) -> bool {
+        self.fact_keys().is_some_and(|k| k.is_empty())
+    }
+
     async fn fact_count(&self, from: i64, to: i64) -> Result<usize, sqlx::Error> {
+        if self.nothing_in_facts() {
+            return Ok(0);
+        }
         let mut m = self.wh.backend.markers();
         let sql = format!(
             "SELECT COUNT(*) FROM {} WHERE {}",
             self.spec.table,
             self.where_sql(&mut m)
         );
-        let n: i64 = self.bind(&sql, from, to).fetch_one(&self.wh.pool).await?.try_get(0)?;
+        let n: i64 = self
+            .bind(&sql, from, to)
+            .fetch_one(&self.wh.pool)
+            .await?
+            .try_get(0)?;
         Ok(usize::try_from(n).unwrap_or(0))
     }
 
     async fn fact_rows(&self, from: i64, to: i64) -> Result<HashMap<String, Seen>, sqlx::Error> {
+        if self.nothing_in_facts() {
+            return Ok(HashMap::new());
+        }
         let s = &self.spec;
         let mut m = self.wh.backend.markers();
         let columns: Vec<&str> = s.fields.iter().map(|f| f.column).collect();
@@ -392,7 +429,8 @@ impl Drilling<'_> {
                     .iter()
                     .map(|f| {
                         Ok(if f.int {
-                            r.try_get::<Option<i64>, _>(f.column)?.map_or(Json::Null, Json::from)
+                            r.try_get::<Option<i64>, _>(f.column)?
+                                .map_or(Json::Null, Json::from)
                         } else {
                             workflows::sql::text(r, f.column)?.map_or(Json::Null, Json::from)
                         })
@@ -599,7 +637,9 @@ pub async fn explain(
                         .iter()
                         .zip(seen.fields.iter().zip(&fact.fields))
                         .filter(|(_, (a, b))| a != b)
-                        .map(|(f, (a, b))| format!("{} is {a} in the source, {b} in {}", f.column, d.spec.table))
+                        .map(|(f, (a, b))| {
+                            format!("{} is {a} in the source, {b} in {}", f.column, d.spec.table)
+                        })
                         .collect();
                     if seen.ts != fact.ts {
                         differs.push(format!(
@@ -647,14 +687,10 @@ pub async fn explain(
             );
         }
         if name == ReportName::ViewsByPlan {
-            findings.extend(
-                plan_versions(&d, &source)
-                    .await
-                    .map_err(|e| match e {
-                        Failure::Source(source) => source_error(source),
-                        Failure::Warehouse(e) => wh_error("reading dim_user")(e),
-                    })?,
-            );
+            findings.extend(plan_versions(&d, &source).await.map_err(|e| match e {
+                Failure::Source(source) => source_error(source),
+                Failure::Warehouse(e) => wh_error("reading dim_user")(e),
+            })?);
         }
     }
     findings.sort_by(|a, b| (&a.ts, &a.id, a.kind).cmp(&(&b.ts, &b.id, b.kind)));
@@ -750,14 +786,18 @@ async fn session_ends(
         let (Ok(id), Ok(ts)) = (doc.get_str("session_id"), doc.get_datetime("ts")) else {
             continue;
         };
-        let entry = (ts.timestamp_millis(), crate::quarantine::doc_id_of(&doc).unwrap_or_default());
+        let entry = (
+            ts.timestamp_millis(),
+            crate::quarantine::doc_id_of(&doc).unwrap_or_default(),
+        );
         let slot = first_end.entry(id.to_owned()).or_insert(entry.clone());
         if entry < *slot {
             *slot = entry;
         }
     }
     let mut ended: HashMap<String, Option<i64>> = HashMap::new();
-    for chunk in both.chunks(500) {
+    let stored = storable(d.wh.backend, both.iter().map(String::as_str));
+    for chunk in stored.chunks(500) {
         let mut m = d.wh.backend.markers();
         let sql = format!(
             "SELECT session_id, ended_ms FROM fact_sessions WHERE session_id IN ({})",
@@ -765,7 +805,7 @@ async fn session_ends(
         );
         let mut q = sqlx::query(&sql);
         for id in chunk {
-            q = q.bind(id.as_str());
+            q = q.bind(*id);
         }
         for r in q.fetch_all(&d.wh.pool).await.map_err(Failure::Warehouse)? {
             let id = workflows::sql::text(&r, "session_id")
@@ -820,7 +860,9 @@ async fn plan_versions(
         let (Ok(user), Ok(ts)) = (doc.get_str("user_id"), doc.get_datetime("ts")) else {
             continue;
         };
-        let plan = lookup(&doc, "payload.plan").and_then(Bson::as_str).unwrap_or_default();
+        let plan = lookup(&doc, "payload.plan")
+            .and_then(Bson::as_str)
+            .unwrap_or_default();
         changes.entry(user.to_owned()).or_default().push((
             ts.timestamp_millis(),
             crate::quarantine::doc_id_of(&doc).unwrap_or_default(),
@@ -837,7 +879,8 @@ async fn plan_versions(
         .collect();
     // The warehouse: every version of those users.
     let mut versions: HashMap<String, Vec<(i64, Option<i64>, String, String)>> = HashMap::new();
-    for chunk in users.chunks(500) {
+    let stored = storable(d.wh.backend, users.iter().map(String::as_str));
+    for chunk in stored.chunks(500) {
         let mut m = d.wh.backend.markers();
         let sql = format!(
             "SELECT user_id, plan, valid_from_ms, valid_to_ms, version_id FROM dim_user WHERE user_id IN ({})",
@@ -845,7 +888,7 @@ async fn plan_versions(
         );
         let mut q = sqlx::query(&sql);
         for u in chunk {
-            q = q.bind(u.as_str());
+            q = q.bind(*u);
         }
         for r in q.fetch_all(&d.wh.pool).await.map_err(Failure::Warehouse)? {
             let text = |c: &str| {
@@ -881,16 +924,20 @@ async fn plan_versions(
             _ => true,
         };
         if differs {
-            let source_side = theirs.map_or("unknown (no plan change before the view)".into(), |(p, e)| {
-                format!("{p} (event {e})")
-            });
-            let warehouse_side = ours.map_or("no version valid at the view".into(), |(p, id, from, to)| {
-                format!(
-                    "{p} (version {id}, valid {} .. {})",
-                    format_ms(from),
-                    to.map_or("now".into(), format_ms)
-                )
-            });
+            let source_side = theirs.map_or(
+                "unknown (no plan change before the view)".into(),
+                |(p, e)| format!("{p} (event {e})"),
+            );
+            let warehouse_side = ours.map_or(
+                "no version valid at the view".into(),
+                |(p, id, from, to)| {
+                    format!(
+                        "{p} (version {id}, valid {} .. {})",
+                        format_ms(from),
+                        to.map_or("now".into(), format_ms)
+                    )
+                },
+            );
             out.push(Finding {
                 kind: Kind::DimensionVersion,
                 id: view.clone(),

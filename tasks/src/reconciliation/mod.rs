@@ -454,7 +454,11 @@ pub fn compare(legacy: &Report, ours: &Report, sample: usize) -> Vec<DayResult> 
             };
             DayResult {
                 day: day.to_owned(),
-                status: if equal { Status::Equal } else { Status::Differs },
+                status: if equal {
+                    Status::Equal
+                } else {
+                    Status::Differs
+                },
                 legacy: sx,
                 warehouse: sy,
                 rows_differing: diffs.len(),
@@ -477,9 +481,9 @@ fn all_differing_keys(legacy: &Report, ours: &Report, day: &str) -> Vec<Vec<Json
         &pick(legacy, day),
         &pick(ours, day),
     )
-        .into_iter()
-        .map(|d| d.key)
-        .collect()
+    .into_iter()
+    .map(|d| d.key)
+    .collect()
 }
 
 /// The differing rows of two sorted row lists.

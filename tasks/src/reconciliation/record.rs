@@ -146,9 +146,10 @@ pub async fn history(
 /// # Errors
 /// The warehouse could not be read.
 pub async fn load(wh: &Warehouse, id: &str) -> Result<Option<serde_json::Value>, sqlx::Error> {
-    let row = sqlx::query(&wh.backend.sql(
-        "SELECT result FROM cutover_reconciliations WHERE id = ?",
-    ))
+    let row = sqlx::query(
+        &wh.backend
+            .sql("SELECT result FROM cutover_reconciliations WHERE id = ?"),
+    )
     .bind(id)
     .fetch_optional(&wh.pool)
     .await?;

@@ -39,7 +39,11 @@ fn rule_lines() -> Vec<String> {
                 Tolerance::Exact => "exact".to_owned(),
                 Tolerance::Relative { within } => format!("within a relative {within:e}"),
             };
-            let sum = if r.in_checksum { "" } else { ", not in the checksum" };
+            let sum = if r.in_checksum {
+                ""
+            } else {
+                ", not in the checksum"
+            };
             format!("{}: {how}{sum}; {}", r.field, r.normalisation)
         })
         .collect()
@@ -158,7 +162,14 @@ fn table(r: &Reconciliation) -> String {
                     drill.windows.len()
                 );
                 for f in &drill.findings {
-                    let _ = writeln!(out, "    {:<18} {}  {}  {}", f.kind.name(), f.id, f.ts, f.detail);
+                    let _ = writeln!(
+                        out,
+                        "    {:<18} {}  {}  {}",
+                        f.kind.name(),
+                        f.id,
+                        f.ts,
+                        f.detail
+                    );
                 }
                 if drill.total > drill.findings.len() {
                     let _ = writeln!(out, "    ... {} more", drill.total - drill.findings.len());
@@ -205,7 +216,10 @@ fn markdown(r: &Reconciliation) -> String {
         let _ = writeln!(out, "- {}", md(&l));
     }
     let _ = writeln!(out, "\n## Reports\n");
-    let _ = writeln!(out, "| report | status | days | differ | legacy rows | warehouse rows |");
+    let _ = writeln!(
+        out,
+        "| report | status | days | differ | legacy rows | warehouse rows |"
+    );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
     for rep in &r.reports {
         let _ = writeln!(
@@ -248,16 +262,28 @@ fn markdown(r: &Reconciliation) -> String {
                         },
                     );
                     let key: Vec<String> = row.key.iter().map(|v| md(&cell(v))).collect();
-                    let _ = writeln!(out, "| {} | {side} | {} |", key.join(" | "), values.join(" | "));
+                    let _ = writeln!(
+                        out,
+                        "| {} | {side} | {} |",
+                        key.join(" | "),
+                        values.join(" | ")
+                    );
                 }
             }
             if day.rows_differing > day.rows.len() {
-                let _ = writeln!(out, "\n{} more differing rows.", day.rows_differing - day.rows.len());
+                let _ = writeln!(
+                    out,
+                    "\n{} more differing rows.",
+                    day.rows_differing - day.rows.len()
+                );
             }
             if let Some(drill) = &day.events {
                 let _ = writeln!(out, "\nEvents behind them ({} in all):\n", drill.total);
                 if !drill.findings.is_empty() {
-                    let _ = writeln!(out, "| finding | event | time | detail |\n|---|---|---|---|");
+                    let _ = writeln!(
+                        out,
+                        "| finding | event | time | detail |\n|---|---|---|---|"
+                    );
                     for f in &drill.findings {
                         let _ = writeln!(
                             out,

@@ -14,15 +14,23 @@ fn report(name: ReportName, rows: Vec<Json>) -> Report {
 fn equal_reports_agree_day_by_day_whatever_the_row_order() {
     let a = report(
         ReportName::ViewsDaily,
-        vec![json!(["2026-01-01", "p1", 3, 2]), json!(["2026-01-02", "p2", 1, 1])],
+        vec![
+            json!(["2026-01-01", "p1", 3, 2]),
+            json!(["2026-01-02", "p2", 1, 1]),
+        ],
     );
     let b = report(
         ReportName::ViewsDaily,
-        vec![json!(["2026-01-02", "p2", 1, 1]), json!(["2026-01-01", "p1", 3, 2])],
+        vec![
+            json!(["2026-01-02", "p2", 1, 1]),
+            json!(["2026-01-01", "p1", 3, 2]),
+        ],
     );
     let days = compare(&a, &b, 20);
     assert_eq!(days.len(), 2);
-    assert!(days.iter().all(|d| d.status == Status::Equal && d.rows.is_empty()));
+    assert!(days
+        .iter()
+        .all(|d| d.status == Status::Equal && d.rows.is_empty()));
     assert_eq!(days[0].legacy.as_ref().unwrap().sums["views"], json!(3));
 }
 
@@ -30,11 +38,17 @@ fn equal_reports_agree_day_by_day_whatever_the_row_order() {
 fn a_swapped_value_differs_although_counts_and_sums_agree() {
     let a = report(
         ReportName::ViewsDaily,
-        vec![json!(["2026-01-01", "p1", 3, 2]), json!(["2026-01-01", "p2", 1, 1])],
+        vec![
+            json!(["2026-01-01", "p1", 3, 2]),
+            json!(["2026-01-01", "p2", 1, 1]),
+        ],
     );
     let b = report(
         ReportName::ViewsDaily,
-        vec![json!(["2026-01-01", "p1", 1, 2]), json!(["2026-01-01", "p2", 3, 1])],
+        vec![
+            json!(["2026-01-01", "p1", 1, 2]),
+            json!(["2026-01-01", "p2", 3, 1]),
+        ],
     );
     let (sa, sb) = (
         Summary::of(&a.columns, a.groups, &a.rows.iter().collect::<Vec<_>>()),
@@ -65,7 +79,9 @@ fn averages_agree_within_the_declared_tolerance_only() {
 fn a_day_on_one_side_only_lists_its_rows_and_the_sample_bounds_them() {
     let a = report(
         ReportName::SharesDaily,
-        (0..30).map(|i| json!(["2026-01-01", format!("c{i:02}"), 1])).collect(),
+        (0..30)
+            .map(|i| json!(["2026-01-01", format!("c{i:02}"), 1]))
+            .collect(),
     );
     let b = report(ReportName::SharesDaily, vec![]);
     let days = compare(&a, &b, 5);

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::segment::ReadFrom;
 
+pub mod checks;
 pub mod reconcile;
 pub mod reports;
 

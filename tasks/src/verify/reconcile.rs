@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use workflows::{
@@ -17,9 +16,9 @@ use workflows::{
 
 use super::Scope;
 use crate::error::from_sqlx;
-use crate::schema::{read_row, Value};
+use crate::expected::{is_quarantined, quarantined, source_keys, SourceKeys};
 use crate::segment::read_from;
-use crate::source::{Item, Query, Selection, Source};
+use crate::source::{Selection, Source};
 use crate::warehouse::Warehouse;
 use workflows::time::day_of;
 
@@ -82,16 +81,6 @@ impl Config {
     }
 }
 
-/// What the source holds in a range.
-struct SourceKeys {
-    /// Documents read.
-    read: u64,
-    /// Distinct valid event keys per UTC day.
-    days: BTreeMap<String, HashSet<String>>,
-    /// Keys of documents stored after the run's extract began.
-    during: HashSet<String>,
-}
-
 /// The task.
 pub struct Reconcile {
     /// Its settings.
@@ -105,82 +94,6 @@ pub struct Reconcile {
 }
 
 impl Reconcile {
-    /// Distinct valid event keys per day in the source, from `from_ms` and
-    /// before `until_ms`, and the keys of documents stored at or after
-    /// `arrived_ms` (by their ObjectId's time), which the run's extract may
-    /// not have seen.
-    async fn source_keys(
-        &self,
-        from_ms: Option<i64>,
-        until_ms: i64,
-        arrived_ms: Option<i64>,
-    ) -> Result<SourceKeys, TaskError> {
-        let cfg = &self.extract;
-        let key_idx = cfg
-            .columns
-            .keys()
-            .position(|c| c.as_str() == cfg.key)
-            .ok_or_else(|| TaskError::fatal("no key column"))?;
-        let ts_idx = cfg
-            .columns
-            .keys()
-            .position(|c| c.as_str() == cfg.ts_column)
-            .ok_or_else(|| TaskError::fatal("no timestamp column"))?;
-        let mut stream = self
-            .source
-            .stream(&Query {
-                since_ms: from_ms,
-                until_ms: Some(until_ms),
-                ..cfg.query.clone()
-            })
-            .await?;
-        let mut days: BTreeMap<String, HashSet<String>> = BTreeMap::new();
-        let mut during = HashSet::new();
-        let mut read = 0;
-        while let Some(item) = stream.next().await {
-            read += 1;
-            let Item::Doc(doc, _) = item? else { continue };
-            let Ok(row) = read_row(&doc, &cfg.columns) else {
-                continue;
-            };
-            if let (Value::Str(key), Value::Int(ts)) = (&row[key_idx], &row[ts_idx]) {
-                let stored_ms = doc
-                    .get_object_id("_id")
-                    .ok()
-                    .map(|o| o.timestamp().timestamp_millis());
-                if let (Some(stored), Some(arrived)) = (stored_ms, arrived_ms) {
-                    if stored >= arrived {
-                        during.insert(key.clone());
-                    }
-                }
-                days.entry(day_of(*ts)).or_default().insert(key.clone());
-            }
-        }
-        Ok(SourceKeys { read, days, during })
-    }
-
-    /// The event ids this DAG quarantined after reading them (a transform
-    /// or a load set them aside), which the table cannot hold.
-    async fn quarantined(&self, dag: &str) -> Result<HashSet<String>, TaskError> {
-        let wh = &self.warehouse;
-        let sql = format!(
-            "SELECT event_id FROM cutover_quarantine WHERE dag = {} AND event_id IS NOT NULL",
-            wh.backend.markers().next()
-        );
-        let rows = sqlx::query(&sql)
-            .bind(dag)
-            .fetch_all(&wh.pool)
-            .await
-            .map_err(|e| from_sqlx("reading the quarantine", e))?;
-        rows.iter()
-            .map(|r| {
-                workflows::sql::text(r, "event_id")
-                    .map(Option::unwrap_or_default)
-                    .map_err(|e| from_sqlx("reading the quarantine", e))
-            })
-            .collect()
-    }
-
     async fn table_keys(
         &self,
         from_ms: Option<i64>,
@@ -240,7 +153,7 @@ impl Task for Reconcile {
             read: read_count,
             days: mut source,
             during,
-        } = self.source_keys(from, until, arrived).await?;
+        } = source_keys(&self.source, &self.extract, from, until, arrived).await?;
         let mut table = self.table_keys(from, until).await?;
         if !during.is_empty() {
             for keys in source.values_mut() {
@@ -248,7 +161,7 @@ impl Task for Reconcile {
             }
             table.retain(|(k, _)| !during.contains(k));
         }
-        let quarantined = self.quarantined(&ctx.dag).await?;
+        let quarantined = quarantined(&self.warehouse, &ctx.dag).await?;
         let mut explained = 0u64;
         let mut table_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut duplicates = 0u64;
@@ -278,10 +191,7 @@ impl Task for Reconcile {
                 .iter()
                 .filter(|k| !t.contains(*k))
                 .filter(|k| {
-                    // The quarantine stores ids as it can (NULs escaped,
-                    // clipped): compare in that form.
-                    let q = quarantined.contains(*k)
-                        || quarantined.contains(&crate::quarantine::clip(k, 1000));
+                    let q = is_quarantined(&quarantined, k);
                     explained += u64::from(q);
                     !q
                 })

@@ -12,8 +12,8 @@ use workflows::{KindInfo, Role, SettingProblem, Task, TaskContext, TaskError, Ta
 
 use super::Scope;
 use crate::error::from_sqlx;
-use crate::reconciliation::render::{render, Format};
 use crate::reconciliation::drill::Kind;
+use crate::reconciliation::render::{render, Format};
 use crate::reconciliation::{self, record, Options, Status};
 use crate::reports::legacy::Events;
 use crate::reports::{Range, ReportName};
@@ -89,7 +89,10 @@ impl Config {
                 let names: Vec<&str> = ReportName::ALL.iter().map(|(n, _)| *n).collect();
                 out.push(SettingProblem::field(
                     format!("reports[{i}]"),
-                    format!("unknown report `{name}`; the reports are {}", names.join(", ")),
+                    format!(
+                        "unknown report `{name}`; the reports are {}",
+                        names.join(", ")
+                    ),
                 ));
             }
         }
@@ -166,7 +169,13 @@ impl Task for Reports {
             .iter()
             .flat_map(|r| r.differing().map(move |d| (r, d)))
             .filter(|(_, d)| quarantined_only(d))
-            .map(|(r, d)| (r.report.name(), d.day.as_str(), d.events.as_ref().map_or(0, |e| e.total)))
+            .map(|(r, d)| {
+                (
+                    r.report.name(),
+                    d.day.as_str(),
+                    d.events.as_ref().map_or(0, |e| e.total),
+                )
+            })
             .collect();
         let status = if self.config.allow_quarantined && explained.len() == differing {
             Status::Equal
@@ -175,7 +184,10 @@ impl Task for Reports {
         };
         let quarantine_note = if differing > 0 && status == Status::Equal {
             let events: usize = explained.iter().map(|(_, _, n)| n).sum();
-            let days: Vec<String> = explained.iter().map(|(r, d, _)| format!("{r} {d}")).collect();
+            let days: Vec<String> = explained
+                .iter()
+                .map(|(r, d, _)| format!("{r} {d}"))
+                .collect();
             format!(
                 "; {} differ only by {events} events the loader quarantined and the legacy analytics count (`cutover quarantine list --dag {}`)",
                 days.join(", "),
@@ -232,14 +244,16 @@ mod tests {
 
     #[test]
     fn unknown_reports_and_sources_are_named() {
-        let c = config("source = \"extract\"\nreports = [\"views_daily\", \"views_weekly\"]").unwrap();
+        let c =
+            config("source = \"extract\"\nreports = [\"views_daily\", \"views_weekly\"]").unwrap();
         assert_eq!(c.scope, Scope::Run);
         let problems = c.check(false);
         let text: Vec<String> = problems.iter().map(|p| format!("{p:?}")).collect();
         assert_eq!(problems.len(), 2, "{text:?}");
         assert!(text.iter().any(|p| p.contains("source")), "{text:?}");
         assert!(
-            text.iter().any(|p| p.contains("reports[1]") && p.contains("views_weekly")),
+            text.iter()
+                .any(|p| p.contains("reports[1]") && p.contains("views_weekly")),
             "{text:?}"
         );
         assert!(config("source = \"e\"\nreports = []\ncolour = 1").is_err());

@@ -164,7 +164,12 @@ fn group_row(name: ReportName, grain: Grain, g: &Document) -> Option<Vec<Json>> 
                     vec![day.into(), presentation.into()]
                 }
             };
-            row.extend([slide.into(), views.into(), total.into(), average(total, views)]);
+            row.extend([
+                slide.into(),
+                views.into(),
+                total.into(),
+                average(total, views),
+            ]);
             row
         }
         ReportName::SharesDaily => vec![a.into(), b.into(), int(g, "shares")?.into()],
@@ -427,7 +432,11 @@ impl FileAcc {
                 match self.grain {
                     Grain::Report => s("presentation_id").unwrap_or_default(),
                     Grain::Daily => {
-                        format!("{}{SEP}{}", day_of(ts), s("presentation_id").unwrap_or_default())
+                        format!(
+                            "{}{SEP}{}",
+                            day_of(ts),
+                            s("presentation_id").unwrap_or_default()
+                        )
                     }
                 },
                 n("payload.slide").unwrap_or_default().to_string(),

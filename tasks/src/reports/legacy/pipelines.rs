@@ -168,7 +168,11 @@ fn day_expr(field: &str) -> Bson {
 /// and [`session_ends_pipeline`]).
 pub fn pipeline(name: ReportName, range: Range, grain: Grain) -> Vec<Document> {
     let slide_key = match grain {
-        Grain::Report => Bson::Array(vec!["$presentation_id".into(), SEP.into(), doc! { "$toString": "$slide" }.into()]),
+        Grain::Report => Bson::Array(vec![
+            "$presentation_id".into(),
+            SEP.into(),
+            doc! { "$toString": "$slide" }.into(),
+        ]),
         Grain::Daily => Bson::Array(vec![
             day_expr("$ts"),
             SEP.into(),
