@@ -53,6 +53,14 @@ seed events="10000" out=".cutover/events.jsonl":
 report name *args:
     {{cutover}} report {{name}} {{args}}
 
+# The legacy reports against the warehouse, e.g. `just reconcile views --from 2026-01-05`.
+reconcile *args:
+    {{cutover}} reconcile {{args}}
+
+# The diagonal slice for a review, e.g. `just slice --seed 7 --format html --out slice.html`.
+slice *args:
+    {{cutover}} slice {{args}}
+
 # The latest runs.
 runs *args:
     {{cutover}} runs {{args}}

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use args::{
     BackfillArgs, ConsumeArgs, DemoArgs, FeedArgs, ReconcileArgs, ReportArgs, RunArgs, RunsArgs,
-    ScheduleArgs, SeedArgs, StatusArgs,
+    ScheduleArgs, SeedArgs, SliceArgs, StatusArgs,
 };
 
 /// cutover loads an event-sourced MongoDB collection into a star-schema
@@ -169,6 +169,22 @@ pub enum Command {
     /// reconciliation is stored in the warehouse (--history lists them).
     /// Exits 1 when anything differs.
     Reconcile(ReconcileArgs),
+    /// The diagonal slice: a small, deterministic sample of entities and
+    /// days that cuts across every dimension of the data, with every report
+    /// row each sample touches, legacy and warehouse side by side: the
+    /// release test a reviewer reads and signs.
+    ///
+    /// Strata come from the data: days (first, last, busiest, quietest, and
+    /// around a daylight-saving change in --time-zone), plans (each plan,
+    /// users who changed plan, anonymous views, users with no plan), devices,
+    /// share channels, slide-view payload versions, late arrivals, producer
+    /// duplicates, sessions that ended before they started and renamed
+    /// presentations. Every stratum the data holds gets a sample; empty ones
+    /// are listed as empty. The same seed on the same data gives the same
+    /// slice, and the document prints the command that reproduces it. Only
+    /// the touched days are computed on both sides. Exits 1 when a row
+    /// differs.
+    Slice(SliceArgs),
 }
 
 /// `cutover quarantine` subcommands.
@@ -262,6 +278,19 @@ pub enum ReconcileFormat {
     Json,
     /// A document for a review.
     Markdown,
+}
+
+/// How a slice is printed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SliceFormat {
+    /// Aligned text.
+    Table,
+    /// The whole slice.
+    Json,
+    /// A document for a review.
+    Markdown,
+    /// A standalone page for a review.
+    Html,
 }
 
 /// How a report is printed.

@@ -89,6 +89,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => commands::demo::command(g, args).await,
         Command::Report(args) => commands::report::command(g, args).await,
         Command::Reconcile(args) => commands::reconcile::command(g, args).await,
+        Command::Slice(args) => commands::slice::command(g, args).await,
     }
 }
 

@@ -46,6 +46,18 @@ fi
 # The servers: started when down, their addresses exported.
 source tests/servers.sh
 
+# A headless browser reads the HTML documents back: Debian's chromium,
+# installed when missing (CUTOVER_TEST_CHROMIUM names another).
+if [[ -z "${CUTOVER_TEST_CHROMIUM:-}" ]] && ! command -v chromium >/dev/null 2>&1; then
+  say "installing chromium (Debian) for the page tests"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  if ! { $sudo apt-get install -y -qq chromium >/dev/null 2>&1 ||
+         { $sudo apt-get update -qq >/dev/null 2>&1 && $sudo apt-get install -y -qq chromium >/dev/null 2>&1; }; }; then
+    echo "warning: chromium could not be installed; the page tests fail under CI=true" >&2
+  fi
+fi
+
 say "sources: events file${CUTOVER_TEST_MONGO_URL:+, mongodb}${CUTOVER_TEST_SQS_ENDPOINT:+, sqs}"
 say "warehouses: sqlite${CUTOVER_TEST_MYSQL_URL:+, mysql}${CUTOVER_TEST_POSTGRES_URL:+, postgres}"
 say "cargo test --workspace"

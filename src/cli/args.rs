@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{at_least_3s, ListFormat, ReconcileFormat, ReportFormat, ReportSource};
+use super::{at_least_3s, ListFormat, ReconcileFormat, ReportFormat, ReportSource, SliceFormat};
 
 /// The arguments of `cutover run`.
 #[derive(Debug, Args)]
@@ -127,6 +127,18 @@ pub struct StatusArgs {
     pub format: ListFormat,
 }
 
+/// A `YYYY-MM-DD` day as the epoch ms of its UTC midnight.
+fn midnight_ms(s: &str) -> Result<i64, String> {
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp_millis()
+        })
+        .map_err(|_| format!("`{s}` is not a day (YYYY-MM-DD)"))
+}
+
 /// The arguments of `cutover seed`.
 #[derive(Debug, Args)]
 pub struct SeedArgs {
@@ -136,9 +148,12 @@ pub struct SeedArgs {
     /// Random seed: the same seed gives the same file.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Days the events span, from 2026-01-05.
+    /// Days the events span, from --start.
     #[arg(long, default_value_t = 14)]
     pub days: u32,
+    /// The first UTC day of the events (YYYY-MM-DD).
+    #[arg(long, value_name = "DAY", default_value = "2026-01-05", value_parser = midnight_ms)]
+    pub start: i64,
     /// The file to write, or a `mongodb://` URL to insert into.
     #[arg(long)]
     pub out: String,
@@ -254,4 +269,40 @@ pub struct ReconcileArgs {
     /// Print a stored reconciliation again, by id, instead of reconciling.
     #[arg(long, value_name = "ID", conflicts_with_all = ["from", "to"])]
     pub show: Option<String>,
+}
+
+/// The arguments of `cutover slice`.
+#[derive(Debug, Args)]
+pub struct SliceArgs {
+    /// Samples (an entity on a day) wanted; raised to the number of strata
+    /// the data holds, so that each is covered.
+    #[arg(long, default_value_t = 30)]
+    pub size: usize,
+    /// The seed of the choice: the same seed on the same data gives the
+    /// same slice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The first UTC day sampled (YYYY-MM-DD).
+    #[arg(long, value_name = "DAY")]
+    pub from: Option<String>,
+    /// The first UTC day not sampled (YYYY-MM-DD).
+    #[arg(long, value_name = "DAY")]
+    pub to: Option<String>,
+    /// The IANA time zone whose daylight-saving changes give day strata,
+    /// e.g. Europe/Berlin (the reports' days stay UTC days).
+    #[arg(long, value_name = "TZ", default_value = "UTC")]
+    pub time_zone: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = SliceFormat::Table)]
+    pub format: SliceFormat,
+    /// Write the document to this file (atomically) instead of standard
+    /// output; a one-line verdict is printed.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// The MongoDB database of the events.
+    #[arg(long, default_value = "app")]
+    pub database: String,
+    /// The collection of the events.
+    #[arg(long, default_value = "events")]
+    pub collection: String,
 }

@@ -31,7 +31,14 @@ pub async fn command(g: &Global, args: DemoArgs) -> Result<ExitCode> {
     ] {
         let _ = std::fs::remove_file(stale);
     }
-    let stats = write_events(&events_file, args.events, 7, 14)?;
+    let stats = write_events(
+        &events_file,
+        &tasks::seed::SeedOptions {
+            events: args.events,
+            seed: 7,
+            ..tasks::seed::SeedOptions::default()
+        },
+    )?;
     println!(
         "seeded {} events into {} ({} duplicates, {} invalid, {} unknown types, {} late)\n",
         stats.written,
@@ -103,6 +110,10 @@ pub async fn command(g: &Global, args: DemoArgs) -> Result<ExitCode> {
         events_file.display()
     );
     println!("  CUTOVER_WAREHOUSE_URL=sqlite:{db} cutover reconcile --history");
+    println!(
+        "  CUTOVER_WAREHOUSE_URL=sqlite:{db} CUTOVER_SOURCE_URL={} cutover slice --format html --out slice.html",
+        events_file.display()
+    );
     println!("  sqlite3 {db} 'SELECT COUNT(*) FROM fact_views'");
     Ok(code)
 }

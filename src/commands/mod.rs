@@ -14,6 +14,7 @@ pub mod run;
 pub mod runs;
 pub mod schedule;
 pub mod seed;
+pub mod slice;
 pub mod status;
 
 use std::fs::File;
@@ -51,6 +52,15 @@ pub async fn warehouse(g: &Global) -> Result<Warehouse> {
 /// The events file is missing, or the source or warehouse cannot be
 /// reached.
 pub async fn env(g: &Global) -> Result<Env> {
+    let source = source(g).await?;
+    Ok(Env::new(source, warehouse(g).await?))
+}
+
+/// Opens and checks the event source.
+///
+/// # Errors
+/// The events file is missing, or MongoDB cannot be reached.
+pub async fn source(g: &Global) -> Result<Source> {
     let source = Source::open(&g.source_url).await?;
     if let Source::File(path) = &source {
         if !path.exists() {
@@ -62,7 +72,14 @@ pub async fn env(g: &Global) -> Result<Env> {
         }
     }
     source.check().await?;
-    Ok(Env::new(source, warehouse(g).await?))
+    Ok(source)
+}
+
+/// A spinner on standard error for long work; its message says the step.
+pub fn spinner() -> indicatif::ProgressBar {
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    spinner
 }
 
 /// Run options with the work directory from the command line.

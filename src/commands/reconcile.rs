@@ -2,7 +2,6 @@
 //! report and day, drilled down to events; stored, and listed again.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tasks::reconciliation::render::{render, render_history, Format};
@@ -56,7 +55,11 @@ pub fn reports_named(names: &[String]) -> Result<Vec<ReportName>> {
     Ok(out)
 }
 
-fn day(flag: &str, value: Option<&str>) -> Result<Option<i64>> {
+/// The midnight of a `--from`/`--to` day argument, in epoch ms.
+///
+/// # Errors
+/// The value is not a day.
+pub fn day(flag: &str, value: Option<&str>) -> Result<Option<i64>> {
     value
         .map(|v| {
             reconciliation::drill::day_bounds(v)
@@ -114,8 +117,7 @@ pub async fn command(g: &Global, args: ReconcileArgs) -> Result<ExitCode> {
         database: &args.database,
         collection: &args.collection,
     };
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.enable_steady_tick(Duration::from_millis(200));
+    let spinner = super::spinner();
     let step = |s: String| spinner.set_message(s);
     let result = reconciliation::reconcile(&events, &wh, &options, &step).await;
     spinner.finish_and_clear();

@@ -20,21 +20,22 @@ pub async fn command(args: SeedArgs) -> Result<ExitCode> {
         events,
         seed,
         days,
+        start,
         out,
         database,
         collection,
     } = args;
+    let opts = SeedOptions {
+        events,
+        seed,
+        days,
+        start_ms: start,
+    };
     let (stats, place) = if out.starts_with("mongodb://") || out.starts_with("mongodb+srv://") {
         let Source::Mongo(client) = Source::open(&out).await? else {
             unreachable!("a mongodb URL opens MongoDB")
         };
         let coll = client.database(&database).collection(&collection);
-        let opts = SeedOptions {
-            events,
-            seed,
-            days,
-            ..SeedOptions::default()
-        };
         let bar = indicatif::ProgressBar::new(events);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -49,10 +50,7 @@ pub async fn command(args: SeedArgs) -> Result<ExitCode> {
         (stats, format!("{database}.{collection}"))
     } else {
         let path = PathBuf::from(&out);
-        (
-            write_events(&path, events, seed, days)?,
-            path.display().to_string(),
-        )
+        (write_events(&path, &opts)?, path.display().to_string())
     };
     println!(
         "wrote {} events to {} ({} duplicates, {} invalid, {} unknown types, {} late)",
@@ -61,19 +59,13 @@ pub async fn command(args: SeedArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `events` synthetic events from `seed` over `days` to the events
-/// file `out`, atomically.
+/// Writes the synthetic events `opts` describe to the events file `out`,
+/// atomically.
 ///
 /// # Errors
 /// The file cannot be written.
-pub fn write_events(out: &Path, events: u64, seed: u64, days: u32) -> Result<SeedStats> {
-    let opts = SeedOptions {
-        events,
-        seed,
-        days,
-        ..SeedOptions::default()
-    };
+pub fn write_events(out: &Path, opts: &SeedOptions) -> Result<SeedStats> {
     write_atomically(out, |file| {
-        seed::generate(&opts, file).context("writing events")
+        seed::generate(opts, file).context("writing events")
     })
 }

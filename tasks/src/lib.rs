@@ -22,6 +22,7 @@ pub mod reports;
 pub mod schema;
 pub mod seed;
 pub mod segment;
+pub mod slice;
 pub mod source;
 pub mod transform;
 pub mod verify;

@@ -139,9 +139,12 @@ impl Warehouse {
         };
         // Two processes starting at once on a fresh warehouse can race to
         // apply the same migration (seen on SQLite, which has no migration
-        // lock, and on MariaDB). The loser fails; running again finds the
-        // winner's work recorded and applies what is left.
-        let attempts = 5;
+        // lock, and on MariaDB, where the loser finds the winner's migration
+        // row still marked unfinished). The loser fails; running again finds
+        // the winner's work recorded and applies what is left. A slow winner
+        // (a loaded machine, a large table altered) is waited for up to
+        // about 15 s in all.
+        let attempts = 12;
         let mut attempt = 1;
         loop {
             match migrator.run(&self.pool).await {

@@ -12,7 +12,9 @@
 # 2. `cutover reconcile` of the five reports over every day, clean: wall,
 #    peak memory, and the time of each side (from the stored result);
 # 3. the same after deleting one fact row of the busiest day: the
-#    drill-down's cost on a large day (bisected by time).
+#    drill-down's cost on a large day (bisected by time);
+# 4. on MariaDB, `cutover slice` (30 samples, two reads of the source, both
+#    sides of the touched days): wall, peak memory.
 #
 # Peak memory is the process's max RSS (`/usr/bin/time -v`); the MongoDB
 # server's own time is part of the wall time (the aggregations run there).
@@ -88,16 +90,26 @@ import json
 r = json.load(open('$DIR/rec-damaged-$wh.json'))
 d = [d for x in r['reports'] for d in x['days'] if d['status'] == 'differs'][0]
 print(d['day'], d['events']['kinds'], 'windows', len(d['events']['windows']), 'read', d['events']['read'])")
-  results+=("$wh|$load_s|$load_mib|$rec_s|$rec_mib|$status|$sides|$dmg_s|$dmg_mib|$found")
+  slice="-"
+  if [[ $wh == mysql ]]; then
+    say "$wh: slice, 30 samples"
+    read -r sl_s sl_mib < <(timed "$DIR/slice-$wh.json" "${run[@]}" slice --database "$DB" --format json --time-zone Europe/Berlin)
+    slice="${sl_s} s, max RSS ${sl_mib} MiB, $(python3 -c "
+import json
+r = json.load(open('$DIR/slice-$wh.json'))
+print(len(r['samples']), 'samples,', sum(len(x['rows']) for x in r['reports']), 'rows,', r['documents'], 'documents read')")"
+  fi
+  results+=("$wh|$load_s|$load_mib|$rec_s|$rec_mib|$status|$sides|$dmg_s|$dmg_mib|$found|$slice")
 done
 
 echo
 for r in "${results[@]}"; do
-  IFS='|' read -r wh load_s load_mib rec_s rec_mib status sides dmg_s dmg_mib found <<< "$r"
+  IFS='|' read -r wh load_s load_mib rec_s rec_mib status sides dmg_s dmg_mib found slice <<< "$r"
   echo "$wh ($EVENTS events from MongoDB)"
   echo "  run --all (the load)          ${load_s} s, max RSS ${load_mib} MiB"
   echo "  reconcile, 5 reports, clean   ${rec_s} s, max RSS ${rec_mib} MiB, status $status"
   echo "    per report                  $sides"
   echo "  reconcile views_daily, 1 row deleted on the busiest day: ${dmg_s} s, max RSS ${dmg_mib} MiB"
   echo "    found                       $found"
+  echo "  slice (one views fact deleted) $slice"
 done

@@ -258,6 +258,26 @@ async fn every_bad_document_is_quarantined_and_the_rest_loads() -> Result<()> {
         let first = ok(support::cutover(&events, &wh.url, &work, &["run", "--all"]));
         assert!(!first.contains("FAILED"), "{}: {first}", wh.name);
 
+        // The diagonal slice reads the same file to the end: every hostile
+        // line is read or counted, and it answers (1 where it samples a
+        // document the warehouse set aside and the legacy counts).
+        let out = support::cutover(
+            &events,
+            &wh.url,
+            &work,
+            &["slice", "--size", "40", "--format", "json"],
+        );
+        let slice: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: slice printed no JSON ({e}): {}",
+                wh.name,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", wh.name);
+        assert!(slice["documents"].as_u64().unwrap() > 600, "{}", wh.name);
+        assert!(slice["invalid"].as_u64().unwrap() > 0, "{}", wh.name);
+
         // Each bad document is quarantined with its reason and where it
         // was; the others load.
         let q = quarantine(&wh.url).await?;

@@ -14,6 +14,7 @@ mod leases;
 mod mongo;
 mod reconcile;
 mod schedule;
+mod slice;
 mod sqs;
 mod star;
 mod support;

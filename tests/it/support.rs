@@ -193,6 +193,28 @@ pub async fn pool(url: &str) -> Result<AnyPool> {
         .await?)
 }
 
+/// A headless Chromium to read pages with: `CUTOVER_TEST_CHROMIUM`, else
+/// `chromium` on the PATH. Missing, the caller skips, except under
+/// `CI=true`, where it fails.
+pub fn chromium() -> Option<PathBuf> {
+    let named = std::env::var_os("CUTOVER_TEST_CHROMIUM").map(PathBuf::from);
+    let found = named.or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("chromium"))
+                .find(|p| p.is_file())
+        })
+    });
+    if found.is_none() {
+        let problem = "no chromium (set CUTOVER_TEST_CHROMIUM or install Debian's chromium)";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{problem}, and under CI=true every test tool is required");
+        }
+        eprintln!("{problem}: the page is not checked");
+    }
+    found
+}
+
 /// The repository's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -248,15 +248,10 @@ impl Drilling<'_> {
 
     fn query(&self, from: i64, to: i64) -> Query {
         Query {
-            database: self.events.database.to_owned(),
-            collection: self.events.collection.to_owned(),
-            type_field: "type".into(),
-            types: vec![self.spec.ty.to_owned()],
             filter: Some(Filter::new(self.filter()).expect("the rules are supported filters")),
-            ts_field: "ts".into(),
             since_ms: Some(from),
             until_ms: Some(to),
-            batch_size: 10_000,
+            ..self.events.query(&[self.spec.ty])
         }
     }
 
@@ -747,15 +742,8 @@ async fn events_of(
         let rules: Vec<Document> = types.iter().map(|t| valid(t)).collect();
         let filter = doc! { "$and": [ { "$or": rules }, { field: { "$in": chunk.to_vec() } } ] };
         let query = Query {
-            database: d.events.database.to_owned(),
-            collection: d.events.collection.to_owned(),
-            type_field: "type".into(),
-            types: types.iter().map(|t| (*t).to_owned()).collect(),
             filter: Some(Filter::new(filter).expect("the rules are supported filters")),
-            ts_field: "ts".into(),
-            since_ms: None,
-            until_ms: None,
-            batch_size: 10_000,
+            ..d.events.query(types)
         };
         let mut stream = d.events.source.stream(&query).await?;
         while let Some(item) = stream.try_next().await? {
@@ -870,7 +858,11 @@ async fn plan_versions(
             doc.get_str("event_id").unwrap_or_default().to_owned(),
         ));
     }
-    let history: HashMap<String, Vec<(i64, (String, String))>> = changes
+    // Per user, (time, (plan, event_id)) in the order the legacy join reads.
+    type Changes = HashMap<String, Vec<(i64, (String, String))>>;
+    // Per user, (valid_from_ms, valid_to_ms, plan, version_id).
+    type Versions = HashMap<String, Vec<(i64, Option<i64>, String, String)>>;
+    let history: Changes = changes
         .into_iter()
         .map(|(u, mut c)| {
             c.sort();
@@ -878,7 +870,7 @@ async fn plan_versions(
         })
         .collect();
     // The warehouse: every version of those users.
-    let mut versions: HashMap<String, Vec<(i64, Option<i64>, String, String)>> = HashMap::new();
+    let mut versions: Versions = HashMap::new();
     let stored = storable(d.wh.backend, users.iter().map(String::as_str));
     for chunk in stored.chunks(500) {
         let mut m = d.wh.backend.markers();

@@ -209,6 +209,9 @@ pub struct DayResult {
     /// The first differing rows, at most the sample size.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rows: Vec<RowDiff>,
+    /// The keys of every differing row (they narrow the drill-down).
+    #[serde(skip)]
+    pub keys: Vec<Vec<Json>>,
     /// The events behind the differing rows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events: Option<drill::Drill>,
@@ -368,7 +371,7 @@ pub async fn reconcile(
         let mut days = compare(&legacy, &ours, options.sample);
         for day in days.iter_mut().filter(|d| d.status == Status::Differs) {
             step(format!("{}: the events behind {}", name.name(), day.day));
-            let keys: Vec<Vec<Json>> = all_differing_keys(&legacy, &ours, &day.day);
+            let keys = std::mem::take(&mut day.keys);
             day.events = Some(drill::explain(events, wh, name, &day.day, &keys, options).await?);
         }
         let status = if days.iter().all(|d| d.status == Status::Equal) {
@@ -462,28 +465,12 @@ pub fn compare(legacy: &Report, ours: &Report, sample: usize) -> Vec<DayResult> 
                 legacy: sx,
                 warehouse: sy,
                 rows_differing: diffs.len(),
+                keys: diffs.iter().map(|d| d.key.clone()).collect(),
                 rows: diffs.into_iter().take(sample).collect(),
                 events: None,
             }
         })
         .collect()
-}
-
-/// The keys of every differing row of `day` (unbounded: they narrow the
-/// drill-down).
-fn all_differing_keys(legacy: &Report, ours: &Report, day: &str) -> Vec<Vec<Json>> {
-    fn pick<'r>(r: &'r Report, day: &str) -> Vec<&'r Vec<Json>> {
-        r.rows.iter().filter(|row| day_of_row(row) == day).collect()
-    }
-    row_diffs(
-        &legacy.columns,
-        legacy.groups,
-        &pick(legacy, day),
-        &pick(ours, day),
-    )
-    .into_iter()
-    .map(|d| d.key)
-    .collect()
 }
 
 /// The differing rows of two sorted row lists.

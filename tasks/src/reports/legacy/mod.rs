@@ -76,6 +76,24 @@ pub struct Events<'a> {
     pub collection: &'a str,
 }
 
+impl Events<'_> {
+    /// A query for the event model's documents of `types` (field `type`,
+    /// time `ts`), from the beginning, with no further condition.
+    pub fn query(&self, types: &[&str]) -> Query {
+        Query {
+            database: self.database.to_owned(),
+            collection: self.collection.to_owned(),
+            type_field: "type".into(),
+            types: types.iter().map(|t| (*t).to_owned()).collect(),
+            filter: None,
+            ts_field: "ts".into(),
+            since_ms: None,
+            until_ms: None,
+            batch_size: 10_000,
+        }
+    }
+}
+
 /// Computes a report at a grain as the legacy analytics do.
 ///
 /// # Errors
@@ -315,17 +333,7 @@ async fn from_file(
             )
         })
         .collect();
-    let query = Query {
-        database: events.database.to_owned(),
-        collection: events.collection.to_owned(),
-        type_field: "type".into(),
-        types: wanted.iter().map(|t| (*t).to_owned()).collect(),
-        filter: None,
-        ts_field: "ts".into(),
-        since_ms: None,
-        until_ms: None,
-        batch_size: 10_000,
-    };
+    let query = events.query(wanted);
     let mut stream = events.source.stream(&query).await?;
     let mut seen: HashSet<String> = HashSet::new();
     let mut acc = FileAcc {
