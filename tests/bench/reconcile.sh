@@ -3,6 +3,7 @@
 #
 #   bash tests/bench/reconcile.sh                    # 1,000,000 events
 #   EVENTS=100000 bash tests/bench/reconcile.sh
+#   WAREHOUSES=postgres bash tests/bench/reconcile.sh   # one warehouse only
 #
 # For MariaDB (127.0.0.1:3306) and PostgreSQL (127.0.0.1:5432), with the
 # events in a MongoDB wire-protocol server (nx-27017 started here unless
@@ -54,15 +55,18 @@ timed() {
   python3 - "$out.time" <<'PY'
 import sys
 t = open(sys.argv[1]).read()
-wall = [l.split(": ")[1] for l in t.splitlines() if "Elapsed (wall clock)" in l][0]
-rss = [l.split(": ")[1] for l in t.splitlines() if "Maximum resident set size" in l][0]
-s = sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall.split(":"))))
-print(f"{s:.1f} {int(rss) / 1024:.0f}")
+wall = [l.split(": ")[1] for l in t.splitlines() if "Elapsed (wall clock)" in l]
+rss = [l.split(": ")[1] for l in t.splitlines() if "Maximum resident set size" in l]
+if not wall or not rss:
+    print("- -")  # stopped before /usr/bin/time could report
+else:
+    s = sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall[0].split(":"))))
+    print(f"{s:.1f} {int(rss[0]) / 1024:.0f}")
 PY
 }
 
 results=()
-for wh in mysql postgres; do
+for wh in ${WAREHOUSES:-mysql postgres}; do
   case $wh in
     mysql)
       mariadb -uroot -h127.0.0.1 -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
