@@ -8,7 +8,6 @@ use tasks::reconciliation::render::{render, render_history, Format};
 use tasks::reconciliation::{self, record, Options, Status};
 use tasks::reports::legacy::Events;
 use tasks::reports::{Range, ReportName};
-use tasks::source::Source;
 
 use super::warehouse;
 use crate::cli::{Global, ReconcileArgs, ReconcileFormat};
@@ -69,6 +68,32 @@ pub fn day(flag: &str, value: Option<&str>) -> Result<Option<i64>> {
         .transpose()
 }
 
+/// The range of whole days `--from` (the first) to `--to` (the first
+/// not `done`).
+///
+/// # Errors
+/// A value is not a day, or `--to` is not after `--from`.
+pub fn days(from: Option<&str>, to: Option<&str>, done: &str) -> Result<Range> {
+    let range = Range {
+        from_ms: day("--from", from)?,
+        to_ms: day("--to", to)?,
+    };
+    if let (Some(f), Some(t)) = (range.from_ms, range.to_ms) {
+        if f >= t {
+            bail!("--to must be a later day than --from (--to is the first day not {done})");
+        }
+    }
+    Ok(range)
+}
+
+/// Exit status 1 when the sides differ.
+pub fn exit_code(status: Status) -> ExitCode {
+    match status {
+        Status::Equal => ExitCode::SUCCESS,
+        Status::Differs => ExitCode::FAILURE,
+    }
+}
+
 /// Reconciles, records and prints; exit status 1 on a difference.
 ///
 /// # Errors
@@ -95,15 +120,7 @@ pub async fn command(g: &Global, args: ReconcileArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let range = Range {
-        from_ms: day("--from", args.from.as_deref())?,
-        to_ms: day("--to", args.to.as_deref())?,
-    };
-    if let (Some(f), Some(t)) = (range.from_ms, range.to_ms) {
-        if f >= t {
-            bail!("--to must be a later day than --from (--to is the first day not compared)");
-        }
-    }
+    let range = days(args.from.as_deref(), args.to.as_deref(), "compared")?;
     let options = Options {
         reports: reports_named(&args.names)?,
         range,
@@ -111,7 +128,7 @@ pub async fn command(g: &Global, args: ReconcileArgs) -> Result<ExitCode> {
         drill_limit: args.drill_limit,
         origin: "cli".into(),
     };
-    let source = Source::open(&g.source_url).await?;
+    let source = super::source(g).await?;
     let events = Events {
         source: &source,
         database: &args.database,
@@ -131,8 +148,5 @@ pub async fn command(g: &Global, args: ReconcileArgs) -> Result<ExitCode> {
         ReconcileFormat::Markdown => Format::Markdown,
     };
     print!("{}", render(&result, format));
-    Ok(match result.status {
-        Status::Equal => ExitCode::SUCCESS,
-        Status::Differs => ExitCode::FAILURE,
-    })
+    Ok(exit_code(result.status))
 }

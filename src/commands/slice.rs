@@ -6,14 +6,12 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use tasks::reconciliation::Status;
 use tasks::reports::legacy::Events;
-use tasks::reports::Range;
 use tasks::slice::render::{render, Format};
 use tasks::slice::{self, Options};
 use workflows::redact::redact_url;
 
-use super::reconcile::day;
+use super::reconcile::{days, exit_code};
 use super::{source, warehouse, write_atomically};
 use crate::cli::{Global, SliceArgs, SliceFormat};
 
@@ -49,15 +47,7 @@ pub async fn command(g: &Global, args: SliceArgs) -> Result<ExitCode> {
             args.time_zone
         )
     })?;
-    let range = Range {
-        from_ms: day("--from", args.from.as_deref())?,
-        to_ms: day("--to", args.to.as_deref())?,
-    };
-    if let (Some(f), Some(t)) = (range.from_ms, range.to_ms) {
-        if f >= t {
-            bail!("--to must be a later day than --from (--to is the first day not sampled)");
-        }
-    }
+    let range = days(args.from.as_deref(), args.to.as_deref(), "sampled")?;
     if args.size == 0 {
         bail!("--size must be at least 1");
     }
@@ -103,8 +93,5 @@ pub async fn command(g: &Global, args: SliceArgs) -> Result<ExitCode> {
         }
         None => print!("{text}"),
     }
-    Ok(match result.status {
-        Status::Equal => ExitCode::SUCCESS,
-        Status::Differs => ExitCode::FAILURE,
-    })
+    Ok(exit_code(result.status))
 }

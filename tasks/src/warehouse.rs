@@ -18,6 +18,9 @@ static POSTGRES: Migrator = sqlx::migrate!("../migrations/postgres");
 /// How long connecting to the warehouse may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long opening a SQLite warehouse waits for another process's lock.
+const SQLITE_LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// A warehouse could not be reached or prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum WarehouseError {
@@ -59,6 +62,30 @@ impl Warehouse {
     /// # Errors
     /// The scheme is unknown or the database cannot be reached.
     pub async fn connect(url: &str) -> Result<Self, WarehouseError> {
+        // Switching a SQLite file to WAL takes an exclusive lock that SQLite's
+        // busy timeout does not wait for: a process opening the file while
+        // another one switches it, or holds a write, is told "database is
+        // locked" at once. That passes; it is waited out for up to about
+        // 30 s before it is reported.
+        let mut waited = Duration::ZERO;
+        loop {
+            match Self::open(url).await {
+                Err(WarehouseError::Connect { source, .. })
+                    if Backend::from_url(url) == Some(Backend::Sqlite)
+                        && workflows::db::retryable(&source)
+                        && waited < SQLITE_LOCK_WAIT =>
+                {
+                    let pause = Duration::from_millis(200 + 100 * waited.as_secs().min(8));
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    /// One attempt at [`Warehouse::connect`].
+    async fn open(url: &str) -> Result<Self, WarehouseError> {
         sqlx::any::install_default_drivers();
         let backend =
             Backend::from_url(url).ok_or_else(|| WarehouseError::Scheme(redact_url(url)))?;

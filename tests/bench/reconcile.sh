@@ -4,6 +4,13 @@
 #   bash tests/bench/reconcile.sh                    # 1,000,000 events
 #   EVENTS=100000 bash tests/bench/reconcile.sh
 #   WAREHOUSES=postgres bash tests/bench/reconcile.sh   # one warehouse only
+#   DAYS=56 bash tests/bench/reconcile.sh            # the events over 56 days (default 14)
+#   LOAD=file bash tests/bench/reconcile.sh          # load from the same events in a file
+#   SLICE=no bash tests/bench/reconcile.sh           # without the slice step
+#
+# LOAD=file seeds the same events (same seed and days) into a file as well
+# and loads the warehouses from it, which is many times faster than from
+# nx-27017; the reconciliations still read MongoDB.
 #
 # For MariaDB (127.0.0.1:3306) and PostgreSQL (127.0.0.1:5432), with the
 # events in a MongoDB wire-protocol server (nx-27017 started here unless
@@ -23,6 +30,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 EVENTS=${EVENTS:-1000000}
+DAYS=${DAYS:-14}
+LOAD=${LOAD:-mongo}
 DIR=${BENCH_DIR:-.cutover/bench}
 DB=cutover_bench_rec
 mkdir -p "$DIR"
@@ -30,7 +39,7 @@ say() { printf '==> %s\n' "$*"; }
 
 say "building (release)"
 cargo build --release --quiet --bin cutover
-bin=$PWD/target/release/cutover
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/cutover
 
 if [[ -z "${BENCH_MONGO_URL:-}" ]]; then
   venv=.cutover/venv
@@ -42,8 +51,14 @@ if [[ -z "${BENCH_MONGO_URL:-}" ]]; then
   for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/27219) 2>/dev/null && break; sleep 1; done
   BENCH_MONGO_URL="mongodb://127.0.0.1:27219/?directConnection=true"
 fi
-say "seeding $EVENTS events into MongoDB (database $DB)"
-"$bin" seed --events "$EVENTS" --out "$BENCH_MONGO_URL" --database "$DB" > /dev/null
+say "seeding $EVENTS events over $DAYS days into MongoDB (database $DB)"
+"$bin" seed --events "$EVENTS" --days "$DAYS" --out "$BENCH_MONGO_URL" --database "$DB" > /dev/null
+load_url=$BENCH_MONGO_URL
+if [[ $LOAD == file ]]; then
+  load_url="$PWD/$DIR/rec-events.jsonl"
+  say "seeding the same events into $load_url"
+  "$bin" seed --events "$EVENTS" --days "$DAYS" --out "$load_url" > /dev/null
+fi
 dags="$DIR/dags-rec"
 rm -rf "$dags" && mkdir -p "$dags"
 for f in dags/*.toml; do sed "s/database = \"app\"/database = \"$DB\"/" "$f" > "$dags/$(basename "$f")"; done
@@ -77,8 +92,8 @@ for wh in ${WAREHOUSES:-mysql postgres}; do
   esac
   run=(env CUTOVER_SOURCE_URL="$BENCH_MONGO_URL" CUTOVER_WAREHOUSE_URL="$url" CUTOVER_WORK_DIR="$DIR/work-rec" CUTOVER_DAGS="$dags" "$bin")
   rm -rf "$DIR/work-rec"
-  say "$wh: run --all"
-  read -r load_s load_mib < <(timed "$DIR/rec-load-$wh.txt" "${run[@]}" run --all)
+  say "$wh: run --all (from $LOAD)"
+  read -r load_s load_mib < <(timed "$DIR/rec-load-$wh.txt" "${run[@]}" run --all --source-url "$load_url")
   say "$wh: reconcile, clean"
   read -r rec_s rec_mib < <(timed "$DIR/rec-clean-$wh.json" "${run[@]}" reconcile --database "$DB" --format json)
   status=$(python3 -c "import json,sys; print(json.load(open('$DIR/rec-clean-$wh.json'))['status'])")
@@ -95,7 +110,7 @@ r = json.load(open('$DIR/rec-damaged-$wh.json'))
 d = [d for x in r['reports'] for d in x['days'] if d['status'] == 'differs'][0]
 print(d['day'], d['events']['kinds'], 'windows', len(d['events']['windows']), 'read', d['events']['read'])")
   slice="-"
-  if [[ $wh == mysql ]]; then
+  if [[ $wh == mysql && ${SLICE:-yes} != no ]]; then
     say "$wh: slice, 30 samples"
     read -r sl_s sl_mib < <(timed "$DIR/slice-$wh.json" "${run[@]}" slice --database "$DB" --format json --time-zone Europe/Berlin)
     slice="${sl_s} s, max RSS ${sl_mib} MiB, $(python3 -c "
@@ -109,8 +124,8 @@ done
 echo
 for r in "${results[@]}"; do
   IFS='|' read -r wh load_s load_mib rec_s rec_mib status sides dmg_s dmg_mib found slice <<< "$r"
-  echo "$wh ($EVENTS events from MongoDB)"
-  echo "  run --all (the load)          ${load_s} s, max RSS ${load_mib} MiB"
+  echo "$wh ($EVENTS events over $DAYS days in MongoDB)"
+  echo "  run --all (the load, from $LOAD) ${load_s} s, max RSS ${load_mib} MiB"
   echo "  reconcile, 5 reports, clean   ${rec_s} s, max RSS ${rec_mib} MiB, status $status"
   echo "    per report                  $sides"
   echo "  reconcile views_daily, 1 row deleted on the busiest day: ${dmg_s} s, max RSS ${dmg_mib} MiB"

@@ -537,6 +537,27 @@ impl Drilling<'_> {
     }
 }
 
+/// The keys of a day's differing rows that [`explain`] needs: one per
+/// distinct narrowing value (the field after the day), none when they are
+/// too many to narrow the reads. What a day keeps until its drill-down is
+/// bounded, however many of its rows differ.
+pub fn narrowing(keys: Vec<Vec<Json>>) -> Vec<Vec<Json>> {
+    let mut seen = HashSet::new();
+    let mut kept = Vec::new();
+    for key in keys {
+        let Some(value) = key.get(1).and_then(Json::as_str) else {
+            continue;
+        };
+        if seen.insert(value.to_owned()) {
+            if kept.len() == MAX_NARROW {
+                return Vec::new();
+            }
+            kept.push(key);
+        }
+    }
+    kept
+}
+
 /// Explains a differing day of a report: the events behind `keys`, the
 /// group keys of its differing rows.
 ///

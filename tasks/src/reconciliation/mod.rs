@@ -7,9 +7,15 @@
 //! ([`drill`]); every reconciliation is stored in the warehouse
 //! ([`record`]) and printed by [`render`].
 //!
-//! Only report rows cross the wire (one per group and day, never one per
-//! event); events are read only for a differing day, in windows of at most
-//! `drill_limit` events.
+//! Only report rows cross the wire (one per group and day; for
+//! `views_by_plan` from MongoDB, one per view, as the legacy code joins the
+//! plan in force in the application); events are read only for a differing
+//! day, in windows of at most `drill_limit` events.
+//!
+//! Both sides arrive sorted by day and are compared one day at a time
+//! ([`reports::Days`]): a report of any length is reconciled holding one
+//! day of it, plus what each day's result keeps (its summaries, a sample of
+//! differing rows, the keys that narrow its drill-down).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -324,6 +330,21 @@ pub enum ReconcileError {
         #[source]
         source: sqlx::Error,
     },
+    /// A side handed out its days out of order, so that comparing them
+    /// day by day would be wrong.
+    #[error(
+        "the {side} side of {report} gave the day {day} after {after}: its days must come in order"
+    )]
+    Order {
+        /// The report.
+        report: &'static str,
+        /// `legacy` or `warehouse`.
+        side: &'static str,
+        /// The day out of order.
+        day: String,
+        /// The day before it.
+        after: String,
+    },
     /// The source failed during a drill-down.
     #[error("reading the events for the drill-down of {report} on {day}")]
     Source {
@@ -357,18 +378,8 @@ pub async fn reconcile(
     let mut results = Vec::new();
     for &name in &options.reports {
         let began = Instant::now();
-        step(format!("{}: the legacy report, day by day", name.name()));
-        let legacy = reports::from_legacy(events, name, options.range, Grain::Daily)
-            .await
-            .map_err(|source| ReconcileError::Legacy {
-                report: name.name(),
-                source,
-            })?;
-        step(format!("{}: the warehouse report, day by day", name.name()));
-        let ours = reports::from_warehouse(wh, name, options.range, Grain::Daily)
-            .await
-            .map_err(wh_error(format!("reading report {}", name.name())))?;
-        let mut days = compare(&legacy, &ours, options.sample);
+        let (mut days, legacy_rows, warehouse_rows) =
+            day_by_day(events, wh, name, options, step).await?;
         for day in days.iter_mut().filter(|d| d.status == Status::Differs) {
             step(format!("{}: the events behind {}", name.name(), day.day));
             let keys = std::mem::take(&mut day.keys);
@@ -381,11 +392,11 @@ pub async fn reconcile(
         };
         results.push(ReportResult {
             report: name,
-            columns: legacy.columns.clone(),
-            groups: legacy.groups,
+            columns: name.columns_at(Grain::Daily).to_vec(),
+            groups: name.group_fields(Grain::Daily),
             status,
-            legacy_rows: legacy.rows.len(),
-            warehouse_rows: ours.rows.len(),
+            legacy_rows,
+            warehouse_rows,
             days,
             seconds: began.elapsed().as_secs_f64(),
         });
@@ -415,6 +426,121 @@ pub async fn reconcile(
         rules: RULES,
         reports: results,
     })
+}
+
+/// Compares both sides of a report one day at a time, as they arrive in
+/// day order: only the day in hand is held, with, per differing day, its
+/// summaries, a sample of its rows and the keys that narrow its drill-down.
+/// Returns the days and the report rows each side had.
+async fn day_by_day(
+    events: &Events<'_>,
+    wh: &Warehouse,
+    name: ReportName,
+    options: &Options,
+    step: &(dyn Fn(String) + Sync),
+) -> Result<(Vec<DayResult>, usize, usize), ReconcileError> {
+    let report = name.name();
+    let legacy_error = |source| ReconcileError::Legacy { report, source };
+    step(format!("{report}: both sides, day by day"));
+    let mut legacy = reports::legacy::daily(events, name, options.range)
+        .await
+        .map_err(legacy_error)?;
+    let mut ours = reports::warehouse::daily(wh, name, options.range);
+    let wh_read = || wh_error(format!("reading report {report}"));
+    let mut sides = Sides::default();
+    let (mut a, mut b) = (
+        sides.legacy(report, legacy.next().await.map_err(legacy_error)?)?,
+        sides.warehouse(report, ours.next().await.map_err(wh_read())?)?,
+    );
+    let mut days = Vec::new();
+    loop {
+        let order = match (&a, &b) {
+            (None, None) => break,
+            (Some((x, _)), Some((y, _))) => x.cmp(y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+        };
+        let mut take_legacy = Vec::new();
+        let mut take_ours = Vec::new();
+        if order.is_le() {
+            let (_, rows) = a.take().expect("a legacy day");
+            take_legacy = rows;
+            a = sides.legacy(report, legacy.next().await.map_err(legacy_error)?)?;
+        }
+        if order.is_ge() {
+            let (_, rows) = b.take().expect("a warehouse day");
+            take_ours = rows;
+            b = sides.warehouse(report, ours.next().await.map_err(wh_read())?)?;
+        }
+        let (l, w) = (
+            Report::new(name, Grain::Daily, take_legacy),
+            Report::new(name, Grain::Daily, take_ours),
+        );
+        for mut day in compare(&l, &w, options.sample) {
+            day.keys = drill::narrowing(std::mem::take(&mut day.keys));
+            if days.len() % 30 == 0 {
+                step(format!("{report}: {}", day.day));
+            }
+            days.push(day);
+        }
+    }
+    Ok((days, sides.legacy_rows, sides.warehouse_rows))
+}
+
+/// What each side of a day-by-day comparison handed out so far: the last
+/// day (days must come in order) and the rows.
+#[derive(Default)]
+struct Sides {
+    legacy_day: Option<String>,
+    warehouse_day: Option<String>,
+    legacy_rows: usize,
+    warehouse_rows: usize,
+}
+
+type Day = Option<(String, Vec<Vec<Json>>)>;
+
+impl Sides {
+    fn legacy(&mut self, report: &'static str, day: Day) -> Result<Day, ReconcileError> {
+        Self::next(
+            report,
+            "legacy",
+            &mut self.legacy_day,
+            &mut self.legacy_rows,
+            day,
+        )
+    }
+
+    fn warehouse(&mut self, report: &'static str, day: Day) -> Result<Day, ReconcileError> {
+        Self::next(
+            report,
+            "warehouse",
+            &mut self.warehouse_day,
+            &mut self.warehouse_rows,
+            day,
+        )
+    }
+
+    fn next(
+        report: &'static str,
+        side: &'static str,
+        last: &mut Option<String>,
+        rows: &mut usize,
+        day: Day,
+    ) -> Result<Day, ReconcileError> {
+        if let Some((d, r)) = &day {
+            if last.as_ref().is_some_and(|l| d <= l) {
+                return Err(ReconcileError::Order {
+                    report,
+                    side,
+                    day: d.clone(),
+                    after: last.clone().unwrap_or_default(),
+                });
+            }
+            *last = Some(d.clone());
+            *rows += r.len();
+        }
+        Ok(day)
+    }
 }
 
 fn day_of_row(row: &[Json]) -> &str {

@@ -109,3 +109,33 @@ fn days_parse_to_their_utc_bounds() {
     );
     assert_eq!(drill::day_bounds("2026-13-02"), None);
 }
+
+#[test]
+fn a_day_keeps_one_key_per_narrowing_value_and_none_when_too_many() {
+    let keys = |n: usize| -> Vec<Vec<Json>> {
+        (0..n)
+            .flat_map(|i| {
+                [1, 2].map(|slide| vec![json!("2026-01-01"), json!(format!("p{i}")), json!(slide)])
+            })
+            .collect()
+    };
+    let kept = drill::narrowing(keys(3));
+    assert_eq!(kept.len(), 3, "one per presentation: {kept:?}");
+    assert!(drill::narrowing(keys(10_000)).is_empty());
+    assert!(drill::narrowing(vec![vec![json!("2026-01-01")]]).is_empty());
+}
+
+#[test]
+fn sides_must_hand_out_their_days_in_order() {
+    let mut sides = Sides::default();
+    let day = |d: &str, n: usize| Some((d.to_owned(), vec![vec![json!(d)]; n]));
+    assert!(sides.legacy("views_daily", day("2026-01-01", 2)).is_ok());
+    assert!(sides.legacy("views_daily", day("2026-01-03", 1)).is_ok());
+    assert!(sides.warehouse("views_daily", day("2026-01-01", 4)).is_ok());
+    assert_eq!((sides.legacy_rows, sides.warehouse_rows), (3, 4));
+    let err = sides
+        .legacy("views_daily", day("2026-01-02", 1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2026-01-02 after 2026-01-03"), "{err}");
+}

@@ -21,6 +21,9 @@ pub mod warehouse;
 pub use legacy::from_legacy;
 pub use warehouse::from_warehouse;
 
+mod days;
+pub use days::Days;
+
 /// A report of the event model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

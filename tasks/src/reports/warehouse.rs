@@ -7,7 +7,9 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use workflows::Backend;
 
-use super::{average, Grain, Range, Report, ReportName};
+use futures::TryStreamExt;
+
+use super::{average, Days, Grain, Range, Report, ReportName};
 use crate::warehouse::Warehouse;
 
 /// `expr` as a 64-bit integer.
@@ -96,57 +98,95 @@ pub async fn from_warehouse(
     grain: Grain,
 ) -> Result<Report, sqlx::Error> {
     let (from, to) = range.bounds();
-    let daily = grain == Grain::Daily && name == ReportName::SlideEngagement;
     let rows = sqlx::query(&sql(wh.backend, name, grain))
         .bind(from)
         .bind(to)
         .fetch_all(&wh.pool)
         .await?;
-    let text = |r: &AnyRow, i: usize| r.try_get::<String, _>(i).map(Json::from);
-    let int = |r: &AnyRow, i: usize| r.try_get::<i64, _>(i);
     let rows = rows
         .iter()
-        .map(|r| {
-            Ok(match name {
-                ReportName::ViewsDaily => vec![
-                    text(r, 0)?,
-                    text(r, 1)?,
-                    int(r, 2)?.into(),
-                    int(r, 3)?.into(),
-                ],
-                ReportName::SlideEngagement if daily => {
-                    let (views, total) = (int(r, 3)?, int(r, 4)?);
-                    vec![
-                        text(r, 0)?,
-                        text(r, 1)?,
-                        int(r, 2)?.into(),
-                        views.into(),
-                        total.into(),
-                        average(total, views),
-                    ]
-                }
-                ReportName::SlideEngagement => {
-                    let (views, total) = (int(r, 2)?, int(r, 3)?);
-                    vec![
-                        text(r, 0)?,
-                        int(r, 1)?.into(),
-                        views.into(),
-                        total.into(),
-                        average(total, views),
-                    ]
-                }
-                ReportName::SharesDaily | ReportName::ViewsByPlan => {
-                    vec![text(r, 0)?, text(r, 1)?, int(r, 2)?.into()]
-                }
-                ReportName::SessionsDaily => vec![
-                    text(r, 0)?,
-                    text(r, 1)?,
-                    int(r, 2)?.into(),
-                    int(r, 3)?.into(),
-                    int(r, 4)?.into(),
-                ],
-            })
-        })
+        .map(|r| row(name, grain, r))
         .collect::<Result<_, sqlx::Error>>()?;
     Ok(Report::new(name, grain, rows))
+}
+
+/// Reads a report at the daily grain one day at a time, in day order,
+/// while the rows arrive: at most [`AHEAD`] rows wait between the database
+/// and the reader. The query holds one connection of the pool until the
+/// last day is read or the stream is dropped.
+pub fn daily(
+    wh: &Warehouse,
+    name: ReportName,
+    range: Range,
+) -> Days<'static, Vec<Json>, sqlx::Error> {
+    let (from, to) = range.bounds();
+    let text = format!("{} ORDER BY 1", sql(wh.backend, name, Grain::Daily));
+    let pool = wh.pool.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
+    tokio::spawn(async move {
+        let mut rows = sqlx::query(&text).bind(from).bind(to).fetch(&pool);
+        loop {
+            let next = match rows.try_next().await {
+                Ok(Some(r)) => row(name, Grain::Daily, &r),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            let failed = next.is_err();
+            if tx.send(next).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let rows =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
+    Days::new(Box::pin(rows), |r: &Vec<Json>| {
+        Ok(r.first()
+            .and_then(Json::as_str)
+            .unwrap_or_default()
+            .to_owned())
+    })
+}
+
+/// Rows read ahead of a [`daily`] reader.
+pub const AHEAD: usize = 4096;
+
+/// One row of a report's query as values in column order.
+fn row(name: ReportName, grain: Grain, r: &AnyRow) -> Result<Vec<Json>, sqlx::Error> {
+    let daily = grain == Grain::Daily && name == ReportName::SlideEngagement;
+    let text = |i: usize| r.try_get::<String, _>(i).map(Json::from);
+    let int = |i: usize| r.try_get::<i64, _>(i);
+    Ok(match name {
+        ReportName::ViewsDaily => vec![text(0)?, text(1)?, int(2)?.into(), int(3)?.into()],
+        ReportName::SlideEngagement if daily => {
+            let (views, total) = (int(3)?, int(4)?);
+            vec![
+                text(0)?,
+                text(1)?,
+                int(2)?.into(),
+                views.into(),
+                total.into(),
+                average(total, views),
+            ]
+        }
+        ReportName::SlideEngagement => {
+            let (views, total) = (int(2)?, int(3)?);
+            vec![
+                text(0)?,
+                int(1)?.into(),
+                views.into(),
+                total.into(),
+                average(total, views),
+            ]
+        }
+        ReportName::SharesDaily | ReportName::ViewsByPlan => {
+            vec![text(0)?, text(1)?, int(2)?.into()]
+        }
+        ReportName::SessionsDaily => vec![
+            text(0)?,
+            text(1)?,
+            int(2)?.into(),
+            int(3)?.into(),
+            int(4)?.into(),
+        ],
+    })
 }

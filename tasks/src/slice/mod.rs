@@ -493,28 +493,8 @@ async fn touches(
     Ok(t)
 }
 
-/// Consecutive days as ranges of whole days.
-fn day_runs(days: &BTreeSet<String>) -> Vec<(String, Range)> {
-    let mut runs: Vec<(String, Range)> = Vec::new();
-    for day in days {
-        let Some((from, to)) = day_bounds(day) else {
-            continue;
-        };
-        match runs.last_mut() {
-            Some((_, r)) if r.to_ms == Some(from) => r.to_ms = Some(to),
-            _ => runs.push((
-                day.clone(),
-                Range {
-                    from_ms: Some(from),
-                    to_ms: Some(to),
-                },
-            )),
-        }
-    }
-    runs
-}
-
-/// Computes both sides for the touched days and compares the touched rows.
+/// Computes both sides over the span of the touched days, one day at a
+/// time (one pass over the events per report), and keeps the touched rows.
 async fn compare(
     events: &Events<'_>,
     wh: &Warehouse,
@@ -528,8 +508,11 @@ async fn compare(
             .values()
             .filter_map(|(k, _)| k.first().and_then(Json::as_str).map(str::to_owned))
             .collect();
-        let mut legacy: HashMap<String, Vec<Json>> = HashMap::new();
-        let mut ours: HashMap<String, Vec<Json>> = HashMap::new();
+        let bounds: Vec<(i64, i64)> = days.iter().filter_map(|d| day_bounds(d)).collect();
+        let span = Range {
+            from_ms: bounds.iter().map(|b| b.0).min(),
+            to_ms: bounds.iter().map(|b| b.1).max(),
+        };
         let index = |rows: Vec<Vec<Json>>, into: &mut HashMap<String, Vec<Json>>| {
             for row in rows {
                 let key = serde_json::to_string(&row[..groups]).unwrap_or_default();
@@ -538,19 +521,33 @@ async fn compare(
                 }
             }
         };
-        for (first, range) in day_runs(&days) {
-            step(format!("{}: both sides from {first}", name.name()));
-            let l = reports::from_legacy(events, name, range, Grain::Daily)
+        let legacy_error = |source| ReconcileError::Legacy {
+            report: name.name(),
+            source,
+        };
+        let mut legacy: HashMap<String, Vec<Json>> = HashMap::new();
+        let mut ours: HashMap<String, Vec<Json>> = HashMap::new();
+        if span.from_ms.is_some() {
+            step(format!("{}: the legacy side", name.name()));
+            let mut l = reports::legacy::daily(events, name, span)
                 .await
-                .map_err(|source| ReconcileError::Legacy {
-                    report: name.name(),
-                    source,
-                })?;
-            index(l.rows, &mut legacy);
-            let w = reports::from_warehouse(wh, name, range, Grain::Daily)
+                .map_err(legacy_error)?;
+            while let Some((day, rows)) = l.next().await.map_err(legacy_error)? {
+                if days.contains(&day) {
+                    index(rows, &mut legacy);
+                }
+            }
+            step(format!("{}: the warehouse side", name.name()));
+            let mut w = reports::warehouse::daily(wh, name, span);
+            while let Some((day, rows)) = w
+                .next()
                 .await
-                .map_err(wh_error(format!("reading report {}", name.name())))?;
-            index(w.rows, &mut ours);
+                .map_err(wh_error(format!("reading report {}", name.name())))?
+            {
+                if days.contains(&day) {
+                    index(rows, &mut ours);
+                }
+            }
         }
         let columns = name.columns_at(Grain::Daily).to_vec();
         let mut rows: Vec<SliceRow> = touched

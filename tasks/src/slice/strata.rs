@@ -16,7 +16,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::filter::Filter;
-use crate::reports::legacy::valid;
+use crate::reports::legacy::{valid, Changes, History};
 use crate::reports::Range;
 use crate::schema::lookup;
 use workflows::time::day_of;
@@ -159,8 +159,10 @@ pub(super) struct Survey {
     pub invalid: u64,
     /// Lines that are not documents, and documents without a known type.
     pub skipped: u64,
-    /// Plan changes per user, (time, `_id`, plan), sorted once read.
-    pub history: HashMap<String, Vec<(i64, String, String)>>,
+    /// Plan changes per user as read.
+    changes: Changes,
+    /// The plans over time, once read.
+    history: History,
     /// Users with at least one `user.plan_changed`.
     changers: HashSet<String>,
     /// Every session's span.
@@ -272,7 +274,7 @@ impl Survey {
                     self.changers.insert(user.clone());
                 }
                 let plan = text(doc, "payload.plan").unwrap_or_default();
-                self.history.entry(user).or_default().push((ts, id, plan));
+                self.changes.entry(user).or_default().push((ts, id, plan));
                 return;
             }
             "session.started" | "session.ended" => {
@@ -371,9 +373,7 @@ impl Survey {
 
     /// Ends the pass: the strata that need the whole history.
     pub(super) fn finish(&mut self, tz: Tz) {
-        for changes in self.history.values_mut() {
-            changes.sort();
-        }
+        self.history = History::from_changes(std::mem::take(&mut self.changes));
         let viewers: Vec<(String, i64)> = self
             .last_view_by_user
             .iter()
@@ -467,15 +467,7 @@ impl Survey {
 
     /// The viewer's plan at `ts`, as the legacy report decides it.
     pub(super) fn plan_at(&self, user: Option<&str>, ts: i64) -> &str {
-        let Some(user) = user else {
-            return "anonymous";
-        };
-        let Some(changes) = self.history.get(user) else {
-            return "unknown";
-        };
-        let n = changes.partition_point(|(t, _, _)| *t <= ts);
-        n.checked_sub(1)
-            .map_or("unknown", |i| changes[i].2.as_str())
+        self.history.plan_at(user, ts)
     }
 }
 

@@ -22,10 +22,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bson::{Bson, Document};
+use futures::stream::BoxStream;
 use futures::TryStreamExt;
 use serde_json::Value as Json;
 
-use super::{average, Grain, Range, Report, ReportName};
+use super::{average, Days, Grain, Range, Report, ReportName};
 use crate::filter::Filter;
 use crate::source::{Item, Query, Source, SourceError};
 use workflows::time::day_of;
@@ -105,43 +106,238 @@ pub async fn from_legacy(
     grain: Grain,
 ) -> Result<Report, LegacyError> {
     let rows = match events.source {
-        Source::Mongo(client) => {
-            let coll = client
-                .database(events.database)
-                .collection::<Document>(events.collection);
-            let run = |pipeline: Vec<Document>| {
-                let coll = coll.clone();
-                async move {
-                    let cursor = coll.aggregate(pipeline).allow_disk_use(true).await?;
-                    cursor.try_collect::<Vec<Document>>().await
-                }
-            };
-            let failed = |source| LegacyError::Aggregate {
-                report: name.name(),
-                namespace: format!("{}.{}", events.database, events.collection),
-                source,
-            };
-            let groups = run(pipeline(name, range, grain)).await.map_err(failed)?;
-            if name == ReportName::ViewsByPlan {
-                let history = run(plan_history_pipeline()).await.map_err(failed)?;
-                views_by_plan_from_mongo(&groups, &history)?
-            } else if name == ReportName::SessionsDaily {
-                let ends = run(session_ends_pipeline()).await.map_err(failed)?;
-                sessions_from_mongo(&groups, &ends)?
-            } else {
-                groups
-                    .iter()
-                    .map(|g| group_row(name, grain, g))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| LegacyError::Shape {
-                        report: name.name(),
-                        found: format!("{:?}", groups.first()),
-                    })?
-            }
+        Source::Mongo(_) => {
+            let side = Side::read(events, name).await?;
+            let docs: Vec<Document> = aggregate(events, name, pipeline(name, range, grain))
+                .await?
+                .try_collect()
+                .await?;
+            side.rows(name, grain, &docs)?
         }
         Source::File(_) | Source::Feed(_) => from_file(events, name, range, grain).await?,
     };
     Ok(Report::new(name, grain, rows))
+}
+
+/// A legacy report at the daily grain, read one day at a time in day
+/// order. From MongoDB the aggregation's output is sorted by day on the
+/// server and turned into report rows a day at a time, so only one day's
+/// groups are held (with, for `views_by_plan`, every user's plan history
+/// and, for `sessions_daily`, every session's end). From the events file
+/// the rules need one pass that holds the report's groups anyway.
+pub struct Daily<'a> {
+    name: ReportName,
+    side: Side,
+    days: DailyDays<'a>,
+}
+
+enum DailyDays<'a> {
+    /// Aggregation output documents, sorted by day.
+    Docs(Days<'a, Document, LegacyError>),
+    /// Report rows, sorted by day.
+    Rows(Days<'a, Vec<Json>, LegacyError>),
+}
+
+impl Daily<'_> {
+    /// The next day and its report rows (in no particular order); `None`
+    /// after the last day.
+    ///
+    /// # Errors
+    /// The source cannot be read or returned a document of another shape.
+    pub async fn next(&mut self) -> Result<Option<(String, Vec<Vec<Json>>)>, LegacyError> {
+        match &mut self.days {
+            DailyDays::Rows(days) => days.next().await,
+            DailyDays::Docs(days) => {
+                let Some((day, docs)) = days.next().await? else {
+                    return Ok(None);
+                };
+                Ok(Some((day, self.side.rows(self.name, Grain::Daily, &docs)?)))
+            }
+        }
+    }
+}
+
+/// Starts reading a legacy report at the daily grain (see [`Daily`]).
+///
+/// # Errors
+/// The source cannot be read or an aggregation failed.
+pub async fn daily(
+    events: &Events<'_>,
+    name: ReportName,
+    range: Range,
+) -> Result<Daily<'static>, LegacyError> {
+    let days = match events.source {
+        Source::Mongo(_) => {
+            let side = Side::read(events, name).await?;
+            let mut stages = pipeline(name, range, Grain::Daily);
+            stages.extend(pipelines::by_day(name));
+            let docs = aggregate(events, name, stages).await?;
+            return Ok(Daily {
+                name,
+                side,
+                days: DailyDays::Docs(Days::new(docs, move |d: &Document| doc_day(name, d))),
+            });
+        }
+        Source::File(_) | Source::Feed(_) => {
+            let rows = from_file(events, name, range, Grain::Daily).await?;
+            let rows = Report::new(name, Grain::Daily, rows).rows;
+            let rows = futures::stream::iter(rows.into_iter().map(Ok));
+            DailyDays::Rows(Days::new(Box::pin(rows), |r: &Vec<Json>| {
+                Ok(r.first()
+                    .and_then(Json::as_str)
+                    .unwrap_or_default()
+                    .to_owned())
+            }))
+        }
+    };
+    Ok(Daily {
+        name,
+        side: Side::None,
+        days,
+    })
+}
+
+/// The output of an aggregation pipeline over the events, as it arrives.
+async fn aggregate(
+    events: &Events<'_>,
+    name: ReportName,
+    pipeline: Vec<Document>,
+) -> Result<BoxStream<'static, Result<Document, LegacyError>>, LegacyError> {
+    let Source::Mongo(client) = events.source else {
+        unreachable!("aggregations run on MongoDB sources only");
+    };
+    let namespace = format!("{}.{}", events.database, events.collection);
+    let failed = move |source| LegacyError::Aggregate {
+        report: name.name(),
+        namespace: namespace.clone(),
+        source,
+    };
+    let cursor = client
+        .database(events.database)
+        .collection::<Document>(events.collection)
+        .aggregate(pipeline)
+        .allow_disk_use(true)
+        .await
+        .map_err(&failed)?;
+    Ok(Box::pin(cursor.map_err(failed)))
+}
+
+/// The day of an aggregation output document of a report at the daily
+/// grain: the start of its group key, or the day of its time.
+fn doc_day(name: ReportName, d: &Document) -> Result<String, LegacyError> {
+    let day = match name {
+        ReportName::ViewsByPlan => d
+            .get_datetime("ts")
+            .ok()
+            .map(|t| day_of(t.timestamp_millis())),
+        ReportName::SessionsDaily => d
+            .get_datetime("start")
+            .ok()
+            .map(|t| day_of(t.timestamp_millis())),
+        _ => d
+            .get_str("_id")
+            .ok()
+            .and_then(|k| k.split(SEP).next())
+            .map(str::to_owned),
+    };
+    day.ok_or_else(|| shape(name, d))
+}
+
+fn shape(name: ReportName, d: &Document) -> LegacyError {
+    LegacyError::Shape {
+        report: name.name(),
+        found: format!("{d:?}"),
+    }
+}
+
+/// What a report needs beside its own pipeline's output: every user's plan
+/// history (`views_by_plan`), every session's first end
+/// (`sessions_daily`).
+enum Side {
+    None,
+    History(History),
+    Ends(HashMap<String, i64>),
+}
+
+impl Side {
+    /// Reads what `name` needs, as it arrives.
+    async fn read(events: &Events<'_>, name: ReportName) -> Result<Self, LegacyError> {
+        Ok(match name {
+            ReportName::ViewsByPlan => {
+                let mut docs = aggregate(events, name, plan_history_pipeline()).await?;
+                let mut history = History::default();
+                while let Some(d) = docs.try_next().await? {
+                    let (Ok(user), Ok(ts), Ok(plan)) = (
+                        d.get_str("user_id"),
+                        d.get_datetime("ts"),
+                        d.get_str("plan"),
+                    ) else {
+                        return Err(shape(name, &d));
+                    };
+                    history.push(user, ts.timestamp_millis(), plan);
+                }
+                Self::History(history)
+            }
+            ReportName::SessionsDaily => {
+                let mut docs = aggregate(events, name, session_ends_pipeline()).await?;
+                let mut ends = HashMap::new();
+                while let Some(d) = docs.try_next().await? {
+                    let (Ok(id), Ok(end)) = (d.get_str("_id"), d.get_datetime("end")) else {
+                        return Err(shape(name, &d));
+                    };
+                    ends.insert(id.to_owned(), end.timestamp_millis());
+                }
+                Self::Ends(ends)
+            }
+            _ => Self::None,
+        })
+    }
+
+    /// The report rows of some of the pipeline's output documents: for a
+    /// report at the daily grain, those of whole days.
+    fn rows(
+        &self,
+        name: ReportName,
+        grain: Grain,
+        docs: &[Document],
+    ) -> Result<Vec<Vec<Json>>, LegacyError> {
+        match (name, self) {
+            (ReportName::ViewsByPlan, Self::History(history)) => {
+                let views = docs
+                    .iter()
+                    .map(|v| {
+                        let ts = v.get_datetime("ts").map_err(|_| shape(name, v))?;
+                        Ok((
+                            ts.timestamp_millis(),
+                            v.get_str("user_id").ok().map(str::to_owned),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, LegacyError>>()?;
+                Ok(views_by_plan(views.into_iter(), history))
+            }
+            (ReportName::SessionsDaily, Self::Ends(ends)) => {
+                let sessions = docs
+                    .iter()
+                    .map(|d| {
+                        let (Ok(id), Ok(start), Ok(device)) = (
+                            d.get_str("_id"),
+                            d.get_datetime("start"),
+                            d.get_str("device"),
+                        ) else {
+                            return Err(shape(name, d));
+                        };
+                        let start = start.timestamp_millis();
+                        Ok((start, device.to_owned(), ends.get(id).copied()))
+                    })
+                    .collect::<Result<Vec<_>, LegacyError>>()?;
+                Ok(sessions_daily(sessions))
+            }
+            _ => docs
+                .iter()
+                .map(|g| group_row(name, grain, g).ok_or_else(|| shape(name, g)))
+                .collect(),
+        }
+    }
 }
 
 fn int(d: &Document, k: &str) -> Option<i64> {
@@ -195,8 +391,50 @@ fn group_row(name: ReportName, grain: Grain, g: &Document) -> Option<Vec<Json>> 
     })
 }
 
-/// Plan changes per user, sorted by time then `_id` as the source sorts.
-type History = HashMap<String, Vec<(i64, String)>>;
+/// Every user's plans over time, each user's changes in the order that
+/// decides the plan at an instant: by time, then `_id`.
+#[derive(Debug, Default)]
+pub struct History(HashMap<String, Vec<(i64, String)>>);
+
+/// Plan changes per user as read, (time, `_id`, plan), in any order.
+pub type Changes = HashMap<String, Vec<(i64, String, String)>>;
+
+impl History {
+    /// The history of changes read in any order.
+    pub fn from_changes(changes: Changes) -> Self {
+        Self(
+            changes
+                .into_iter()
+                .map(|(user, mut changes)| {
+                    changes.sort();
+                    (user, changes.into_iter().map(|(t, _, p)| (t, p)).collect())
+                })
+                .collect(),
+        )
+    }
+
+    /// Adds a change after those that precede it (as the source sorted
+    /// them).
+    fn push(&mut self, user: &str, ts: i64, plan: &str) {
+        self.0
+            .entry(user.to_owned())
+            .or_default()
+            .push((ts, plan.to_owned()));
+    }
+
+    /// The plan a view by `user` at `ts` counts under, as the legacy
+    /// analytics decide it: `anonymous` without a user, `unknown` before
+    /// the user's first plan.
+    pub fn plan_at(&self, user: Option<&str>, ts: i64) -> &str {
+        let Some(user) = user else {
+            return "anonymous";
+        };
+        self.0
+            .get(user)
+            .and_then(|changes| version_at(changes, ts))
+            .map_or("unknown", String::as_str)
+    }
+}
 
 /// The version in force at `ts` of a history sorted by time (versions at
 /// the same time in the order that decides between them): the last at or
@@ -206,95 +444,19 @@ pub(crate) fn version_at<T>(history: &[(i64, T)], ts: i64) -> Option<&T> {
     n.checked_sub(1).map(|i| &history[i].1)
 }
 
-fn plan_at(history: &History, user: Option<&str>, ts: i64) -> String {
-    let Some(user) = user else {
-        return "anonymous".into();
-    };
-    history
-        .get(user)
-        .and_then(|changes| version_at(changes, ts))
-        .cloned()
-        .unwrap_or_else(|| "unknown".into())
-}
-
 fn views_by_plan(
     views: impl Iterator<Item = (i64, Option<String>)>,
     history: &History,
 ) -> Vec<Vec<Json>> {
     let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
     for (ts, user) in views {
-        let plan = plan_at(history, user.as_deref(), ts);
-        *counts.entry((day_of(ts), plan)).or_default() += 1;
+        let plan = history.plan_at(user.as_deref(), ts);
+        *counts.entry((day_of(ts), plan.to_owned())).or_default() += 1;
     }
     counts
         .into_iter()
         .map(|((day, plan), n)| vec![day.into(), plan.into(), n.into()])
         .collect()
-}
-
-fn views_by_plan_from_mongo(
-    views: &[Document],
-    history_docs: &[Document],
-) -> Result<Vec<Vec<Json>>, LegacyError> {
-    let shape = |d: &Document| LegacyError::Shape {
-        report: ReportName::ViewsByPlan.name(),
-        found: format!("{d:?}"),
-    };
-    let mut history: History = HashMap::new();
-    for d in history_docs {
-        let (Ok(user), Ok(ts), Ok(plan)) = (
-            d.get_str("user_id"),
-            d.get_datetime("ts"),
-            d.get_str("plan"),
-        ) else {
-            return Err(shape(d));
-        };
-        history
-            .entry(user.to_owned())
-            .or_default()
-            .push((ts.timestamp_millis(), plan.to_owned()));
-    }
-    let views = views
-        .iter()
-        .map(|v| {
-            let ts = v
-                .get_datetime("ts")
-                .map_err(|_| shape(v))?
-                .timestamp_millis();
-            Ok((ts, v.get_str("user_id").ok().map(str::to_owned)))
-        })
-        .collect::<Result<Vec<_>, LegacyError>>()?;
-    Ok(views_by_plan(views.into_iter(), &history))
-}
-
-fn sessions_from_mongo(
-    starts: &[Document],
-    ends: &[Document],
-) -> Result<Vec<Vec<Json>>, LegacyError> {
-    let shape = |d: &Document| LegacyError::Shape {
-        report: ReportName::SessionsDaily.name(),
-        found: format!("{d:?}"),
-    };
-    let mut end_of: HashMap<&str, i64> = HashMap::with_capacity(ends.len());
-    for d in ends {
-        let (Ok(id), Ok(end)) = (d.get_str("_id"), d.get_datetime("end")) else {
-            return Err(shape(d));
-        };
-        end_of.insert(id, end.timestamp_millis());
-    }
-    let mut sessions = Vec::with_capacity(starts.len());
-    for d in starts {
-        let (Ok(id), Ok(start), Ok(device)) = (
-            d.get_str("_id"),
-            d.get_datetime("start"),
-            d.get_str("device"),
-        ) else {
-            return Err(shape(d));
-        };
-        let start = start.timestamp_millis();
-        sessions.push((start, device.to_owned(), end_of.get(id).copied()));
-    }
-    Ok(sessions_daily(sessions))
 }
 
 /// Groups sessions (start, device, end) by the day of their start and
@@ -390,7 +552,7 @@ struct FileAcc {
     /// Views for views_by_plan.
     views: Vec<(i64, Option<String>)>,
     /// Plan changes per user: (ts, _id, plan).
-    history: HashMap<String, Vec<(i64, String, String)>>,
+    history: Changes,
 }
 
 impl FileAcc {
@@ -464,7 +626,7 @@ impl FileAcc {
         }
     }
 
-    fn finish(mut self, name: ReportName) -> Vec<Vec<Json>> {
+    fn finish(self, name: ReportName) -> Vec<Vec<Json>> {
         match name {
             ReportName::ViewsDaily => self
                 .groups
@@ -507,14 +669,7 @@ impl FileAcc {
                 }))
             }
             ReportName::ViewsByPlan => {
-                let history: History = self
-                    .history
-                    .drain()
-                    .map(|(user, mut changes)| {
-                        changes.sort();
-                        (user, changes.into_iter().map(|(t, _, p)| (t, p)).collect())
-                    })
-                    .collect();
+                let history = History::from_changes(self.history);
                 views_by_plan(self.views.into_iter(), &history)
             }
         }

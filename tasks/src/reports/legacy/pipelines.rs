@@ -257,6 +257,25 @@ pub fn pipeline(name: ReportName, range: Range, grain: Grain) -> Vec<Document> {
     }
 }
 
+/// The stages that sort the output of a report's [`pipeline`] at the
+/// daily grain by day, as the day is written in text (the order in which
+/// the warehouse and the events file hand out their days): the group key,
+/// whose first part is the day, or the day of a view or of a session's
+/// start.
+pub(super) fn by_day(name: ReportName) -> Vec<Document> {
+    let day_of = |field: &str| {
+        vec![
+            doc! { "$project": { "ts": 1, "user_id": 1, "start": 1, "device": 1, "day": day_expr(field) } },
+            doc! { "$sort": { "day": 1 } },
+        ]
+    };
+    match name {
+        ReportName::ViewsByPlan => day_of("$ts"),
+        ReportName::SessionsDaily => day_of("$start"),
+        _ => vec![doc! { "$sort": { "_id": 1 } }],
+    }
+}
+
 /// The first valid end of every session.
 pub fn session_ends_pipeline() -> Vec<Document> {
     vec![
