@@ -185,6 +185,71 @@ pub enum Command {
     /// the touched days are computed on both sides. Exits 1 when a row
     /// differs.
     Slice(SliceArgs),
+    /// The cutover flags: one per data point whose DAG file has a
+    /// `[cutover]` table, moving legacy -> shadow -> warehouse (a rollout
+    /// share) -> retired.
+    ///
+    /// Moving towards the warehouse needs evidence, declared in the DAG
+    /// file (defaults: the 3 latest reconciliations of every report of the
+    /// data point passed, within 48 h; 1,000 shadow comparisons in that
+    /// time, none mismatched); retiring needs the warehouse at 100 % for
+    /// `retire_after` (7 days) with no legacy read. Moving back is always
+    /// allowed, at once. A refused change says which evidence is missing.
+    /// Every change is recorded with who, when, why and its evidence.
+    #[command(subcommand)]
+    Flags(FlagsCommand),
+}
+
+/// `cutover flags` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FlagsCommand {
+    /// Every data point's flag: state, rollout, since when, its reports.
+    List {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// One data point's flag, the evidence its next step needs and what
+    /// is seen of it, and its latest changes.
+    Show {
+        /// The data point (`views`, `engagement`, ...).
+        data_point: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
+    /// Move a data point's flag. Exits 1 when the evidence is missing
+    /// (and says which).
+    Set {
+        /// The data point.
+        data_point: String,
+        /// legacy, shadow, warehouse or retired.
+        state: String,
+        /// The warehouse's share of the targeting keys, in percent, for
+        /// `warehouse` (default 100).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        rollout: Option<u8>,
+        /// Why: recorded with the change (required with --force).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Make the change without its evidence (recorded as forced).
+        #[arg(long)]
+        force: bool,
+        /// Who makes the change (default: the user and host).
+        #[arg(long, env = "CUTOVER_ACTOR")]
+        actor: Option<String>,
+    },
+    /// The changes of every flag or one, newest first.
+    History {
+        /// Only this data point's.
+        data_point: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
+    },
 }
 
 /// `cutover quarantine` subcommands.

@@ -90,6 +90,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => commands::report::command(g, args).await,
         Command::Reconcile(args) => commands::reconcile::command(g, args).await,
         Command::Slice(args) => commands::slice::command(g, args).await,
+        Command::Flags(cmd) => commands::flags::command(g, cmd).await,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod consume;
 pub mod dags;
 pub mod demo;
+pub mod flags;
 pub mod migrate;
 pub mod quarantine;
 pub mod reconcile;

@@ -90,6 +90,10 @@ impl TaskKinds for TaskKind {
         &CATALOG
     }
 
+    fn reports() -> &'static [&'static str] {
+        crate::reports::ReportName::NAMES
+    }
+
     fn parse(kind: &str, settings: toml::Table) -> Result<Self, Vec<SettingProblem>> {
         Ok(match kind {
             k if k == extract::mongo::KIND.name => Self::ExtractMongo(parse_as(settings)?),

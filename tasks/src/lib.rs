@@ -12,6 +12,7 @@ pub mod error;
 pub mod expected;
 pub mod extract;
 pub mod filter;
+pub mod flags;
 pub mod kinds;
 pub mod load;
 pub mod progress;

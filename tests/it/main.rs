@@ -9,6 +9,7 @@
 mod backfill;
 mod checks;
 mod cli;
+mod flags;
 mod hostile;
 mod leases;
 mod mongo;

@@ -169,6 +169,11 @@ pub trait TaskKinds: Sized + Send + Sync + std::fmt::Debug + Serialize + 'static
         self.info().role
     }
 
+    /// The report names a DAG's `[cutover]` may name; empty: any.
+    fn reports() -> &'static [&'static str] {
+        &[]
+    }
+
     /// Checks that need the rest of the DAG, without I/O: e.g. that a task
     /// named as an input is one of this task's dependencies. `tasks` holds
     /// every task of the DAG that parsed, by id.

@@ -50,6 +50,15 @@ impl ReportName {
         ("views_by_plan", ReportName::ViewsByPlan),
     ];
 
+    /// Every report's name, in the order of [`ReportName::ALL`].
+    pub const NAMES: &'static [&'static str] = &[
+        "views_daily",
+        "slide_engagement",
+        "shares_daily",
+        "sessions_daily",
+        "views_by_plan",
+    ];
+
     /// The report named `name`.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, r)| *r)

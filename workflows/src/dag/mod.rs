@@ -16,8 +16,10 @@ use serde::Serialize;
 use crate::schedule::Schedule;
 use crate::task::{Role, TaskKinds};
 
+mod cutover;
 mod parse;
 
+pub use cutover::{Cutover, Evidence};
 pub use parse::parse;
 
 /// One problem in a DAG file.
@@ -57,6 +59,10 @@ pub struct Dag<K> {
     pub description: String,
     /// The data point it feeds (`views`, `engagement`, ...).
     pub data_point: String,
+    /// The data point's cutover (`[cutover]`): the reports its flag
+    /// switches and the evidence a promotion needs. At most one DAG of a
+    /// data point has one.
+    pub cutover: Option<Cutover>,
     /// When the scheduler runs it; `None` for ad-hoc only.
     pub schedule: Option<Schedule>,
     /// DAGs that run before this one when several run together (e.g. the
@@ -114,6 +120,7 @@ impl<K> Dag<K> {
             name: self.name.clone(),
             description: self.description.clone(),
             data_point: self.data_point.clone(),
+            cutover: self.cutover.clone(),
             schedule: self.schedule.clone(),
             after: self.after.clone(),
         })
@@ -223,6 +230,7 @@ pub fn load_dir<K: TaskKinds>(dir: &Path) -> Result<Vec<Dag<K>>, Vec<DagError>> 
     paths.sort();
     let dags = load_files(&paths)?;
     check_after(&dags)?;
+    check_cutovers(&dags)?;
     Ok(dags)
 }
 
@@ -258,6 +266,43 @@ pub fn load_files<K: TaskKinds>(paths: &[PathBuf]) -> Result<Vec<Dag<K>>, Vec<Da
     }
     if errors.is_empty() {
         order_dags(dags)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Reports a data point whose `[cutover]` is declared twice, and a report
+/// that two data points switch.
+fn check_cutovers<K>(dags: &[Dag<K>]) -> Result<(), Vec<DagError>> {
+    let mut points: BTreeMap<&str, &Path> = BTreeMap::new();
+    let mut reports: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for d in dags {
+        let Some(c) = &d.cutover else { continue };
+        let error = |message: String| DagError {
+            file: d.file.clone(),
+            task: None,
+            field: Some("cutover".into()),
+            message,
+        };
+        if let Some(first) = points.insert(&d.data_point, &d.file) {
+            errors.push(error(format!(
+                "the data point `{}` already has its `[cutover]` in {}",
+                d.data_point,
+                first.display()
+            )));
+            continue;
+        }
+        for r in &c.reports {
+            if let Some(other) = reports.insert(r, &d.data_point) {
+                errors.push(error(format!(
+                    "the report `{r}` is already switched by the data point `{other}`"
+                )));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
     } else {
         Err(errors)
     }

@@ -30,6 +30,7 @@ const TOP_FIELDS: &[&str] = &[
     "description",
     "data_point",
     "after",
+    "cutover",
     "schedule",
     "defaults",
     "tasks",
@@ -48,13 +49,18 @@ const TASK_FIELDS: &[&str] = &[
 ];
 
 /// Collects problems for one file.
-struct Problems<'a> {
+pub(super) struct Problems<'a> {
     file: &'a Path,
-    list: Vec<DagError>,
+    pub(super) list: Vec<DagError>,
 }
 
 impl Problems<'_> {
-    fn push(&mut self, task: Option<&str>, field: Option<&str>, message: impl Into<String>) {
+    pub(super) fn push(
+        &mut self,
+        task: Option<&str>,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) {
         self.list.push(DagError {
             file: self.file.to_path_buf(),
             task: task.map(str::to_owned),
@@ -64,7 +70,7 @@ impl Problems<'_> {
     }
 
     /// Reports every key of `table` not in `known`, with a hint.
-    fn unknown_fields(
+    pub(super) fn unknown_fields(
         &mut self,
         task: Option<&str>,
         prefix: &str,
@@ -133,6 +139,19 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
         Some(_) => {
             p.push(None, Some("after"), "expected an array of DAG names");
             Vec::new()
+        }
+    };
+
+    let cutover = match root.get("cutover") {
+        None => None,
+        Some(toml::Value::Table(t)) => super::cutover::parse(&mut p, t, K::reports()),
+        Some(_) => {
+            p.push(
+                None,
+                Some("cutover"),
+                "expected a table (`[cutover]`) with the data point's `reports`",
+            );
+            None
         }
     };
 
@@ -270,6 +289,7 @@ pub fn parse<K: TaskKinds>(file: &Path, text: &str) -> Result<Dag<K>, Vec<DagErr
         name,
         description,
         data_point,
+        cutover,
         schedule,
         after,
         tasks: ordered,
@@ -386,7 +406,7 @@ fn parse_schedule(p: &mut Problems<'_>, t: &toml::Table) -> Option<Schedule> {
     }
 }
 
-fn duration(
+pub(super) fn duration(
     p: &mut Problems<'_>,
     task: Option<&str>,
     field: &str,

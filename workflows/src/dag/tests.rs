@@ -136,6 +136,24 @@ fn every_problem_is_named_with_file_task_and_field() {
             ],
         ),
         ("[[tasks]]\nkind = \"noop\"\n", &["dags/t.toml: task `#1`: field `id`: missing"]),
+        (
+            "[cutover]\nreport = [\"x\"]\nwithin = \"soon\"\ncomparisons = -1\nmismatch_rate = 2\n[[tasks]]\nid = \"a\"\nkind = \"noop\"\n",
+            &[
+                "dags/t.toml: field `cutover.report`: unknown field (did you mean `reports`?)",
+                "dags/t.toml: field `cutover.reports`: missing",
+                "dags/t.toml: field `cutover.comparisons`: expected a whole number of at least 0",
+                "dags/t.toml: field `cutover.mismatch_rate`: expected a share between 0 and 1",
+                "dags/t.toml: field `cutover.within`: `soon` is not a duration",
+            ],
+        ),
+        (
+            "[cutover]\nreports = [\"a\", \"a\", 3]\nretire_after = \"0s\"\n[[tasks]]\nid = \"a\"\nkind = \"noop\"\n",
+            &[
+                "dags/t.toml: field `cutover.reports`: `a` is named twice",
+                "dags/t.toml: field `cutover.reports`: expected report names (strings)",
+                "dags/t.toml: field `cutover.retire_after`: must be longer than zero",
+            ],
+        ),
     ];
     for (body, expected) in cases {
         let got = errors(&format!("{HEAD}{body}"));
@@ -231,4 +249,24 @@ fn dags_run_after_the_dags_they_name() {
     write("z_dims", "after = [\"a_facts\"]");
     let errors = load_dir::<TestKind>(dir.path()).unwrap_err();
     assert!(errors[0].message.contains("form a cycle"), "{errors:?}");
+}
+
+#[test]
+fn a_cutover_table_declares_the_reports_and_the_evidence() {
+    let text = format!(
+        "{HEAD}[cutover]\nreports = [\"views_daily\", \"views_by_plan\"]\nwithin = \"24h\"\nmismatch_rate = 0.001\n[[tasks]]\nid = \"a\"\nkind = \"noop\"\n"
+    );
+    let dag = parse::<TestKind>(Path::new("dags/t.toml"), &text).expect("valid");
+    let c = dag.cutover.expect("declared");
+    assert_eq!(c.reports, ["views_daily", "views_by_plan"]);
+    assert_eq!(c.evidence.within, std::time::Duration::from_secs(86_400));
+    assert!((c.evidence.mismatch_rate - 0.001).abs() < 1e-12);
+    assert_eq!(c.evidence.reconciliations, 3, "the default");
+    assert!(parse::<TestKind>(
+        Path::new("dags/t.toml"),
+        &format!("{HEAD}[[tasks]]\nid = \"a\"\nkind = \"noop\"\n")
+    )
+    .expect("valid")
+    .cutover
+    .is_none());
 }
