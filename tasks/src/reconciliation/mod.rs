@@ -449,8 +449,12 @@ async fn day_by_day(
     let wh_read = || wh_error(format!("reading report {report}"));
     let mut sides = Sides::default();
     let (mut a, mut b) = (
-        sides.legacy(report, legacy.next().await.map_err(legacy_error)?)?,
-        sides.warehouse(report, ours.next().await.map_err(wh_read())?)?,
+        sides
+            .legacy(report, legacy.next().await.map_err(legacy_error)?)
+            .map_err(|e| *e)?,
+        sides
+            .warehouse(report, ours.next().await.map_err(wh_read())?)
+            .map_err(|e| *e)?,
     );
     let mut days = Vec::new();
     loop {
@@ -465,12 +469,16 @@ async fn day_by_day(
         if order.is_le() {
             let (_, rows) = a.take().expect("a legacy day");
             take_legacy = rows;
-            a = sides.legacy(report, legacy.next().await.map_err(legacy_error)?)?;
+            a = sides
+                .legacy(report, legacy.next().await.map_err(legacy_error)?)
+                .map_err(|e| *e)?;
         }
         if order.is_ge() {
             let (_, rows) = b.take().expect("a warehouse day");
             take_ours = rows;
-            b = sides.warehouse(report, ours.next().await.map_err(wh_read())?)?;
+            b = sides
+                .warehouse(report, ours.next().await.map_err(wh_read())?)
+                .map_err(|e| *e)?;
         }
         let (l, w) = (
             Report::new(name, Grain::Daily, take_legacy),
@@ -500,7 +508,7 @@ struct Sides {
 type Day = Option<(String, Vec<Vec<Json>>)>;
 
 impl Sides {
-    fn legacy(&mut self, report: &'static str, day: Day) -> Result<Day, ReconcileError> {
+    fn legacy(&mut self, report: &'static str, day: Day) -> Result<Day, Box<ReconcileError>> {
         Self::next(
             report,
             "legacy",
@@ -510,7 +518,7 @@ impl Sides {
         )
     }
 
-    fn warehouse(&mut self, report: &'static str, day: Day) -> Result<Day, ReconcileError> {
+    fn warehouse(&mut self, report: &'static str, day: Day) -> Result<Day, Box<ReconcileError>> {
         Self::next(
             report,
             "warehouse",
@@ -526,15 +534,15 @@ impl Sides {
         last: &mut Option<String>,
         rows: &mut usize,
         day: Day,
-    ) -> Result<Day, ReconcileError> {
+    ) -> Result<Day, Box<ReconcileError>> {
         if let Some((d, r)) = &day {
             if last.as_ref().is_some_and(|l| d <= l) {
-                return Err(ReconcileError::Order {
+                return Err(Box::new(ReconcileError::Order {
                     report,
                     side,
                     day: d.clone(),
                     after: last.clone().unwrap_or_default(),
-                });
+                }));
             }
             *last = Some(d.clone());
             *rows += r.len();
