@@ -28,6 +28,7 @@ bench:
     bash tests/bench/backfill.sh
     bash tests/bench/copies.sh
     bash tests/bench/reconcile.sh
+    bash tests/bench/serve.sh
 
 # Run one DAG now, e.g. `just run views`.
 run dag:
@@ -90,3 +91,15 @@ schedule *args:
 # `just backfill views 2026-01-01 2026-02-01 --parallel 2 --max-rate 5000`.
 backfill dag from to *args:
     {{cutover}} backfill {{dag}} --from {{from}} --to {{to}} {{args}}
+
+# The cutover flags, e.g. `just flags show views`, `just flags set views shadow --reason "start comparing"`.
+flags *args:
+    {{cutover}} flags {{args}}
+
+# Serve the analytics read API, OpenFeature flags, metrics and the status page, e.g. `just serve --addr 127.0.0.1:8080`.
+serve *args:
+    {{cutover}} serve {{args}}
+
+# Where every data point's cutover stands, e.g. `just sunset --format markdown`.
+sunset *args:
+    {{cutover}} sunset {{args}}

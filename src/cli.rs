@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use args::{
     BackfillArgs, ConsumeArgs, DemoArgs, FeedArgs, ReconcileArgs, ReportArgs, RunArgs, RunsArgs,
-    ScheduleArgs, SeedArgs, SliceArgs, StatusArgs,
+    ScheduleArgs, SeedArgs, ServeArgs, SliceArgs, StatusArgs,
 };
 
 /// cutover loads an event-sourced MongoDB collection into a star-schema
@@ -198,6 +198,58 @@ pub enum Command {
     /// Every change is recorded with who, when, why and its evidence.
     #[command(subcommand)]
     Flags(FlagsCommand),
+    /// Serve the analytics read API the application calls, routed by the
+    /// cutover flags; the same flags over OpenFeature (OFREP); Prometheus
+    /// metrics; and a status page.
+    ///
+    /// `GET /v1/reports/{name}?from=&to=&presentation_id=` answers a report
+    /// (JSON, or CSV with `Accept: text/csv` or `format=csv`) from the side
+    /// its data point's flag names: the legacy analytics in `legacy`; the
+    /// legacy analytics in `shadow`, while the warehouse's answer is
+    /// computed off the response path and compared with the legacy one
+    /// under the reconciliation rules (a bounded queue; a comparison that
+    /// finds no room is dropped and counted); in `warehouse`, the warehouse
+    /// for the rollout share of the targeting keys (header
+    /// `Cutover-Targeting-Key`, else each request on its own), the legacy
+    /// analytics for the rest, a sample still compared; the warehouse alone
+    /// in `retired`, where the legacy analytics are never called. Responses
+    /// say which side answered (`Cutover-Source`) and the flag
+    /// (`Cutover-Flag`). Every read and comparison is counted in the
+    /// warehouse: the evidence `cutover flags set` and `cutover sunset`
+    /// read. A flag changed with `cutover flags set` anywhere applies here
+    /// within a second.
+    ///
+    /// `POST /ofrep/v1/evaluate/flags/{data_point}` and
+    /// `POST /ofrep/v1/evaluate/flags` evaluate the flags for an
+    /// OpenFeature provider: the value is the side to read for the
+    /// context's targetingKey (`legacy` or `warehouse`), the variant the
+    /// state. `/openapi.json` describes the API; `/metrics` is Prometheus.
+    ///
+    /// The surface is read-only. It listens on loopback unless told
+    /// otherwise; another address needs a bearer token
+    /// (CUTOVER_SERVE_TOKEN), which every request must then carry.
+    Serve(ServeArgs),
+    /// The sunset report: per data point, its flag and since when, the reads
+    /// the legacy analytics still answered over the last 1, 7 and 30 days
+    /// (counted by `serve` and OpenFeature evaluations), the shadow
+    /// comparisons and their mismatch rate, the latest reconciliations, and
+    /// a verdict: ready to promote, ready to retire, or what blocks each.
+    Sunset {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = SunsetFormat::Table)]
+        format: SunsetFormat,
+    },
+}
+
+/// How the sunset report is printed.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SunsetFormat {
+    /// Aligned columns, then each data point's verdict.
+    Table,
+    /// One object per data point.
+    Json,
+    /// A Markdown document for a release ticket.
+    Markdown,
 }
 
 /// `cutover flags` subcommands.

@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod metrics;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -91,6 +92,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Reconcile(args) => commands::reconcile::command(g, args).await,
         Command::Slice(args) => commands::slice::command(g, args).await,
         Command::Flags(cmd) => commands::flags::command(g, cmd).await,
+        Command::Serve(args) => serve::command(g, args).await,
+        Command::Sunset { format } => commands::sunset::command(g, format).await,
     }
 }
 

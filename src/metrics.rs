@@ -97,7 +97,7 @@ pub async fn serve_router(listener: tokio::net::TcpListener, app: Router, limits
     }
 }
 
-async fn scrape(warehouse: &Warehouse) -> impl IntoResponse {
+pub async fn scrape(warehouse: &Warehouse) -> impl IntoResponse {
     // One scrape at a time: a refresh clears the gauges before setting them.
     static SCRAPING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one = SCRAPING.lock().await;

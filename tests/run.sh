@@ -58,6 +58,19 @@ if [[ -z "${CUTOVER_TEST_CHROMIUM:-}" ]] && ! command -v chromium >/dev/null 2>&
   fi
 fi
 
+# The API fuzzer: schemathesis from PyPI, in a virtualenv of its own
+# (CUTOVER_TEST_SCHEMATHESIS names another).
+if [[ -z "${CUTOVER_TEST_SCHEMATHESIS:-}" ]]; then
+  fuzz=.cutover/fuzz-venv
+  if ! "$fuzz/bin/schemathesis" --version >/dev/null 2>&1; then
+    say "installing schemathesis into $fuzz"
+    { python3 -m venv "$fuzz" &&
+      "$fuzz/bin/pip" install --quiet --disable-pip-version-check "schemathesis>=4,<5"; } ||
+      echo "warning: schemathesis could not be installed; the fuzz test fails under CI=true" >&2
+  fi
+  export CUTOVER_TEST_SCHEMATHESIS="$PWD/$fuzz/bin/schemathesis"
+fi
+
 say "sources: events file${CUTOVER_TEST_MONGO_URL:+, mongodb}${CUTOVER_TEST_SQS_ENDPOINT:+, sqs}"
 say "warehouses: sqlite${CUTOVER_TEST_MYSQL_URL:+, mysql}${CUTOVER_TEST_POSTGRES_URL:+, postgres}"
 say "cargo test --workspace"

@@ -306,3 +306,56 @@ pub struct SliceArgs {
     #[arg(long, default_value = "events")]
     pub collection: String,
 }
+
+/// `cutover serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The address to listen on. Anything but loopback needs
+    /// CUTOVER_SERVE_TOKEN.
+    #[arg(long, env = "CUTOVER_SERVE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// The bearer token every request must carry (`Authorization: Bearer
+    /// TOKEN`); none on loopback when unset.
+    #[arg(long, env = "CUTOVER_SERVE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The MongoDB database of the events, for the legacy analytics.
+    #[arg(long, default_value = "app")]
+    pub database: String,
+    /// The collection of the events, for the legacy analytics.
+    #[arg(long, default_value = "events")]
+    pub collection: String,
+    /// The share of `shadow` reads whose warehouse answer is compared
+    /// (0 to 1).
+    #[arg(long, default_value = "1", value_parser = share)]
+    pub shadow_sample: f64,
+    /// The share of `warehouse` reads still compared with the other side
+    /// (0 to 1).
+    #[arg(long, default_value = "0.1", value_parser = share)]
+    pub warehouse_sample: f64,
+    /// Comparisons waiting at most; one that finds no room is dropped and
+    /// counted.
+    #[arg(long, default_value = "256")]
+    pub shadow_queue: NonZeroUsize,
+    /// Comparisons made at once.
+    #[arg(long, default_value = "1")]
+    pub shadow_workers: NonZeroUsize,
+    /// Requests answered at once; more get 503 with Retry-After.
+    #[arg(long, default_value = "32")]
+    pub max_concurrent: NonZeroUsize,
+    /// The longest a request may take before it gets 503.
+    #[arg(long, default_value = "30s", value_parser = workflows::duration::parse)]
+    pub request_timeout: Duration,
+    /// How often the flags' version is read from the warehouse.
+    #[arg(long, default_value = "250ms", value_parser = workflows::duration::parse)]
+    pub poll: Duration,
+    /// How often the read counts are written to the warehouse.
+    #[arg(long, default_value = "5s", value_parser = workflows::duration::parse)]
+    pub flush_every: Duration,
+}
+
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a share between 0 and 1")),
+    }
+}

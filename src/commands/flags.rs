@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use serde_json::json;
 use tasks::flags::store::{self, Outcome};
-use tasks::flags::{decide, Decision, Flag, Request, State};
+use tasks::flags::{decide, Decision, Request, State};
 use tasks::Warehouse;
 use workflows::dag::{did_you_mean, Cutover};
 
@@ -14,7 +14,7 @@ use super::{load_dags, warehouse};
 use crate::cli::{FlagsCommand, Global, ListFormat};
 
 /// The data points that have a `[cutover]`, in DAG order.
-fn cutovers(g: &Global) -> Result<Vec<(String, Cutover)>> {
+pub fn cutovers(g: &Global) -> Result<Vec<(String, Cutover)>> {
     Ok(load_dags(&g.dags)?
         .into_iter()
         .filter_map(|d| d.cutover.map(|c| (d.data_point, c)))
@@ -150,23 +150,6 @@ async fn list(wh: &Warehouse, all: &[(String, Cutover)], format: ListFormat) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// The next step of a flag, whose evidence `show` reports.
-fn next_step(flag: &Flag) -> Option<Request> {
-    let (to, rollout) = match flag.state {
-        State::Legacy => (State::Shadow, 0),
-        State::Shadow => (State::Warehouse, 100),
-        State::Warehouse if flag.rollout < 100 => (State::Warehouse, 100),
-        State::Warehouse => (State::Retired, 100),
-        State::Retired => return None,
-    };
-    Some(Request {
-        to,
-        rollout,
-        force: false,
-        reason: None,
-    })
-}
-
 async fn show(
     wh: &Warehouse,
     all: &[(String, Cutover)],
@@ -177,7 +160,7 @@ async fn show(
     let flag = store::flags(wh, &[point]).await?.remove(0);
     let now = chrono::Utc::now().timestamp_millis();
     let seen = store::seen(wh, &flag, cutover, now).await?;
-    let next = next_step(&flag).map(|r| {
+    let next = flag.next_step().map(|r| {
         let d = decide(&flag, &r, &cutover.evidence, &seen, now);
         (r, d)
     });

@@ -15,6 +15,7 @@ mod leases;
 mod mongo;
 mod reconcile;
 mod schedule;
+mod serve;
 mod slice;
 mod sqs;
 mod star;

@@ -215,6 +215,28 @@ pub fn chromium() -> Option<PathBuf> {
     found
 }
 
+/// A test tool named by the environment variable `var` (which
+/// `tests/run.sh` sets), else `name` on the PATH. Missing, the caller
+/// skips, except under `CI=true`, where it fails.
+pub fn tool(var: &str, name: &str) -> Option<PathBuf> {
+    let named = std::env::var_os(var).map(PathBuf::from);
+    let found = named.filter(|p| p.is_file()).or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    });
+    if found.is_none() {
+        let problem = format!("no {name} (set {var}; tests/run.sh installs it)");
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{problem}, and under CI=true every test tool is required");
+        }
+        eprintln!("{problem}: skipped");
+    }
+    found
+}
+
 /// The repository's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

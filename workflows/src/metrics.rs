@@ -34,6 +34,28 @@ pub struct Metrics {
     /// Age in seconds of the oldest message of each consumer's last batch
     /// (refreshed).
     pub consumer_lag: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Report reads served, by report, source and HTTP status.
+    pub report_requests: Family<Labels, Counter>,
+    /// Seconds to answer a report read, by report and source.
+    pub report_seconds: Family<Labels, Histogram, Hist>,
+    /// Legacy computations made (answers and comparisons), by report: what
+    /// retiring a data point brings to zero.
+    pub legacy_computations: Family<Labels, Counter>,
+    /// Shadow comparisons by data point and outcome (equal, mismatch,
+    /// dropped when the queue was full, failed when a side could not be
+    /// read).
+    pub shadow_comparisons: Family<Labels, Counter>,
+    /// OpenFeature evaluations by flag and value.
+    pub flag_evaluations: Family<Labels, Counter>,
+    /// Each data point's flag: 1 for its state, 0 for the others.
+    pub flag_state: Family<Labels, Gauge>,
+    /// Each data point's rollout share, in percent.
+    pub flag_rollout: Family<Labels, Gauge>,
+}
+
+fn request_buckets() -> Histogram {
+    // 1 ms to about 65 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 fn task_buckets() -> Histogram {
@@ -53,6 +75,13 @@ pub fn metrics() -> &'static Metrics {
             runs: Family::default(),
             watermark_lag: Family::default(),
             consumer_lag: Family::default(),
+            report_requests: Family::default(),
+            report_seconds: Family::new_with_constructor(request_buckets as Hist),
+            legacy_computations: Family::default(),
+            shadow_comparisons: Family::default(),
+            flag_evaluations: Family::default(),
+            flag_state: Family::default(),
+            flag_rollout: Family::default(),
         };
         {
             let mut r = m.registry.lock().expect("metrics registry");
@@ -85,6 +114,41 @@ pub fn metrics() -> &'static Metrics {
                 "consumer_lag_seconds",
                 "Age of the oldest message of each feed consumer's last batch",
                 m.consumer_lag.clone(),
+            );
+            r.register(
+                "report_requests",
+                "Report reads served, by report, source and HTTP status",
+                m.report_requests.clone(),
+            );
+            r.register(
+                "report_duration_seconds",
+                "Time to answer a report read, by report and source",
+                m.report_seconds.clone(),
+            );
+            r.register(
+                "legacy_computations",
+                "Legacy report computations made, to answer or to compare, by report",
+                m.legacy_computations.clone(),
+            );
+            r.register(
+                "shadow_comparisons",
+                "Shadow comparisons by data point and outcome (equal, mismatch, dropped, failed)",
+                m.shadow_comparisons.clone(),
+            );
+            r.register(
+                "flag_evaluations",
+                "OpenFeature (OFREP) evaluations by flag and value",
+                m.flag_evaluations.clone(),
+            );
+            r.register(
+                "flag_state",
+                "Each data point's cutover flag: 1 for its state",
+                m.flag_state.clone(),
+            );
+            r.register(
+                "flag_rollout_percent",
+                "Each data point's warehouse rollout share",
+                m.flag_rollout.clone(),
             );
         }
         m

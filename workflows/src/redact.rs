@@ -65,6 +65,7 @@ pub fn register_env() {
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "AWS_SECURITY_TOKEN",
+        "CUTOVER_SERVE_TOKEN",
     ] {
         if let Ok(v) = std::env::var(var) {
             register_secret(&v);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use workflows::dag::Evidence;
 
+pub mod overview;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -337,4 +338,39 @@ fn human(d: Duration) -> String {
 pub fn in_rollout(data_point: &str, key: &str, rollout: u8) -> bool {
     let bucket = xxhash_rust::xxh3::xxh3_64(format!("{data_point}\u{1f}{key}").as_bytes()) % 100;
     bucket < u64::from(rollout)
+}
+
+/// Which side answers a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The legacy analytics.
+    Legacy,
+    /// The warehouse.
+    Warehouse,
+}
+
+impl Side {
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Legacy => "legacy",
+            Self::Warehouse => "warehouse",
+        }
+    }
+}
+
+impl Flag {
+    /// The side that answers a read of this data point for `key`: the
+    /// legacy analytics in `legacy` and `shadow`, the warehouse in
+    /// `retired`, and in `warehouse` the warehouse for the keys in its
+    /// rollout share ([`in_rollout`]).
+    pub fn side(&self, key: &str) -> Side {
+        match self.state {
+            State::Legacy | State::Shadow => Side::Legacy,
+            State::Retired => Side::Warehouse,
+            State::Warehouse if in_rollout(&self.data_point, key, self.rollout) => Side::Warehouse,
+            State::Warehouse => Side::Legacy,
+        }
+    }
 }

@@ -167,22 +167,26 @@ pub async fn seen(
     }
     let window = i64::try_from(cutover.evidence.within.as_millis()).unwrap_or(i64::MAX);
     let oldest = workflows::time::format_ms(now_ms.saturating_sub(window));
-    let (comparisons, mismatches, _) = counts(wh, &flag.data_point, &oldest).await?;
-    seen.comparisons = comparisons;
-    seen.mismatches = mismatches;
+    let recent = counted(wh, &flag.data_point, &oldest).await?;
+    seen.comparisons = recent.comparisons;
+    seen.mismatches = recent.mismatches;
     if let Some(since) = &flag.full_since {
-        seen.legacy_reads_since_full = counts(wh, &flag.data_point, since).await?.2;
+        seen.legacy_reads_since_full = counted(wh, &flag.data_point, since).await?.legacy_reads;
     }
     Ok(seen)
 }
 
-/// Comparisons, mismatches and legacy reads counted since `since`.
-async fn counts(wh: &Warehouse, point: &str, since: &str) -> Result<(u64, u64, u64), FlagError> {
+/// What was counted of a data point since `since` (RFC 3339).
+///
+/// # Errors
+/// The warehouse failed.
+pub async fn counted(wh: &Warehouse, point: &str, since: &str) -> Result<Counts, FlagError> {
     let row = sqlx::query(&wh.backend.sql(&format!(
-        "SELECT {}, {}, {} FROM cutover_read_counts WHERE data_point = ? AND counted_at >= ?",
+        "SELECT {}, {}, {}, {} FROM cutover_read_counts WHERE data_point = ? AND counted_at >= ?",
+        sum(wh, "legacy_reads"),
+        sum(wh, "warehouse_reads"),
         sum(wh, "comparisons"),
         sum(wh, "mismatches"),
-        sum(wh, "legacy_reads"),
     )))
     .bind(point)
     .bind(since)
@@ -194,7 +198,12 @@ async fn counts(wh: &Warehouse, point: &str, since: &str) -> Result<(u64, u64, u
             .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(failed("reading the read counts"))
     };
-    Ok((get(0)?, get(1)?, get(2)?))
+    Ok(Counts {
+        legacy_reads: get(0)?,
+        warehouse_reads: get(1)?,
+        comparisons: get(2)?,
+        mismatches: get(3)?,
+    })
 }
 
 fn sum(wh: &Warehouse, column: &str) -> String {
@@ -218,11 +227,32 @@ pub struct Counts {
     pub mismatches: u64,
 }
 
-/// Adds counts of a data point, as of now.
+impl Counts {
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Adds `other`.
+    pub fn add(&mut self, other: Self) {
+        self.legacy_reads += other.legacy_reads;
+        self.warehouse_reads += other.warehouse_reads;
+        self.comparisons += other.comparisons;
+        self.mismatches += other.mismatches;
+    }
+}
+
+/// Adds counts of a data point, as of `counted_at` (RFC 3339: the time of
+/// the latest of them, so that a read is never dated before it happened).
 ///
 /// # Errors
 /// The warehouse failed.
-pub async fn count(wh: &Warehouse, point: &str, c: Counts) -> Result<(), FlagError> {
+pub async fn count(
+    wh: &Warehouse,
+    point: &str,
+    counted_at: &str,
+    c: Counts,
+) -> Result<(), FlagError> {
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     sqlx::query(&wh.backend.sql(
         "INSERT INTO cutover_read_counts \
@@ -231,7 +261,7 @@ pub async fn count(wh: &Warehouse, point: &str, c: Counts) -> Result<(), FlagErr
     ))
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(point)
-    .bind(now().0)
+    .bind(counted_at)
     .bind(n(c.legacy_reads))
     .bind(n(c.warehouse_reads))
     .bind(n(c.comparisons))
@@ -440,6 +470,84 @@ pub async fn history(
                 reason: text(r, "reason", what)?,
                 forced: int(r, "forced", what)? != 0,
                 evidence: serde_json::from_str(&s("evidence")?).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// A shadow comparison that mismatched.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    /// The data point.
+    pub data_point: String,
+    /// The report.
+    pub report: String,
+    /// When it was seen.
+    pub seen_at: String,
+    /// The request (JSON: report, range, filters, targeting key, side).
+    pub request: serde_json::Value,
+    /// How many rows differed.
+    pub rows_differing: u64,
+    /// A sample of the differing rows (JSON).
+    pub differences: serde_json::Value,
+}
+
+/// Records a shadow comparison that mismatched.
+///
+/// # Errors
+/// The warehouse failed.
+pub async fn record_mismatch(wh: &Warehouse, m: &Mismatch) -> Result<(), FlagError> {
+    sqlx::query(&wh.backend.sql(
+        "INSERT INTO cutover_shadow_mismatches \
+         (id, data_point, report, seen_at, request, rows_differing, differences) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    ))
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(&m.data_point)
+    .bind(&m.report)
+    .bind(&m.seen_at)
+    .bind(m.request.to_string())
+    .bind(i64::try_from(m.rows_differing).unwrap_or(i64::MAX))
+    .bind(m.differences.to_string())
+    .execute(&wh.pool)
+    .await
+    .map_err(failed("recording a shadow mismatch"))?;
+    Ok(())
+}
+
+/// The newest shadow mismatches of a data point, newest first.
+///
+/// # Errors
+/// The warehouse failed.
+pub async fn mismatches(
+    wh: &Warehouse,
+    point: &str,
+    limit: i64,
+) -> Result<Vec<Mismatch>, FlagError> {
+    let what = "reading the shadow mismatches";
+    let rows = sqlx::query(&wh.backend.sql(
+        "SELECT data_point, report, seen_at, request, rows_differing, differences \
+         FROM cutover_shadow_mismatches WHERE data_point = ? \
+         ORDER BY seen_at DESC, id DESC LIMIT ?",
+    ))
+    .bind(point)
+    .bind(limit)
+    .fetch_all(&wh.pool)
+    .await
+    .map_err(failed(what))?;
+    rows.iter()
+        .map(|r| {
+            let s = |c: &str| text(r, c, what).map(Option::unwrap_or_default);
+            let json = |c: &str| -> Result<serde_json::Value, FlagError> {
+                Ok(serde_json::from_str(&s(c)?).unwrap_or(serde_json::Value::Null))
+            };
+            Ok(Mismatch {
+                data_point: s("data_point")?,
+                report: s("report")?,
+                seen_at: s("seen_at")?,
+                request: json("request")?,
+                rows_differing: u64::try_from(int(r, "rows_differing", what)?).unwrap_or(0),
+                differences: json("differences")?,
             })
         })
         .collect()

@@ -238,3 +238,43 @@ fn a_key_keeps_its_side_while_the_share_grows() {
         .filter(|k| in_rollout("views", k, 10))
         .all(|k| in_rollout("views", k, 50)));
 }
+
+#[test]
+fn the_side_follows_the_state_and_a_key_keeps_its_side_as_the_share_grows() {
+    let keys: Vec<String> = (0..1000).map(|i| format!("account-{i}")).collect();
+    for state in [State::Legacy, State::Shadow] {
+        assert!(keys.iter().all(|k| flag(state, 0).side(k) == Side::Legacy));
+    }
+    assert!(keys
+        .iter()
+        .all(|k| flag(State::Retired, 100).side(k) == Side::Warehouse));
+    let share = |pct: u8| -> Vec<&String> {
+        keys.iter()
+            .filter(|k| flag(State::Warehouse, pct).side(k) == Side::Warehouse)
+            .collect()
+    };
+    let (ten, fifty) = (share(10), share(50));
+    assert!((60..=140).contains(&ten.len()), "{}", ten.len());
+    assert!(
+        ten.iter().all(|k| fifty.contains(k)),
+        "a key keeps its side"
+    );
+    assert_eq!(share(100).len(), 1000);
+    assert!(share(0).is_empty());
+}
+
+#[test]
+fn the_next_step_goes_one_state_towards_the_warehouse() {
+    let next = |f: Flag| f.next_step().map(|r| (r.to, r.rollout));
+    assert_eq!(next(flag(State::Legacy, 0)), Some((State::Shadow, 0)));
+    assert_eq!(next(flag(State::Shadow, 0)), Some((State::Warehouse, 100)));
+    assert_eq!(
+        next(flag(State::Warehouse, 10)),
+        Some((State::Warehouse, 100))
+    );
+    assert_eq!(
+        next(flag(State::Warehouse, 100)),
+        Some((State::Retired, 100))
+    );
+    assert_eq!(next(flag(State::Retired, 100)), None);
+}

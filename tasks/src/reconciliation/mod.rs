@@ -607,6 +607,15 @@ pub fn compare(legacy: &Report, ours: &Report, sample: usize) -> Vec<DayResult> 
         .collect()
 }
 
+/// The differing rows of two reports of the same name and grain (every
+/// row, not only a day's), under the same rules as [`compare`]: what a
+/// shadow read compares.
+pub fn differing_rows(legacy: &Report, ours: &Report) -> Vec<RowDiff> {
+    let (a, b): (Vec<&Vec<Json>>, Vec<&Vec<Json>>) =
+        (legacy.rows.iter().collect(), ours.rows.iter().collect());
+    row_diffs(&legacy.columns, legacy.groups, &a, &b)
+}
+
 /// The differing rows of two sorted row lists.
 fn row_diffs(
     columns: &[&'static str],
