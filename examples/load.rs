@@ -6,7 +6,8 @@
 //! Open loop: a request is sent every 1/RATE s whether or not the earlier
 //! ones have answered, and its latency is measured from when it was due,
 //! so a slow answer delays no measurement. URLs are taken in turn, each
-//! request with its own targeting key. Prints one JSON line.
+//! request with its own targeting key. Prints one JSON line; with
+//! `LOAD_RAW=FILE` it also appends every latency to FILE.
 
 use std::time::{Duration, Instant};
 
@@ -32,21 +33,33 @@ async fn main() -> anyhow::Result<()> {
             .get(&urls[i % urls.len()])
             .header("cutover-targeting-key", format!("bench-{i}"));
         tasks.push(tokio::spawn(async move {
-            let ok = match req.send().await {
-                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
-                Err(_) => false,
+            let outcome = match req.send().await {
+                Ok(r) if r.status().is_success() => {
+                    r.bytes().await.map(|_| ()).map_err(|e| e.to_string())
+                }
+                Ok(r) => Err(format!("HTTP {}", r.status())),
+                Err(e) => Err(format!("{e:?}")),
             };
-            (due.elapsed(), ok)
+            (due.elapsed(), outcome)
         }));
     }
     let mut latencies = Vec::with_capacity(total);
-    let mut errors = 0;
+    let mut errors = Vec::new();
     for t in tasks {
-        let (took, ok) = t.await?;
-        if ok {
-            latencies.push(took);
-        } else {
-            errors += 1;
+        match t.await? {
+            (took, Ok(())) => latencies.push(took),
+            (_, Err(e)) => errors.push(e),
+        }
+    }
+    // `LOAD_RAW=FILE` appends every latency (ms), one per line.
+    if let Some(path) = std::env::var_os("LOAD_RAW") {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        for l in &latencies {
+            writeln!(f, "{:.3}", l.as_secs_f64() * 1000.0)?;
         }
     }
     latencies.sort();
@@ -59,7 +72,8 @@ async fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "requests": total,
-            "errors": errors,
+            "errors": errors.len(),
+            "first_error": errors.first(),
             "rate": rate,
             "p50_ms": pct(0.50),
             "p90_ms": pct(0.90),

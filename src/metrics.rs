@@ -52,6 +52,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long one connection may stay open.
     pub connection_timeout: Duration,
+    /// How long the answer under way may take once a connection is old
+    /// enough to close.
+    pub grace: Duration,
 }
 
 impl Default for Limits {
@@ -60,12 +63,14 @@ impl Default for Limits {
             connections: 64,
             header_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(60),
+            grace: Duration::from_secs(10),
         }
     }
 }
 
 /// Serves `app` on `listener` (HTTP/1) with `limits`: a client that sends
-/// its headers slowly, or holds a connection too long, is cut off, and
+/// its headers slowly is cut off; a connection open too long is closed
+/// after the answer under way (a keep-alive client opens another); and
 /// connections beyond the limit are closed at once.
 pub async fn serve_router(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
     use hyper_util::rt::{TokioIo, TokioTimer};
@@ -92,7 +97,17 @@ pub async fn serve_router(listener: tokio::net::TcpListener, app: Router, limits
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(limits.connection_timeout, conn).await;
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = tokio::time::sleep(limits.connection_timeout) => {
+                    // Old enough: the request under way (if any) is
+                    // answered with `Connection: close`, then the
+                    // connection ends; one that hangs on is cut.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(limits.grace, conn).await;
+                }
+            }
         });
     }
 }

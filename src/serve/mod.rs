@@ -262,6 +262,7 @@ pub async fn command(g: &Global, args: ServeArgs) -> Result<ExitCode> {
         connections: args.max_concurrent.get() * 4,
         header_timeout: Duration::from_secs(5),
         connection_timeout: args.request_timeout + Duration::from_secs(60),
+        grace: args.request_timeout + Duration::from_secs(5),
     };
     tokio::select! {
         () = crate::metrics::serve_router(listener, router(Arc::clone(&app)), limits) => {}

@@ -87,40 +87,35 @@ fn failure(status: StatusCode, key: Option<&str>, code: &str, details: String) -
     )
 }
 
-/// The targeting key of a request body, or the error response.
-fn targeting_key(body: &[u8], key: Option<&str>) -> Result<String, Response> {
-    let bad = |code: &str, details: &str| {
-        Err(failure(
-            StatusCode::BAD_REQUEST,
-            key,
-            code,
-            details.to_owned(),
-        ))
-    };
-    let value: Json = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return bad(
-                "PARSE_ERROR",
-                &format!(
+/// Why a request body is refused: an OFREP error code and the details.
+type Refusal = (&'static str, String);
+
+/// The targeting key of a request body, or why it is refused.
+fn targeting_key(body: &[u8]) -> Result<String, Refusal> {
+    let value: Json = serde_json::from_slice(body).map_err(|e| {
+        (
+            "PARSE_ERROR",
+            format!(
                 "the body is not JSON ({e}); send {{\"context\": {{\"targetingKey\": \"...\"}}}}"
             ),
-            )
-        }
-    };
+        )
+    })?;
     let Some(context) = value.get("context").and_then(Json::as_object) else {
-        return bad(
+        return Err((
             "INVALID_CONTEXT",
-            "the body needs a `context` object: {\"context\": {\"targetingKey\": \"...\"}}",
-        );
+            "the body needs a `context` object: {\"context\": {\"targetingKey\": \"...\"}}".into(),
+        ));
     };
     match context.get("targetingKey") {
         Some(Json::String(k)) if !k.is_empty() => Ok(k.clone()),
-        Some(Json::String(_)) | None | Some(Json::Null) => bad(
+        Some(Json::String(_) | Json::Null) | None => Err((
             "TARGETING_KEY_MISSING",
-            "the context needs a `targetingKey` (a user or account id): the warehouse's rollout share is taken by it",
-        ),
-        Some(_) => bad("INVALID_CONTEXT", "the context's `targetingKey` must be a string"),
+            "the context needs a `targetingKey` (a user or account id): the warehouse's rollout share is taken by it".into(),
+        )),
+        Some(_) => Err((
+            "INVALID_CONTEXT",
+            "the context's `targetingKey` must be a string".into(),
+        )),
     }
 }
 
@@ -183,9 +178,9 @@ pub async fn one(State(app): State<Arc<App>>, Path(key): Path<String>, body: Byt
             format!("`{key}` is not a flag; the flags are {}", names.join(", ")),
         );
     };
-    let targeting = match targeting_key(&body, Some(&key)) {
+    let targeting = match targeting_key(&body) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err((code, details)) => return failure(StatusCode::BAD_REQUEST, Some(&key), code, details),
     };
     json(StatusCode::OK, &app.evaluate(&flag, &targeting))
 }
@@ -206,9 +201,9 @@ pub async fn one(State(app): State<Arc<App>>, Path(key): Path<String>, body: Byt
     ),
 )]
 pub async fn bulk(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
-    let targeting = match targeting_key(&body, None) {
+    let targeting = match targeting_key(&body) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err((code, details)) => return failure(StatusCode::BAD_REQUEST, None, code, details),
     };
     let (version, count) = app.version();
     let etag = format!(

@@ -197,11 +197,15 @@ fn section(html: &mut String, point: &str, d: &Detail) {
     let link = format!("/v1/flags/{p}");
     let _ = write!(
         html,
-        "<section id=\"{p}\"><h2>{p}</h2><p>Flag: <a href=\"{link}\"><span class=\"state {}\" data-flag=\"{p}\">{}</span></a> since {} \
+        "<section id=\"{p}\"><h2>{p}</h2><p>Flag: <a href=\"{link}\"><span class=\"state {}\" data-flag=\"{p}\">{}</span></a> {} \
          &middot; reports {}</p><ul class=\"advice\">",
         o.flag.state.name(),
         esc(&o.flag.describe()),
-        esc(&o.flag.since),
+        if o.flag.version == 0 {
+            "(never changed)".to_owned()
+        } else {
+            format!("since {}", esc(&o.flag.since))
+        },
         esc(&o.reports.join(", "))
     );
     for a in &o.advice {
