@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tasks::consume::ConsumerStatus;
 use tasks::flags::overview::{self, Overview};
+use tasks::html::escape as esc;
 use workflows::ledger::RunRecord;
 
 use super::{error, json, App};
@@ -103,22 +104,6 @@ pub async fn feed(State(app): State<Arc<App>>) -> Response {
             workflows::redact::chain(&e),
         ),
     }
-}
-
-/// Text made safe inside HTML.
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}\

@@ -13,6 +13,7 @@ pub mod expected;
 pub mod extract;
 pub mod filter;
 pub mod flags;
+pub mod html;
 pub mod kinds;
 pub mod load;
 pub mod progress;

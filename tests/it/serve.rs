@@ -458,6 +458,18 @@ async fn a_data_point_walks_from_legacy_to_retired() -> Result<()> {
             sides,
             "{name}: OpenFeature names the side the API answers from"
         );
+        let raw = server
+            .post(
+                "/ofrep/v1/evaluate/flags/views",
+                r#"{"context":{"targetingKey":"user-1"}}"#,
+            )
+            .await?
+            .json();
+        assert_eq!(
+            (&raw["variant"], &raw["reason"], &raw["metadata"]["rollout"]),
+            (&json!("warehouse"), &json!("SPLIT"), &json!(10)),
+            "{name}: {raw}"
+        );
 
         // warehouse 100 %, then a rollback seen by the server within 1 s.
         ok(run(&[

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde_json::Value as Json;
 
 use super::{Slice, SliceRow, Verdict};
+use crate::html::escape as esc;
 use crate::reconciliation::{Status, Tolerance};
 
 /// How a slice is printed.
@@ -374,21 +375,6 @@ fn markdown(o: &Outline) -> String {
                 })
                 .collect();
             let _ = writeln!(out, "| {} |", cells.join(" | "));
-        }
-    }
-    out
-}
-
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
         }
     }
     out
