@@ -26,6 +26,17 @@ pub struct RunArgs {
     /// Keep the run's segment files after success.
     #[arg(long)]
     pub keep_work: bool,
+    /// Run every task even when nothing is new. By default, when an
+    /// extract finds the source, its watermark and the DAG as they were at
+    /// the DAG's last successful run, the tasks after it are not run
+    /// (`up to date`); this runs them, e.g. after a warehouse table was
+    /// changed by hand.
+    #[arg(long)]
+    pub no_skip: bool,
+    /// How many DAGs run at once, each still after the DAGs its `after`
+    /// names (on SQLite, one at a time).
+    #[arg(long, default_value = "2", value_name = "N")]
+    pub parallel: NonZeroUsize,
 }
 
 /// The arguments of `cutover runs`.
@@ -76,6 +87,10 @@ pub struct ScheduleArgs {
     /// How long running DAGs may take to finish after SIGINT/SIGTERM.
     #[arg(long, default_value = "60s", value_parser = workflows::duration::parse)]
     pub grace: Duration,
+    /// Run every task of every scheduled run, even when its extracts find
+    /// nothing new since the DAG's last successful run (as `run --no-skip`).
+    #[arg(long)]
+    pub no_skip: bool,
     /// Also consume the live feed from SQS in this process, as `cutover
     /// consume` does, sharing the warehouse connections and the ledger.
     #[arg(long)]

@@ -55,7 +55,17 @@ pub async fn command(g: &Global, args: DemoArgs) -> Result<ExitCode> {
         ..g.clone()
     };
     let dags = load_dags(&g.dags)?;
-    let mut code = run_dags(&g, &dags, false, workflows::Trigger::Demo).await?;
+    let mut code = run_dags(
+        &g,
+        &dags,
+        super::run::How {
+            keep_work: false,
+            skip_unchanged: true,
+            parallel: 1,
+        },
+        workflows::Trigger::Demo,
+    )
+    .await?;
     let wh = warehouse(&g).await?;
     let src = Source::open(&g.source_url).await?;
     let events = legacy::Events {

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use std::sync::Arc;
 
 use workflows::daemon::{self, Settings};
-use workflows::Runner;
+use workflows::{RunOptions, Runner};
 
 use super::{consume, env, holder, run_options, select, start_metrics, stop_on_signal, LOG_TARGET};
 use crate::cli::{Global, ScheduleArgs};
@@ -28,7 +28,10 @@ pub async fn command(g: &Global, args: ScheduleArgs) -> Result<ExitCode> {
         holder: holder(),
         lease_ttl: args.lease_ttl,
         grace: args.grace,
-        run: run_options(g),
+        run: RunOptions {
+            skip_unchanged: !args.no_skip,
+            ..run_options(g)
+        },
     };
     let consumer = match (args.with_sqs, args.queue_url) {
         (false, _) => None,

@@ -236,6 +236,18 @@ impl TaskBuilder<TaskKind> for Env {
     fn build(&self, dag: &Dag<TaskKind>, read: &ReadOptions) -> HashMap<String, Arc<dyn Task>> {
         let all: Vec<(&str, &TaskKind)> =
             dag.tasks.iter().map(|t| (t.id.as_str(), &t.kind)).collect();
+        // The DAG's definition as its tasks do it: a changed task makes
+        // the next nightly run a full one, even with nothing new to read.
+        let definition = xxhash_rust::xxh3::xxh3_64(
+            serde_json::to_string(
+                &dag.tasks
+                    .iter()
+                    .map(|t| (&t.id, &t.depends_on, &t.kind))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap_or_default()
+            .as_bytes(),
+        );
         dag.tasks
             .iter()
             .map(|spec| {
@@ -246,6 +258,7 @@ impl TaskBuilder<TaskKind> for Env {
                         self.warehouse.clone(),
                         read,
                         self.progress,
+                        definition,
                     ),
                     TaskKind::TransformPolars(c) => {
                         transform::polars::build(c.clone(), self.warehouse.clone())

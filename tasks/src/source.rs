@@ -273,6 +273,66 @@ impl Source {
         matches!(self, Self::Feed(_))
     }
 
+    /// What changes whenever a document is added to, changed in or removed
+    /// from what `q` reads, cheap to find: an events file's size,
+    /// modification time and inode; a collection's document count and
+    /// greatest `_id` (its index). `None` for the feed. Two equal marks mean
+    /// nothing is new (a MongoDB `_id` is an ObjectId made at insert, so a
+    /// new document has a greater one; a document changed in place is not
+    /// seen, as events are appended, never rewritten).
+    ///
+    /// # Errors
+    /// The source cannot be read.
+    pub async fn mark(&self, q: &Query) -> Result<Option<String>, SourceError> {
+        match self {
+            Self::File(path) => {
+                let meta =
+                    std::fs::metadata(path).map_err(|e| SourceError::File(path.clone(), e))?;
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                #[cfg(unix)]
+                let inode = {
+                    use std::os::unix::fs::MetadataExt;
+                    format!("{}:{}", meta.dev(), meta.ino())
+                };
+                #[cfg(not(unix))]
+                let inode = String::new();
+                Ok(Some(format!(
+                    "file {} bytes, modified {modified}, inode {inode}",
+                    meta.len()
+                )))
+            }
+            Self::Mongo(client) => {
+                let what = format!("reading the newest _id of {}.{}", q.database, q.collection);
+                let coll = client
+                    .database(&q.database)
+                    .collection::<Document>(&q.collection);
+                let count = coll
+                    .estimated_document_count()
+                    .await
+                    .map_err(|e| SourceError::Mongo(what.clone(), e))?;
+                let newest = coll
+                    .find_one(doc! {})
+                    .sort(doc! { "_id": -1 })
+                    .projection(doc! { "_id": 1 })
+                    .await
+                    .map_err(|e| SourceError::Mongo(what, e))?
+                    .and_then(|d| d.get("_id").cloned())
+                    .map_or_else(
+                        || "none".to_owned(),
+                        |id| id.into_relaxed_extjson().to_string(),
+                    );
+                Ok(Some(format!(
+                    "mongodb {count} documents, newest _id {newest}"
+                )))
+            }
+            Self::Feed(_) => Ok(None),
+        }
+    }
+
     /// Streams the documents of `q`'s types in `q`'s time range. MongoDB
     /// yields them sorted by timestamp then `_id`; a file in file order.
     /// Without a lower bound, documents whose timestamp is missing or not a

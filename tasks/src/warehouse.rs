@@ -212,6 +212,87 @@ impl Warehouse {
         row.map(|r| r.try_get::<i64, _>(0)).transpose()
     }
 
+    /// The source mark an extract recorded in the DAG's latest run before
+    /// `run_id` that recorded one, with that run's state.
+    ///
+    /// # Errors
+    /// The query failed.
+    pub async fn previous_mark(
+        &self,
+        dag: &str,
+        task: &str,
+        run_id: &str,
+    ) -> Result<Option<SourceMark>, sqlx::Error> {
+        use workflows::sql::text;
+        let sql = self.backend.sql(
+            "SELECT m.run_id, m.mark, m.watermark_ms, r.state FROM cutover_source_marks m \
+             JOIN cutover_runs r ON r.run_id = m.run_id \
+             WHERE m.dag = ? AND m.task = ? AND m.run_id <> ? ORDER BY r.started_at DESC LIMIT 1",
+        );
+        let Some(row) = sqlx::query(&sql)
+            .bind(dag)
+            .bind(task)
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(SourceMark {
+            run_id: text(&row, "run_id")?.unwrap_or_default(),
+            mark: text(&row, "mark")?.unwrap_or_default(),
+            watermark_ms: row.try_get("watermark_ms")?,
+            succeeded: text(&row, "state")?.as_deref() == Some("succeeded"),
+        }))
+    }
+
+    /// Records the source mark an extract found at its start.
+    ///
+    /// # Errors
+    /// The write failed.
+    pub async fn record_mark(
+        &self,
+        run_id: &str,
+        dag: &str,
+        task: &str,
+        mark: &str,
+        watermark_ms: Option<i64>,
+    ) -> Result<(), sqlx::Error> {
+        let sql = self.backend.sql(
+            "INSERT INTO cutover_source_marks (run_id, dag, task, mark, watermark_ms) VALUES (?, ?, ?, ?, ?)",
+        );
+        sqlx::query(&sql)
+            .bind(run_id)
+            .bind(dag)
+            .bind(task)
+            .bind(mark)
+            .bind(watermark_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The run that last wrote the watermark of a task.
+    ///
+    /// # Errors
+    /// The query failed.
+    pub async fn watermark_writer(
+        &self,
+        dag: &str,
+        task: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let sql = self
+            .backend
+            .sql("SELECT run_id FROM cutover_watermarks WHERE dag = ? AND task = ?");
+        let row = sqlx::query(&sql)
+            .bind(dag)
+            .bind(task)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| workflows::sql::text(&r, "run_id").map(Option::unwrap_or_default))
+            .transpose()
+    }
+
     /// Counts the rows of a table.
     ///
     /// # Errors
@@ -223,6 +304,19 @@ impl Warehouse {
             .await?
             .try_get::<i64, _>(0)
     }
+}
+
+/// The source mark an extract recorded in an earlier run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMark {
+    /// The run.
+    pub run_id: String,
+    /// The source's mark and the DAG's definition.
+    pub mark: String,
+    /// The watermark the extract read from.
+    pub watermark_ms: Option<i64>,
+    /// Whether that run succeeded.
+    pub succeeded: bool,
 }
 
 /// What one column of a warehouse table can hold, as its definition says.
@@ -356,6 +450,62 @@ impl Warehouse {
             ));
         }
         Ok(out)
+    }
+
+    /// The unique keys of `table` (its primary key and unique indexes),
+    /// each as its column names in order.
+    ///
+    /// # Errors
+    /// The catalog could not be read.
+    pub async fn unique_keys(&self, table: &str) -> Result<Vec<Vec<String>>, sqlx::Error> {
+        use workflows::sql::text;
+        let table_marker = self.backend.markers().next();
+        let sql = match self.backend {
+            Backend::MySql => format!(
+                "SELECT INDEX_NAME AS idx, COLUMN_NAME AS col FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = {table_marker} AND NON_UNIQUE = 0 \
+                 ORDER BY INDEX_NAME, SEQ_IN_INDEX"
+            ),
+            Backend::Postgres => format!(
+                "SELECT ic.relname::text AS idx, a.attname::text AS col \
+                 FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid \
+                 JOIN pg_class ic ON ic.oid = i.indexrelid \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, pos) ON true \
+                 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum \
+                 WHERE i.indisunique AND i.indpred IS NULL AND n.nspname = current_schema() \
+                 AND c.relname = {table_marker} ORDER BY ic.relname, k.pos"
+            ),
+            Backend::Sqlite => format!(
+                "SELECT il.name AS idx, ii.name AS col FROM pragma_index_list({table_marker}) il \
+                 JOIN pragma_index_info(il.name) ii WHERE il.\"unique\" = 1 AND il.partial = 0 \
+                 ORDER BY il.name, ii.seqno"
+            ),
+        };
+        let rows = sqlx::query(&sql).bind(table).fetch_all(&self.pool).await?;
+        let mut keys: Vec<(String, Vec<String>)> = Vec::new();
+        for r in &rows {
+            let idx = text(r, "idx")?.unwrap_or_default();
+            let col = text(r, "col")?.unwrap_or_default();
+            match keys.last_mut() {
+                Some((name, cols)) if *name == idx => cols.push(col),
+                _ => keys.push((idx, vec![col])),
+            }
+        }
+        let mut keys: Vec<Vec<String>> = keys.into_iter().map(|(_, cols)| cols).collect();
+        if self.backend == Backend::Sqlite {
+            // An INTEGER PRIMARY KEY is the rowid: no index lists it.
+            let pk: Vec<String> = sqlx::query_scalar(
+                "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk",
+            )
+            .bind(table)
+            .fetch_all(&self.pool)
+            .await?;
+            if !pk.is_empty() && !keys.contains(&pk) {
+                keys.push(pk);
+            }
+        }
+        Ok(keys)
     }
 }
 

@@ -168,7 +168,7 @@ async fn shipped_checks_pass_on_clean_data_and_name_each_damage() -> Result<()> 
             &format!("UPDATE fact_views SET device = 'fax' WHERE event_id = '{fax}'"),
         )
         .await?;
-        let out = run(&shipped, &["run", "views"]);
+        let out = run(&shipped, &["run", "views", "--no-skip"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             !out.status.success(),
@@ -240,7 +240,7 @@ async fn shipped_checks_pass_on_clean_data_and_name_each_damage() -> Result<()> 
             "SELECT COUNT(*) FROM fact_engagement WHERE user_id IS NULL",
         )
         .await?;
-        let out = run(&all, &["run", "engagement"]);
+        let out = run(&all, &["run", "engagement", "--no-skip"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             !out.status.success(),
@@ -295,7 +295,7 @@ async fn shipped_checks_pass_on_clean_data_and_name_each_damage() -> Result<()> 
             ),
         )
         .await?;
-        let out = run(&shipped, &["run", "sessions"]);
+        let out = run(&shipped, &["run", "sessions", "--no-skip"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             !out.status.success(),
@@ -331,7 +331,7 @@ async fn shipped_checks_pass_on_clean_data_and_name_each_damage() -> Result<()> 
         )
         .await?;
         assert!(n >= by_sharer && by_sharer > 0);
-        let out = ok(run(&shipped, &["run", "shares"]));
+        let out = ok(run(&shipped, &["run", "shares", "--no-skip"]));
         holds(
             &out,
             &[

@@ -12,6 +12,7 @@ mod cli;
 mod flags;
 mod hostile;
 mod leases;
+mod merge;
 mod mongo;
 mod reconcile;
 mod schedule;

@@ -216,9 +216,15 @@ async fn every_report_equals_legacy_and_a_second_run_changes_nothing() -> Result
         assert_reports_equal(&source, &wh.url, &work, &dags, "app", None, wh.name);
 
         let before = star_snapshot(&wh.url).await?;
-        let again = ok(cutover(&events_file, &wh.url, &work, &["run", "--all"]));
+        // Every task run again: the merges change nothing.
+        let again = ok(cutover(
+            &events_file,
+            &wh.url,
+            &work,
+            &["run", "--all", "--no-skip"],
+        ));
         assert!(
-            support::changed_nothing(&again),
+            support::changed_nothing(&again) && !again.contains("up to date"),
             "a second run changes nothing on {}:\n{again}",
             wh.name
         );
@@ -228,6 +234,33 @@ async fn every_report_equals_legacy_and_a_second_run_changes_nothing() -> Result
             "the warehouse changed on the second run on {}",
             wh.name
         );
+        // Nothing new: every extract says so and nothing after it runs.
+        let noop = ok(cutover(&events_file, &wh.url, &work, &["run", "--all"]));
+        let lines: Vec<&str> = noop
+            .lines()
+            .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+            .collect();
+        let extracts = lines
+            .iter()
+            .filter(|l| l.trim_start().starts_with("extract_"));
+        assert!(
+            extracts.clone().count() >= 6
+                && extracts
+                    .clone()
+                    .all(|l| l.contains("nothing new since run")),
+            "every extract finds nothing new on {}:\n{noop}",
+            wh.name
+        );
+        let rest = lines.iter().filter(|l| {
+            let t = l.trim_start();
+            !t.starts_with("extract_") && !t.contains("documents read")
+        });
+        assert!(
+            rest.clone().all(|l| l.contains("ok: up to date")),
+            "the tasks after them are up to date on {}:\n{noop}",
+            wh.name
+        );
+        assert_eq!(star_snapshot(&wh.url).await?, before, "on {}", wh.name);
     }
     Ok(())
 }

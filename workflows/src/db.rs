@@ -2,6 +2,16 @@
 //! messages: whether one may pass on its own, is a unique-key violation, or
 //! was caused by the data a statement carried.
 
+/// A database error's code: MySQL's error number (its SQLSTATE, such as
+/// `23000` for every constraint, says too little), PostgreSQL's SQLSTATE,
+/// SQLite's extended result code.
+fn code(db: &dyn sqlx::error::DatabaseError) -> Option<String> {
+    match db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        Some(my) => Some(my.number().to_string()),
+        None => db.code().map(std::borrow::Cow::into_owned),
+    }
+}
+
 /// Whether a database error may pass on its own: a connection or pool
 /// problem, a deadlock, a lock or busy timeout.
 pub fn retryable(e: &sqlx::Error) -> bool {
@@ -12,7 +22,7 @@ pub fn retryable(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
+            code(db.as_ref()).as_deref(),
             // MySQL/MariaDB: lock wait timeout, deadlock, server gone / lost.
             Some("1205" | "1213" | "2006" | "2013")
             // PostgreSQL: serialization failure, deadlock, connection exceptions,
@@ -29,7 +39,7 @@ pub fn retryable(e: &sqlx::Error) -> bool {
 pub fn unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => matches!(
-            db.code().as_deref(),
+            code(db.as_ref()).as_deref(),
             // PostgreSQL, MySQL/MariaDB, SQLite (unique, primary key).
             Some("23505" | "1062" | "2067" | "1555")
         ),
@@ -44,7 +54,7 @@ pub fn unique_violation(e: &sqlx::Error) -> bool {
 pub fn data_error(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            let code = db.code();
+            let code = code(db.as_ref());
             let code = code.as_deref().unwrap_or_default();
             matches!(
                 code,

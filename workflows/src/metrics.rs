@@ -227,6 +227,7 @@ mod tests {
             crate::AttemptStatus::Succeeded,
             Duration::from_millis(1500),
             Some(&TaskReport {
+                unchanged: false,
                 rows_read: 10,
                 rows_written: 8,
                 rows_quarantined: 2,

@@ -46,6 +46,9 @@ pub struct RunOptions {
     /// kept for inspection (the newest); older ones, and those of
     /// successful runs, are removed.
     pub keep_failed: usize,
+    /// When the source has nothing new since the DAG's last successful run
+    /// (its extracts say so), the tasks after them are not run.
+    pub skip_unchanged: bool,
 }
 
 impl Default for RunOptions {
@@ -59,6 +62,7 @@ impl Default for RunOptions {
             lease: None,
             interrupt: None,
             keep_failed: 3,
+            skip_unchanged: true,
         }
     }
 }
@@ -342,6 +346,7 @@ impl Runner {
                     attempt: 0,
                     work_dir: work_dir.to_path_buf(),
                     lease: opts.lease.clone(),
+                    skip_unchanged: opts.skip_unchanged,
                 },
                 retries: spec.retries,
                 backoff: spec.backoff,
@@ -377,22 +382,36 @@ impl Runner {
                 }
             };
             let Some(joined) = joined else { break };
-            let (id, state) = joined.map_err(|e| RunError::Panicked(e.to_string()))?;
-            let succeeded = matches!(state, TaskState::Succeeded { .. });
-            states.insert(id.clone(), state);
-            let dependents = dag.tasks.iter().filter(|t| t.depends_on.contains(&id));
-            if succeeded {
-                for spec in dependents {
+            let mut finished = vec![joined.map_err(|e| RunError::Panicked(e.to_string()))?];
+            while let Some((id, state)) = finished.pop() {
+                let succeeded = matches!(state, TaskState::Succeeded { .. });
+                states.insert(id.clone(), state);
+                if !succeeded {
+                    self.skip_dependents(dag, &id, &mut states, run_id).await?;
+                    continue;
+                }
+                for spec in dag.tasks.iter().filter(|t| t.depends_on.contains(&id)) {
                     let left = waiting
                         .get_mut(spec.id.as_str())
                         .expect("every task is counted");
                     *left -= 1;
-                    if *left == 0 && matches!(states[&spec.id], TaskState::Pending) {
+                    if *left > 0 || !matches!(states[&spec.id], TaskState::Pending) {
+                        continue;
+                    }
+                    let unchanged = opts.skip_unchanged
+                        && spec.depends_on.iter().all(|d| unchanged(&states[d]));
+                    if unchanged {
+                        let state = up_to_date(&spec.depends_on);
+                        let now = Utc::now();
+                        tracing::info!(task = %spec.id, "up to date: nothing new upstream");
+                        self.ledger
+                            .record_task(run_id, &spec.id, &state, Some(now), Some(now))
+                            .await?;
+                        finished.push((spec.id.clone(), state));
+                    } else {
                         start(spec, &mut running)?;
                     }
                 }
-            } else {
-                self.skip_dependents(dag, &id, &mut states, run_id).await?;
             }
         }
 
@@ -446,6 +465,27 @@ impl Runner {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a task succeeded finding nothing new.
+fn unchanged(state: &TaskState) -> bool {
+    matches!(state, TaskState::Succeeded { report, .. } if report.unchanged)
+}
+
+/// The state of a task not run because every task it depends on found
+/// nothing new.
+fn up_to_date(depends_on: &[String]) -> TaskState {
+    TaskState::Succeeded {
+        attempt: 0,
+        report: TaskReport {
+            summary: format!(
+                "up to date: nothing new from {} since the last successful run",
+                depends_on.join(", ")
+            ),
+            unchanged: true,
+            ..TaskReport::default()
+        },
     }
 }
 
@@ -521,6 +561,7 @@ impl Attempts {
                                 rows_written,
                                 rows_quarantined,
                                 summary,
+                                ..
                             },
                         ..
                     } = &state

@@ -324,3 +324,65 @@ async fn a_timeout_cancels_the_attempt_and_dependents_are_skipped() {
         .iter()
         .any(|a| a.task == "after_next" && a.state == AttemptStatus::Skipped));
 }
+
+/// Finds nothing new when the context allows it.
+struct Unchanged;
+
+#[async_trait]
+impl Task for Unchanged {
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
+        Ok(TaskReport {
+            summary: "nothing new".into(),
+            unchanged: ctx.skip_unchanged,
+            rows_read: u64::from(!ctx.skip_unchanged),
+            ..TaskReport::default()
+        })
+    }
+}
+
+#[tokio::test]
+async fn tasks_after_unchanged_tasks_only_are_up_to_date_without_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = runner().await;
+    let d = dag(
+        "[[tasks]]\nid = \"a\"\nkind = \"test\"\n[[tasks]]\nid = \"b\"\nkind = \"test\"\n\
+         [[tasks]]\nid = \"after_a\"\nkind = \"test\"\ndepends_on = [\"a\"]\n\
+         [[tasks]]\nid = \"last\"\nkind = \"test\"\ndepends_on = [\"after_a\"]\n\
+         [[tasks]]\nid = \"both\"\nkind = \"test\"\ndepends_on = [\"after_a\", \"b\"]\n",
+    );
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let build = || {
+        tasks(vec![
+            ("a", Arc::new(Unchanged) as Arc<dyn Task>),
+            ("b", Arc::new(Log(log.clone()))),
+            ("after_a", Arc::new(Log(log.clone()))),
+            ("last", Arc::new(Log(log.clone()))),
+            ("both", Arc::new(Log(log.clone()))),
+        ])
+    };
+    let s = r.run(&d, build(), &opts(dir.path())).await.unwrap();
+    assert_eq!(s.state, RunState::Succeeded, "{s:#?}");
+    // `after_a` and `last` depend only on `a`: not run; `both` also on `b`.
+    let ran: Vec<String> = log.lock().unwrap().clone();
+    assert_eq!(ran, ["start b", "end b", "start both", "end both"]);
+    for id in ["after_a", "last"] {
+        let state = s.tasks.iter().find(|(t, _)| t == id).unwrap().1.clone();
+        assert!(
+            matches!(&state, TaskState::Succeeded { attempt: 0, report } if report.unchanged && report.summary.starts_with("up to date")),
+            "{id}: {state:?}"
+        );
+    }
+    let attempts = r.ledger().attempts(&s.run_id).await.unwrap();
+    assert!(attempts
+        .iter()
+        .any(|a| a.task == "last" && a.state == AttemptStatus::Succeeded));
+    // Without skipping, everything runs.
+    log.lock().unwrap().clear();
+    let all = RunOptions {
+        skip_unchanged: false,
+        ..opts(dir.path())
+    };
+    let s = r.run(&d, build(), &all).await.unwrap();
+    assert_eq!(s.state, RunState::Succeeded);
+    assert_eq!(log.lock().unwrap().len(), 8);
+}

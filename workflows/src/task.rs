@@ -27,6 +27,10 @@ pub struct TaskContext {
     /// that commits checks it in the committing transaction
     /// ([`crate::Leases::check`]).
     pub lease: Option<crate::Lease>,
+    /// Whether a task may find that nothing is new since the last
+    /// successful run and say so ([`TaskReport::unchanged`]), doing no work;
+    /// the tasks that depend only on such tasks are then not run either.
+    pub skip_unchanged: bool,
 }
 
 impl TaskContext {
@@ -47,6 +51,11 @@ pub struct TaskReport {
     pub rows_quarantined: u64,
     /// A one-line human summary, shown by `cutover run`.
     pub summary: String,
+    /// Nothing is new since the last successful run (only when the context
+    /// allows it): the task did no work, and neither will the tasks that
+    /// depend only on unchanged tasks.
+    #[serde(default)]
+    pub unchanged: bool,
 }
 
 /// Why an attempt failed. Whether it is retried comes from this type, never

@@ -229,6 +229,8 @@ pub struct ExtractMongo {
     pub limit: Option<Arc<RateLimit>>,
     /// Whether it shows a progress counter.
     pub progress: Progress,
+    /// A hash of the DAG's definition, part of the source mark.
+    pub definition: u64,
 }
 
 /// What a pass over the source found.
@@ -247,6 +249,57 @@ pub struct Pass {
     pub future: u64,
     /// The latest of those.
     pub max_future_ts: Option<i64>,
+}
+
+impl ExtractMongo {
+    /// Records the source's mark for this nightly run; when the run may
+    /// skip unchanged work and the DAG's last run with a mark succeeded
+    /// with the same mark, the same DAG definition and a watermark no one
+    /// else moved since, returns that run's id: nothing is new.
+    async fn unchanged(
+        &self,
+        ctx: &TaskContext,
+        query: &Query,
+    ) -> Result<Option<String>, TaskError> {
+        let Some(source) = self.source.mark(query).await? else {
+            return Ok(None);
+        };
+        let wh = &self.warehouse;
+        let mark = format!("{source}; dag {:016x}", self.definition);
+        let watermark = wh
+            .watermark(&ctx.dag, &ctx.task)
+            .await
+            .map_err(|e| from_sqlx("reading the watermark", e))?;
+        let previous = wh
+            .previous_mark(&ctx.dag, &ctx.task, &ctx.run_id)
+            .await
+            .map_err(|e| from_sqlx("reading the last source mark", e))?;
+        // A retried attempt finds it recorded already.
+        match wh
+            .record_mark(&ctx.run_id, &ctx.dag, &ctx.task, &mark, watermark)
+            .await
+        {
+            Err(e) if !workflows::db::unique_violation(&e) => {
+                return Err(from_sqlx("recording the source mark", e))
+            }
+            _ => {}
+        }
+        let Some(previous) = previous else {
+            return Ok(None);
+        };
+        if !ctx.skip_unchanged || !previous.succeeded || previous.mark != mark {
+            return Ok(None);
+        }
+        // The watermark is where that run left it: it wrote it, or it
+        // read it and did not move it.
+        let writer = wh
+            .watermark_writer(&ctx.dag, &ctx.task)
+            .await
+            .map_err(|e| from_sqlx("reading the watermark", e))?;
+        let kept = writer.as_deref() == Some(previous.run_id.as_str())
+            || watermark == previous.watermark_ms;
+        Ok(kept.then_some(previous.run_id))
+    }
 }
 
 #[async_trait]
@@ -272,6 +325,17 @@ impl Task for ExtractMongo {
             cfg.since(watermark.map(|w| w.min(horizon)))
         };
         let query = cfg.query(since, self.window.map(|w| w.until_ms));
+        if !keeps_watermark {
+            if let Some(previous) = self.unchanged(ctx, &query).await? {
+                return Ok(TaskReport {
+                    summary: format!(
+                        "nothing new since run {previous}: the source, the watermark and the DAG are as they were"
+                    ),
+                    unchanged: true,
+                    ..TaskReport::default()
+                });
+            }
+        }
         let out_dir = ctx.output_dir(&ctx.task);
         let _ = std::fs::remove_dir_all(&out_dir);
         std::fs::create_dir_all(&out_dir)
@@ -410,6 +474,7 @@ impl Task for ExtractMongo {
             ));
         }
         Ok(TaskReport {
+            unchanged: false,
             rows_read: pass.read,
             rows_written: pass.rows,
             rows_quarantined: pass.quarantined,
@@ -426,6 +491,7 @@ pub fn build(
     warehouse: Warehouse,
     read: &workflows::ReadOptions,
     progress: Progress,
+    definition: u64,
 ) -> Arc<dyn Task> {
     let limit = read
         .limit
@@ -438,5 +504,6 @@ pub fn build(
         window: read.window,
         limit,
         progress,
+        definition,
     })
 }

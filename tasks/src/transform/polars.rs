@@ -440,6 +440,7 @@ impl Task for TransformPolars {
                 let quarantined = rejected.len() as u64;
                 Ok((
                     TaskReport {
+            unchanged: false,
                         rows_read: read,
                         rows_written: written,
                         rows_quarantined: quarantined,

@@ -239,6 +239,7 @@ impl Task for Reconcile {
         }
         if problems.is_empty() {
             Ok(TaskReport {
+                unchanged: false,
                 rows_read: read_count + table.len() as u64,
                 rows_written: 0,
                 rows_quarantined: 0,

@@ -3,8 +3,12 @@
 
 use workflows::{Backend, SqlIdent, TaskError};
 
-use super::rows::{bind, STAGE_BYTES};
-use super::sql::{merge_sql, stage_sql, staging_sql, unstage_sql};
+use super::rows::{bind, key_of, read_value, STAGE_BYTES};
+use super::sql::{
+    existing_keys_sql, existing_sql, insert_sql, merge_sql, stage_sql, staging_sql, unstage_sql,
+    upsert_sql,
+};
+use super::Strategy;
 use super::Target;
 use crate::error::from_merge;
 use crate::schema::{ColumnType, Value};
@@ -27,25 +31,14 @@ impl MergeFailed {
     }
 }
 
-/// Stages rows in a temporary table, merges them into the target and
-/// returns the rows changed.
-async fn merge_rows(
-    tx: &mut sqlx::AnyConnection,
-    backend: Backend,
-    t: &Target,
-    columns: &[(SqlIdent, ColumnType)],
-    rows: &[Vec<Value>],
-) -> Result<u64, MergeFailed> {
-    let names: Vec<SqlIdent> = columns.iter().map(|(n, _)| n.clone()).collect();
-    for sql in staging_sql(backend, t) {
-        sqlx::query(&sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(MergeFailed::new(format!("staging {}", t.table())))?;
-    }
-    let per_stmt = (backend.max_params() / names.len().max(1)).clamp(1, 2000);
+/// The rows of one multi-row statement each: at most `per_stmt` rows and,
+/// past the first row, at most [`STAGE_BYTES`] of values.
+fn chunks(rows: &[Vec<Value>], per_stmt: usize) -> impl Iterator<Item = &[Vec<Value>]> {
     let mut start = 0;
-    while start < rows.len() {
+    std::iter::from_fn(move || {
+        if start >= rows.len() {
+            return None;
+        }
         let mut end = start;
         let mut bytes = 0;
         while end < rows.len() && end - start < per_stmt && (end == start || bytes < STAGE_BYTES) {
@@ -59,17 +52,54 @@ async fn merge_rows(
             end += 1;
         }
         let chunk = &rows[start..end];
-        let sql = stage_sql(backend, t, &names, chunk.len());
-        let mut q = sqlx::query(&sql);
-        for row in chunk {
-            for ((_, ty), v) in columns.iter().zip(row) {
-                q = bind(q, *ty, v);
-            }
+        start = end;
+        Some(chunk)
+    })
+}
+
+/// `sql` with every value of `rows` bound, row by row.
+fn with_rows<'q>(
+    sql: &'q str,
+    columns: &[(SqlIdent, ColumnType)],
+    rows: &[Vec<Value>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql);
+    for row in rows {
+        for ((_, ty), v) in columns.iter().zip(row) {
+            q = bind(q, *ty, v);
         }
-        q.execute(&mut *tx)
+    }
+    q
+}
+
+/// Merges rows into the target and returns the rows changed: by one
+/// conflict-resolving insert per chunk of rows when `upsert` (the rows have
+/// one row per key), else staged in a temporary table and merged from there.
+async fn merge_rows(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    t: &Target,
+    columns: &[(SqlIdent, ColumnType)],
+    rows: &[Vec<Value>],
+    upsert: bool,
+) -> Result<u64, MergeFailed> {
+    let names: Vec<SqlIdent> = columns.iter().map(|(n, _)| n.clone()).collect();
+    let per_stmt = (backend.max_params() / names.len().max(1)).clamp(1, 2000);
+    if upsert {
+        return upsert_rows(tx, backend, t, columns, rows, per_stmt).await;
+    }
+    for sql in staging_sql(backend, t) {
+        sqlx::query(&sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(MergeFailed::new(format!("staging {}", t.table())))?;
+    }
+    for chunk in chunks(rows, per_stmt) {
+        let sql = stage_sql(backend, t, &names, chunk.len());
+        with_rows(&sql, columns, chunk)
+            .execute(&mut *tx)
             .await
             .map_err(MergeFailed::new(format!("staging rows for {}", t.table())))?;
-        start = end;
     }
     let mut changed = 0;
     for sql in merge_sql(backend, t, &names) {
@@ -98,6 +128,131 @@ async fn merge_rows(
     Ok(changed)
 }
 
+/// Merges rows by conflict-resolving inserts, each row written once.
+async fn upsert_rows(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    t: &Target,
+    columns: &[(SqlIdent, ColumnType)],
+    rows: &[Vec<Value>],
+    per_stmt: usize,
+) -> Result<u64, MergeFailed> {
+    let names: Vec<SqlIdent> = columns.iter().map(|(n, _)| n.clone()).collect();
+    let key_idx: Vec<(usize, ColumnType)> = t
+        .key
+        .iter()
+        .filter_map(|k| {
+            columns
+                .iter()
+                .position(|(n, _)| n == k)
+                .map(|i| (i, columns[i].1))
+        })
+        .collect();
+    let mut changed = 0;
+    for chunk in chunks(rows, per_stmt) {
+        if backend == Backend::MySql && t.strategy == Strategy::InsertNew {
+            changed += insert_new_rows(tx, t, columns, &key_idx, chunk).await?;
+            continue;
+        }
+        // MySQL counts an insert once, a change twice and an unchanged
+        // duplicate once: the rows already there make it exact.
+        let existing = if backend == Backend::MySql {
+            let sql = existing_sql(backend, t, chunk.len());
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                for (i, ty) in &key_idx {
+                    q = bind(q, *ty, &row[*i]);
+                }
+            }
+            let row = q
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(MergeFailed::new(format!(
+                    "counting the rows of {}",
+                    t.table()
+                )))?;
+            sqlx::Row::try_get::<i64, _>(&row, 0).map_err(MergeFailed::new(format!(
+                "counting the rows of {}",
+                t.table()
+            )))? as u64
+        } else {
+            0
+        };
+        let sql = upsert_sql(backend, t, &names, chunk.len());
+        let done = with_rows(&sql, columns, chunk)
+            .execute(&mut *tx)
+            .await
+            .map_err(MergeFailed::new(format!("merging into {}", t.table())))?;
+        changed += match backend {
+            Backend::MySql => done.rows_affected().saturating_sub(existing),
+            // sqlx reports SQLite's change count of the last statement that
+            // changed rows, not of this one.
+            Backend::Sqlite => sqlx::query_scalar::<_, i64>("SELECT changes()")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(MergeFailed::new("counting changes"))?
+                as u64,
+            Backend::Postgres => done.rows_affected(),
+        };
+    }
+    Ok(changed)
+}
+
+/// MySQL, `insert_new`: inserts the rows whose keys the table does not
+/// hold yet, found by a plain (not locking) read. An insert that updates
+/// nothing (`ON DUPLICATE KEY UPDATE k = k`) would still lock every
+/// existing row it meets, so loads of a shared dimension (every fact DAG's
+/// `dim_date`) would wait on each other's segments; this takes no lock on
+/// a row already there. A key another load inserts in between makes the
+/// insert fail as a unique violation, which is retried.
+async fn insert_new_rows(
+    tx: &mut sqlx::AnyConnection,
+    t: &Target,
+    columns: &[(SqlIdent, ColumnType)],
+    key_idx: &[(usize, ColumnType)],
+    chunk: &[Vec<Value>],
+) -> Result<u64, MergeFailed> {
+    let backend = Backend::MySql;
+    let sql = existing_keys_sql(backend, t, chunk.len());
+    let mut q = sqlx::query(&sql);
+    for row in chunk {
+        for (i, ty) in key_idx {
+            q = bind(q, *ty, &row[*i]);
+        }
+    }
+    let what = || format!("reading the keys of {}", t.table());
+    let found = q
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(MergeFailed::new(what()))?;
+    let mut there = std::collections::HashSet::with_capacity(found.len());
+    for r in &found {
+        let key = key_idx
+            .iter()
+            .enumerate()
+            .map(|(n, (_, ty))| read_value(r, n, *ty))
+            .collect::<Result<Vec<Value>, _>>()
+            .map_err(MergeFailed::new(what()))?;
+        there.insert(key_of(&key, &(0..key.len()).collect::<Vec<_>>()));
+    }
+    let positions: Vec<usize> = key_idx.iter().map(|(i, _)| *i).collect();
+    let fresh: Vec<Vec<Value>> = chunk
+        .iter()
+        .filter(|r| !there.contains(&key_of(r, &positions)))
+        .cloned()
+        .collect();
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<SqlIdent> = columns.iter().map(|(n, _)| n.clone()).collect();
+    let sql = insert_sql(backend, t, &names, fresh.len());
+    let done = with_rows(&sql, columns, &fresh)
+        .execute(&mut *tx)
+        .await
+        .map_err(MergeFailed::new(format!("merging into {}", t.table())))?;
+    Ok(done.rows_affected())
+}
+
 /// Merges rows, each attempt under a savepoint; when the database refuses
 /// some row's data, finds the rows it refuses by halving, sets them aside
 /// in `refused` with the database's reason, and merges the rest.
@@ -107,6 +262,7 @@ pub(super) async fn merge_isolating(
     t: &Target,
     columns: &[(SqlIdent, ColumnType)],
     rows: Vec<Vec<Value>>,
+    upsert: bool,
     refused: &mut Vec<(Vec<Value>, String)>,
 ) -> Result<u64, MergeFailed> {
     use sqlx::Connection;
@@ -123,7 +279,7 @@ pub(super) async fn merge_isolating(
             .begin()
             .await
             .map_err(MergeFailed::new("opening a savepoint"))?;
-        match merge_rows(&mut sp, backend, t, columns, &part).await {
+        match merge_rows(&mut sp, backend, t, columns, &part, upsert).await {
             Ok(n) => {
                 sp.commit()
                     .await

@@ -27,7 +27,7 @@ use apply::merge_isolating;
 pub use config::{Config, Strategy, Target, KIND};
 use rows::oversized;
 pub use rows::{misfit, reduce, MissingColumn};
-pub use sql::{merge_sql, stage_sql, staging_sql};
+pub use sql::{existing_sql, merge_sql, stage_sql, staging_sql, upsert_sql, upserts};
 
 /// The task.
 pub struct LoadMerge {
@@ -113,6 +113,16 @@ impl Task for LoadMerge {
             }
             capacity.push(cols.into_iter().map(|c| (c.name.clone(), c)).collect());
         }
+        // Which targets take each row in one write (their key is the
+        // table's unique key), and which are staged first.
+        let mut upsert = Vec::with_capacity(self.config.targets.len());
+        for t in &self.config.targets {
+            let unique = wh
+                .unique_keys(t.table().as_str())
+                .await
+                .map_err(|e| from_sqlx(format!("reading the keys of {}", t.table()), e))?;
+            upsert.push(upserts(wh.backend, t, &unique));
+        }
         // A retried attempt skips the segments an earlier attempt of this
         // run committed.
         let done: Vec<i64> = sqlx::query_scalar(
@@ -148,7 +158,14 @@ impl Task for LoadMerge {
             let mut watermark = None;
             let (offered_before, changed_before) = (offered, changed);
             let mut rejected: Vec<Rejected> = Vec::new();
-            for ((t, (dir, segs)), cap) in self.config.targets.iter().zip(&listed).zip(&capacity) {
+            for (((t, (dir, segs)), cap), &upsert) in self
+                .config
+                .targets
+                .iter()
+                .zip(&listed)
+                .zip(&capacity)
+                .zip(&upsert)
+            {
                 let Some(meta) = segs.get(&seq) else { continue };
                 watermark = watermark.or(meta.watermark.map(|w| (meta.source_task.clone(), w)));
                 let rows = segment::read(dir, seq).map_err(|e| from_io("reading a segment", e))?;
@@ -204,21 +221,17 @@ impl Task for LoadMerge {
                     t.table(),
                     some_keys(&names, &fit, &key_idx)
                 );
-                for round in reduce(t, &names, fit).map_err(|e| TaskError::fatal(e.to_string()))? {
-                    let mut refused = Vec::new();
-                    changed +=
-                        merge_isolating(&mut tx, wh.backend, t, &columns, round, &mut refused)
-                            .await
-                            .map_err(|e| e.into_task_error(&context))?;
-                    for (row, why) in refused {
-                        rejected.push(Rejected::from_row(
-                            &names,
-                            &row,
-                            &key_idx,
-                            Some(t.table().as_str()),
-                            format!("task {}: {why}", ctx.task),
-                        ));
-                    }
+                let (n_changed, refused) =
+                    merge_batch(&mut tx, wh.backend, t, &columns, fit, upsert, &context).await?;
+                changed += n_changed;
+                for (row, why) in refused {
+                    rejected.push(Rejected::from_row(
+                        &names,
+                        &row,
+                        &key_idx,
+                        Some(t.table().as_str()),
+                        format!("task {}: {why}", ctx.task),
+                    ));
                 }
                 progress.inc(n);
             }
@@ -277,11 +290,90 @@ impl Task for LoadMerge {
             ));
         }
         Ok(TaskReport {
+            unchanged: false,
             rows_read: offered,
             rows_written: changed,
             rows_quarantined: quarantined,
             summary,
         })
+    }
+}
+
+/// Merges one batch of rows into `target` inside the open transaction, as
+/// a segment's load does: reduced to one row per key (by the strategy),
+/// then written once each by a conflict-resolving insert when `upsert`
+/// (see [`upserts`]), else staged and merged. Returns the rows changed and
+/// the rows the database refused, with its reason; `context` names the
+/// batch in an error.
+///
+/// # Errors
+/// A statement failed for another reason than a row's data, or the
+/// database refused most rows (the table is wrong, not the rows).
+pub async fn merge_batch(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    target: &Target,
+    columns: &[(SqlIdent, ColumnType)],
+    rows: Vec<Vec<Value>>,
+    upsert: bool,
+    context: &str,
+) -> Result<(u64, Vec<(Vec<Value>, String)>), TaskError> {
+    let names: Vec<String> = columns.iter().map(|(n, _)| n.as_str().to_owned()).collect();
+    let (mut changed, mut refused) = (0, Vec::new());
+    let key_idx: Vec<usize> = target
+        .key
+        .iter()
+        .filter_map(|k| names.iter().position(|n| n == k.as_str()))
+        .collect();
+    for mut round in reduce(target, &names, rows).map_err(|e| TaskError::fatal(e.to_string()))? {
+        // In key order: concurrent loads of a shared table lock its rows in
+        // the same order (no deadlock), and the index grows in order.
+        round.sort_unstable_by(|a, b| {
+            key_idx
+                .iter()
+                .map(|&i| key_order(&a[i], &b[i]))
+                .find(|o| o.is_ne())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let mut set_aside = Vec::new();
+        changed += merge_isolating(
+            conn,
+            backend,
+            target,
+            columns,
+            round,
+            upsert,
+            &mut set_aside,
+        )
+        .await
+        .map_err(|e| e.into_task_error(context))?;
+        refused.append(&mut set_aside);
+    }
+    Ok((changed, refused))
+}
+
+/// An order of key values: nulls, booleans, numbers, then strings by
+/// their bytes.
+fn key_order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    let rank = |v: &Value| match v {
+        Value::Null => 0,
+        Value::Bool(_) => 1,
+        Value::Int(_) | Value::Float(_) => 2,
+        Value::Str(_) => 3,
+    };
+    match (a, b) {
+        (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+        (Value::Int(x), Value::Int(y)) => x.cmp(y),
+        (Value::Str(x), Value::Str(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            let f = |v: &Value| match v {
+                Value::Int(i) => *i as f64,
+                Value::Float(f) => *f,
+                _ => 0.0,
+            };
+            f(a).total_cmp(&f(b))
+        }
+        _ => rank(a).cmp(&rank(b)),
     }
 }
 

@@ -233,6 +233,38 @@ pub(super) fn bind<'q>(
     }
 }
 
+/// Column `i` of a row read back from the warehouse, as a value of `ty`.
+pub(super) fn read_value(
+    row: &sqlx::any::AnyRow,
+    i: usize,
+    ty: ColumnType,
+) -> Result<Value, sqlx::Error> {
+    use sqlx::Row;
+    Ok(match ty {
+        ColumnType::String | ColumnType::ObjectId => {
+            match row.try_get::<Option<String>, _>(i) {
+                Ok(v) => v.map_or(Value::Null, Value::Str),
+                // MySQL hands text of a binary collation over as bytes.
+                Err(sqlx::Error::ColumnDecode { .. }) => row
+                    .try_get::<Option<Vec<u8>>, _>(i)?
+                    .map_or(Value::Null, |b| {
+                        Value::Str(String::from_utf8_lossy(&b).into_owned())
+                    }),
+                Err(e) => return Err(e),
+            }
+        }
+        ColumnType::Int | ColumnType::Timestamp => row
+            .try_get::<Option<i64>, _>(i)?
+            .map_or(Value::Null, Value::Int),
+        ColumnType::Float => row
+            .try_get::<Option<f64>, _>(i)?
+            .map_or(Value::Null, Value::Float),
+        ColumnType::Bool => row
+            .try_get::<Option<bool>, _>(i)?
+            .map_or(Value::Null, Value::Bool),
+    })
+}
+
 /// A row's key as one string that tells values of different types apart.
 pub(super) fn key_of(row: &[Value], key_idx: &[usize]) -> String {
     let mut key = String::new();

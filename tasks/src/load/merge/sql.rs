@@ -40,20 +40,20 @@ pub fn stage_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows: 
         .map(|c| backend.quote(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let mut sql = format!(
-        "INSERT INTO {} ({cols}) VALUES ",
-        backend.quote(&staging(target))
-    );
+    format!(
+        "INSERT INTO {} ({cols}) VALUES {}",
+        backend.quote(&staging(target)),
+        values(backend, columns.len(), rows)
+    )
+}
+
+/// The markers of `rows` rows of `width` values: `(?, ?), (?, ?)`.
+fn values(backend: Backend, width: usize, rows: usize) -> String {
     let mut m = backend.markers();
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        sql.push_str(&m.list(columns.len()));
-        sql.push(')');
-    }
-    sql
+    (0..rows)
+        .map(|_| format!("({})", m.list(width)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The statements that merge the staging table into the target, following
@@ -210,4 +210,176 @@ pub(super) fn unstage_sql(backend: Backend, target: &Target) -> Option<String> {
         Backend::Sqlite => Some(format!("DROP TABLE IF EXISTS temp.{stg}")),
         Backend::Postgres => None,
     }
+}
+
+/// Whether rows can be merged into `target` by one insert that resolves
+/// conflicts on its key (`ON CONFLICT` / `ON DUPLICATE KEY UPDATE`), writing
+/// each row once instead of staging it first. `unique` lists the table's
+/// unique keys: the target's key must be one of them, and on MySQL the only
+/// one (a conflict on any unique key takes the update path there). History
+/// targets, whose versions' `valid_to` follow from the staged entities, and
+/// on MySQL versions of several columns (its assignments see the ones
+/// before them) keep the staged merge.
+pub fn upserts(backend: Backend, target: &Target, unique: &[Vec<String>]) -> bool {
+    let key: std::collections::BTreeSet<&str> = target.key.iter().map(SqlIdent::as_str).collect();
+    let is_key = |cols: &Vec<String>| {
+        cols.len() == key.len() && cols.iter().all(|c| key.contains(c.as_str()))
+    };
+    if target.strategy == Strategy::History || !unique.iter().any(is_key) {
+        return false;
+    }
+    match backend {
+        Backend::MySql => unique.len() == 1 && target.version.len() <= 1,
+        Backend::Postgres | Backend::Sqlite => true,
+    }
+}
+
+/// A multi-row insert of `rows` rows of `columns` into the target that
+/// merges each row whose key is there by the target's strategy (see
+/// [`upserts`] for when it applies). On PostgreSQL and SQLite its count is
+/// the rows inserted or changed; on MySQL, with the client's found-rows
+/// flag that sqlx sets, it is inserted + 2 × changed + unchanged.
+pub fn upsert_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows: usize) -> String {
+    let q = |c: &SqlIdent| backend.quote(c);
+    let table = q(target.table());
+    let mut sql = insert_sql(backend, target, columns, rows);
+    let rest: Vec<&SqlIdent> = columns.iter().filter(|c| !target.key.contains(c)).collect();
+    // The proposed row's column, and the existing row's.
+    let new = |c: &SqlIdent| match backend {
+        Backend::MySql => format!("VALUES({})", q(c)),
+        _ => format!("excluded.{}", q(c)),
+    };
+    let old = |c: &SqlIdent| match backend {
+        Backend::MySql => q(c),
+        _ => format!("{table}.{}", q(c)),
+    };
+    let fill = |c: &SqlIdent| format!("COALESCE({}, {})", old(c), new(c));
+    let fills = rest
+        .iter()
+        .map(|c| format!("({} IS NULL AND {} IS NOT NULL)", old(c), new(c)))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let versioned = target.strategy == Strategy::Latest;
+    let newer = {
+        let side = |f: &dyn Fn(&SqlIdent) -> String| {
+            let v: Vec<String> = target.version.iter().map(f).collect();
+            if v.len() == 1 {
+                v[0].clone()
+            } else {
+                format!("({})", v.join(", "))
+            }
+        };
+        format!("{} > {}", side(&new), side(&old))
+    };
+    let sets: Vec<String> = if versioned {
+        // Version columns last: on MySQL each assignment sees the ones
+        // before it, and `newer` reads the version.
+        let (plain, version): (Vec<&&SqlIdent>, Vec<&&SqlIdent>) =
+            rest.iter().partition(|c| !target.version.contains(c));
+        plain
+            .into_iter()
+            .map(|c| {
+                let v = format!(
+                    "CASE WHEN {newer} THEN COALESCE({}, {}) ELSE {} END",
+                    new(c),
+                    old(c),
+                    fill(c)
+                );
+                (c, v)
+            })
+            .chain(version.into_iter().map(|c| {
+                (
+                    c,
+                    format!("CASE WHEN {newer} THEN {} ELSE {} END", new(c), fill(c)),
+                )
+            }))
+            .map(|(c, v)| format!("{} = {v}", q(c)))
+            .collect()
+    } else {
+        rest.iter()
+            .map(|c| format!("{} = {}", q(c), fill(c)))
+            .collect()
+    };
+    let keys = target.key.iter().map(&q).collect::<Vec<_>>().join(", ");
+    let nothing = target.strategy == Strategy::InsertNew || sets.is_empty();
+    match backend {
+        Backend::MySql if nothing => {
+            // Sets a key column to itself: the row is left as it is.
+            let k = q(&target.key[0]);
+            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {k} = {k}"));
+        }
+        Backend::MySql => {
+            sql.push_str(&format!(" ON DUPLICATE KEY UPDATE {}", sets.join(", ")));
+        }
+        _ if nothing => sql.push_str(&format!(" ON CONFLICT ({keys}) DO NOTHING")),
+        _ => {
+            let when = if versioned {
+                format!("{newer} OR {fills}")
+            } else {
+                fills
+            };
+            sql.push_str(&format!(
+                " ON CONFLICT ({keys}) DO UPDATE SET {} WHERE {when}",
+                sets.join(", ")
+            ));
+        }
+    }
+    sql
+}
+
+/// A plain multi-row insert of `rows` rows of `columns` into the target
+/// (rows whose keys are known to be new).
+pub fn insert_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows: usize) -> String {
+    let cols = columns
+        .iter()
+        .map(|c| backend.quote(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {} ({cols}) VALUES {}",
+        backend.quote(target.table()),
+        values(backend, columns.len(), rows)
+    )
+}
+
+/// A count of the rows of the target whose key is one of `rows` keys
+/// (MySQL: with the upsert's count it gives the rows inserted).
+pub fn existing_sql(backend: Backend, target: &Target, rows: usize) -> String {
+    existing(backend, target, rows, "COUNT(*)")
+}
+
+/// The keys of the rows of the target whose key is one of `rows` keys.
+pub fn existing_keys_sql(backend: Backend, target: &Target, rows: usize) -> String {
+    let keys = target
+        .key
+        .iter()
+        .map(|k| backend.quote(k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    existing(backend, target, rows, &keys)
+}
+
+fn existing(backend: Backend, target: &Target, rows: usize, what: &str) -> String {
+    let q = |c: &SqlIdent| backend.quote(c);
+    let keys = target.key.iter().map(&q).collect::<Vec<_>>().join(", ");
+    let mut m = backend.markers();
+    let one = if target.key.len() == 1 {
+        keys.clone()
+    } else {
+        format!("({keys})")
+    };
+    let list = (0..rows)
+        .map(|_| {
+            if target.key.len() == 1 {
+                m.next()
+            } else {
+                format!("({})", m.list(target.key.len()))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT {what} FROM {} WHERE {one} IN ({list})",
+        q(target.table())
+    )
 }

@@ -149,3 +149,45 @@ fn values_a_column_cannot_hold_are_named() {
     )
     .is_some());
 }
+
+#[test]
+fn one_write_per_row_where_the_key_is_the_tables() {
+    let cols = idents(&["id", "title", "ver"]);
+    let latest = target(Strategy::Latest, Some("ver"));
+    let pk = vec![vec!["id".to_owned()]];
+    assert!(upserts(Backend::MySql, &latest, &pk));
+    assert!(!upserts(Backend::Postgres, &latest, &[]));
+    // MySQL takes the update path on a conflict with any unique key.
+    let two = vec![vec!["id".to_owned()], vec!["title".to_owned()]];
+    assert!(!upserts(Backend::MySql, &latest, &two));
+    assert!(upserts(Backend::Sqlite, &latest, &two));
+    let mut history = target(Strategy::History, Some("ver"));
+    history.entity = idents(&["title"]);
+    assert!(!upserts(Backend::Postgres, &history, &pk));
+    assert_eq!(
+        upsert_sql(Backend::Postgres, &latest, &cols, 2),
+        "INSERT INTO \"dim\" (\"id\", \"title\", \"ver\") VALUES ($1, $2, $3), ($4, $5, $6) \
+         ON CONFLICT (\"id\") DO UPDATE SET \
+         \"title\" = CASE WHEN excluded.\"ver\" > \"dim\".\"ver\" THEN COALESCE(excluded.\"title\", \"dim\".\"title\") ELSE COALESCE(\"dim\".\"title\", excluded.\"title\") END, \
+         \"ver\" = CASE WHEN excluded.\"ver\" > \"dim\".\"ver\" THEN excluded.\"ver\" ELSE COALESCE(\"dim\".\"ver\", excluded.\"ver\") END \
+         WHERE excluded.\"ver\" > \"dim\".\"ver\" OR (\"dim\".\"title\" IS NULL AND excluded.\"title\" IS NOT NULL) OR (\"dim\".\"ver\" IS NULL AND excluded.\"ver\" IS NOT NULL)"
+    );
+    assert_eq!(
+        upsert_sql(Backend::MySql, &target(Strategy::InsertNew, None), &cols, 1),
+        "INSERT INTO `dim` (`id`, `title`, `ver`) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE `id` = `id`"
+    );
+    assert!(upsert_sql(Backend::MySql, &latest, &cols, 1).ends_with(
+        "ON DUPLICATE KEY UPDATE `title` = CASE WHEN VALUES(`ver`) > `ver` THEN COALESCE(VALUES(`title`), `title`) ELSE COALESCE(`title`, VALUES(`title`)) END, \
+         `ver` = CASE WHEN VALUES(`ver`) > `ver` THEN VALUES(`ver`) ELSE COALESCE(`ver`, VALUES(`ver`)) END"
+    ));
+    assert_eq!(
+        upsert_sql(Backend::Sqlite, &target(Strategy::Accumulate, None), &cols, 1),
+        "INSERT INTO \"dim\" (\"id\", \"title\", \"ver\") VALUES (?, ?, ?) ON CONFLICT (\"id\") DO UPDATE SET \
+         \"title\" = COALESCE(\"dim\".\"title\", excluded.\"title\"), \"ver\" = COALESCE(\"dim\".\"ver\", excluded.\"ver\") \
+         WHERE (\"dim\".\"title\" IS NULL AND excluded.\"title\" IS NOT NULL) OR (\"dim\".\"ver\" IS NULL AND excluded.\"ver\" IS NOT NULL)"
+    );
+    assert_eq!(
+        existing_sql(Backend::MySql, &latest, 3),
+        "SELECT COUNT(*) FROM `dim` WHERE `id` IN (?, ?, ?)"
+    );
+}
