@@ -34,8 +34,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_skip: bool,
     /// How many DAGs run at once, each still after the DAGs its `after`
-    /// names (on SQLite, one at a time).
-    #[arg(long, default_value = "2", value_name = "N")]
+    /// names (on SQLite, one at a time). More than one overlaps one DAG's
+    /// reading with another's loading, but holds several DAGs' memory at
+    /// once, and on two cores it was slower (BENCHMARKS.md).
+    #[arg(long, default_value = "1", value_name = "N")]
     pub parallel: NonZeroUsize,
 }
 
