@@ -72,6 +72,21 @@ fn with_rows<'q>(
     q
 }
 
+/// `sql` with the key values of `rows` bound, row by row.
+fn with_keys<'q>(
+    sql: &'q str,
+    key_idx: &[(usize, ColumnType)],
+    rows: &[Vec<Value>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let mut q = sqlx::query(sql);
+    for row in rows {
+        for (i, ty) in key_idx {
+            q = bind(q, *ty, &row[*i]);
+        }
+    }
+    q
+}
+
 /// Merges rows into the target and returns the rows changed: by one
 /// conflict-resolving insert per chunk of rows when `upsert` (the rows have
 /// one row per key), else staged in a temporary table and merged from there.
@@ -158,13 +173,7 @@ async fn upsert_rows(
         // duplicate once: the rows already there make it exact.
         let existing = if backend == Backend::MySql {
             let sql = existing_sql(backend, t, chunk.len());
-            let mut q = sqlx::query(&sql);
-            for row in chunk {
-                for (i, ty) in &key_idx {
-                    q = bind(q, *ty, &row[*i]);
-                }
-            }
-            let row = q
+            let row = with_keys(&sql, &key_idx, chunk)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(MergeFailed::new(format!(
@@ -214,14 +223,8 @@ async fn insert_new_rows(
 ) -> Result<u64, MergeFailed> {
     let backend = Backend::MySql;
     let sql = existing_keys_sql(backend, t, chunk.len());
-    let mut q = sqlx::query(&sql);
-    for row in chunk {
-        for (i, ty) in key_idx {
-            q = bind(q, *ty, &row[*i]);
-        }
-    }
     let what = || format!("reading the keys of {}", t.table());
-    let found = q
+    let found = with_keys(&sql, key_idx, chunk)
         .fetch_all(&mut *tx)
         .await
         .map_err(MergeFailed::new(what()))?;

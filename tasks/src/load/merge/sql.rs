@@ -35,6 +35,11 @@ pub fn staging_sql(backend: Backend, target: &Target) -> Vec<String> {
 
 /// A multi-row insert of `rows` rows of `columns` into the staging table.
 pub fn stage_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows: usize) -> String {
+    insert_into(backend, &staging(target), columns, rows)
+}
+
+/// `INSERT INTO table (columns) VALUES (...), ...` for `rows` rows.
+fn insert_into(backend: Backend, table: &SqlIdent, columns: &[SqlIdent], rows: usize) -> String {
     let cols = columns
         .iter()
         .map(|c| backend.quote(c))
@@ -42,7 +47,7 @@ pub fn stage_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows: 
         .join(", ");
     format!(
         "INSERT INTO {} ({cols}) VALUES {}",
-        backend.quote(&staging(target)),
+        backend.quote(table),
         values(backend, columns.len(), rows)
     )
 }
@@ -330,16 +335,7 @@ pub fn upsert_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows:
 /// A plain multi-row insert of `rows` rows of `columns` into the target
 /// (rows whose keys are known to be new).
 pub fn insert_sql(backend: Backend, target: &Target, columns: &[SqlIdent], rows: usize) -> String {
-    let cols = columns
-        .iter()
-        .map(|c| backend.quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "INSERT INTO {} ({cols}) VALUES {}",
-        backend.quote(target.table()),
-        values(backend, columns.len(), rows)
-    )
+    insert_into(backend, target.table(), columns, rows)
 }
 
 /// A count of the rows of the target whose key is one of `rows` keys
