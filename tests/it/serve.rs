@@ -87,7 +87,14 @@ impl Server {
             child: Some(child),
             base: format!("http://{addr}"),
             log,
-            http: reqwest::Client::new(),
+            // A fresh connection per request: the server closes an idle
+            // keep-alive connection after its header timeout, and a request
+            // written onto one in that instant fails with "connection closed
+            // before message completed" (a race every HTTP client has; this
+            // test is about the answers, not about connection reuse).
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()?,
         })
     }
 
