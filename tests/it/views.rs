@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use crate::support::{self, count, cutover, ok, read_events, snapshot, RawEvent};
+use crate::support::{self, count, cutover, cutover_with, ok, read_events, snapshot, RawEvent};
 
 /// The views_daily report computed straight from the file: valid
 /// `presentation.viewed` documents, once per `event_id`.
@@ -72,6 +72,9 @@ async fn views_match_an_independent_count_rerun_changes_nothing_and_invalid_docu
             "{out}"
         );
         assert!(out.contains("fact_views matches the source"), "{out}");
+        // A first load reads every day whole: the extract's digests settle
+        // them all, and the source is not read a second time.
+        assert!(out.contains("against the extract's digests, 0 read again"), "{out}");
 
         let report = ok(cutover(
             &events_file,
@@ -224,6 +227,55 @@ async fn a_failed_run_is_listed_with_its_error() -> Result<()> {
         assert!(
             error.contains("load_views") && error.contains("no_such_table"),
             "the error names the task and the table on {}: {error}",
+            wh.name
+        );
+    }
+    Ok(())
+}
+
+/// A first load that lost an event (here a transform that leaves one out)
+/// is not let through by the per-day digests: the day that differs is read
+/// again and the verify and the `row_count` check name the event.
+#[tokio::test]
+async fn a_first_load_that_lost_an_event_fails_naming_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let events_file = support::seed(dir.path(), 3_000, 17);
+    let events = read_events(&events_file);
+    let lost = events
+        .iter()
+        .filter(|e| e.str("type") == Some("presentation.viewed"))
+        .filter_map(|e| e.str("event_id"))
+        .find(|id| id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .expect("a view")
+        .to_owned();
+    let dags = support::dags_edited(dir.path(), |text| {
+        text.replace(
+            "       presentation_id, session_id, user_id, device, referrer, doc_id\nFROM extract_views\n",
+            &format!(
+                "       presentation_id, session_id, user_id, device, referrer, doc_id\nFROM extract_views\nWHERE event_id <> '{lost}'\n"
+            ),
+        )
+    })?;
+    assert!(std::fs::read_to_string(dags.join("views.toml"))?.contains(&lost));
+    for wh in support::warehouses().await? {
+        let work = dir.path().join(format!("work-{}", wh.name));
+        let source = events_file.display().to_string();
+        let out = cutover_with(&source, &wh.url, &work, &dags, &["run", "views"]);
+        assert!(!out.status.success(), "the run must fail on {}", wh.name);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("fact_views differs from the source on 1 day(s)")
+                && text.contains(&format!("missing from the table: {lost}")),
+            "verify on {}:\n{text}",
+            wh.name
+        );
+        assert!(
+            text.contains(&format!("{lost} (missing)")),
+            "row_count on {}:\n{text}",
             wh.name
         );
     }

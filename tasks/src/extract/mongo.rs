@@ -16,6 +16,7 @@ use workflows::{
 };
 
 use crate::error::{from_io, from_sqlx};
+use crate::expected::SeenBuilder;
 use crate::progress::Progress;
 use crate::quarantine::{self, Rejected};
 use crate::schema::{read_row, ColumnType, Columns, Value};
@@ -352,6 +353,12 @@ impl Task for ExtractMongo {
             .keys()
             .position(|c| Some(c.as_str()) == cfg.ts_column())
             .ok_or_else(|| TaskError::fatal("no timestamp column"))?;
+        let key_index = cfg.columns.keys().position(|c| c.as_str() == cfg.key);
+        // What it reads, summed up per day for the verify tasks after it
+        // (not for the feed's micro-batches, which no verify follows).
+        let mut seen = (!feed).then(|| {
+            SeenBuilder::new(since, self.window.map(|w| w.until_ms), read.started_ms)
+        });
         let ordered = self.source.is_ordered();
         let progress = self.progress.counter(&format!("{} {}", ctx.dag, ctx.task));
 
@@ -408,6 +415,17 @@ impl Task for ExtractMongo {
                                 pass.max_ts = Some(pass.max_ts.map_or(ts, |m| m.max(ts)));
                             }
                         }
+                        if let (Some(seen), Some(Value::Str(key)), Value::Int(ts)) = (
+                            seen.as_mut(),
+                            key_index.map(|i| &row[i]),
+                            &row[ts_index],
+                        ) {
+                            let stored = doc
+                                .get_object_id("_id")
+                                .ok()
+                                .map(|o| o.timestamp().timestamp_millis());
+                            seen.add(key, *ts, stored);
+                        }
                         rows.push(row);
                         pass.rows += 1;
                         if rows.len() >= cfg.batch_size.get() as usize {
@@ -441,6 +459,11 @@ impl Task for ExtractMongo {
         quarantine::write(&self.warehouse, &ctx.dag, &ctx.task, &ctx.run_id, &rejected)
             .await
             .map_err(|e| from_sqlx("writing the quarantine", e))?;
+        if let Some(seen) = seen {
+            seen.finish()
+                .write(&out_dir)
+                .map_err(|e| from_io("recording what was read", e))?;
+        }
         progress.finish_and_clear();
         let from = match since {
             _ if feed => "the feed".to_owned(),

@@ -1,8 +1,10 @@
-//! `verify.reconcile`: compares a fact table with the source. It reads the
-//! source again through the extract's own columns and checks, day by day,
-//! that the table holds exactly one row per valid distinct event up to the
-//! committed watermark; on a difference it drills down to the events that
-//! differ and fails the run with them.
+//! `verify.reconcile`: compares a fact table with the source, checking day
+//! by day that the table holds exactly one row per valid distinct event up
+//! to the committed watermark. A day the run's extract read whole is
+//! compared with what the extract saw (its digest of the day's distinct
+//! keys); any other day, and a day whose digests differ, is compared event
+//! by event with the source read again through the extract's own columns.
+//! On a difference it names the events that differ and fails the run.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use workflows::{
 
 use super::Scope;
 use crate::error::from_sqlx;
-use crate::expected::{is_quarantined, quarantined, source_keys, SourceKeys};
+use crate::expected::{
+    day_number, is_quarantined, quarantined, source_keys, split, Seen, SourceKeys,
+};
 use crate::segment::read_from;
 use crate::source::{Selection, Source};
 use crate::warehouse::Warehouse;
@@ -143,24 +147,45 @@ impl Task for Reconcile {
         };
         let until = watermark + 1;
         // Whole days: from the start of the day the run's extract began at.
-        let read = read_from(&ctx.output_dir(&self.config.source));
+        let extract_dir = ctx.output_dir(&self.config.source);
+        let read = read_from(&extract_dir);
         let from = self.config.scope.first_day(read.as_ref());
-        // An event stored after the extract began (ObjectId times have
-        // second precision) may or may not be loaded yet: it is left out of
-        // the comparison on both sides, and the next run checks it.
-        let arrived = read.map(|r| r.started_ms - 1_000);
-        let SourceKeys {
-            read: read_count,
-            days: mut source,
-            during,
-        } = source_keys(&self.source, &self.extract, from, until, arrived).await?;
-        let mut table = self.table_keys(from, until).await?;
-        if !during.is_empty() {
-            for keys in source.values_mut() {
-                keys.retain(|k| !during.contains(k));
+        let wh = &self.warehouse;
+        let (split, table_rows) = split(
+            read.and_then(|_| Seen::read(&extract_dir)),
+            wh,
+            &wh.q(&self.config.table),
+            &wh.q(&self.config.key),
+            &wh.q(&self.config.ts),
+            from,
+            until,
+        )
+        .await?;
+        let (source, read_count, table) = if split.needs_source(from) {
+            // An event stored after the extract began (ObjectId times have
+            // second precision) may or may not be loaded yet: it is left
+            // out of the comparison on both sides, and the next run checks
+            // it.
+            let arrived = read.map(|r| r.started_ms - 1_000);
+            let until = split.source_until(until);
+            let keep = |day: i64| split.exact(day);
+            let SourceKeys {
+                read,
+                days,
+                during,
+            } = source_keys(&self.source, &self.extract, from, until, arrived, &keep).await?;
+            let mut table = self.table_keys(from, until).await?;
+            table.retain(|(k, ts)| {
+                split.exact(day_number(*ts)) && !during.contains(k) && !split.during.contains(k)
+            });
+            let mut days = days;
+            for keys in days.values_mut() {
+                keys.retain(|k| !during.contains(k) && !split.during.contains(k));
             }
-            table.retain(|(k, _)| !during.contains(k));
-        }
+            (days, read, table)
+        } else {
+            (Default::default(), 0, Vec::new())
+        };
         let quarantined = quarantined(&self.warehouse, &ctx.dag).await?;
         let mut explained = 0u64;
         let mut table_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -176,7 +201,7 @@ impl Task for Reconcile {
         }
         let all_days: BTreeSet<&String> = source.keys().chain(table_days.keys()).collect();
         let mut problems = Vec::new();
-        let expected: usize = source.values().map(HashSet::len).sum();
+        let expected = source.values().map(HashSet::len).sum::<usize>() as u64 + split.agreed_events;
         for day in all_days {
             let empty_s = HashSet::new();
             let empty_t = BTreeSet::new();
@@ -240,15 +265,24 @@ impl Task for Reconcile {
         if problems.is_empty() {
             Ok(TaskReport {
                 unchanged: false,
-                rows_read: read_count + table.len() as u64,
+                rows_read: read_count + table.len() as u64 + table_rows,
                 rows_written: 0,
                 rows_quarantined: 0,
                 summary: format!(
-                    "{} matches the source: {expected} events over {} days {}up to {}{}",
+                    "{} matches the source: {expected} events over {} days {}up to {}{}{}",
                     self.config.table,
-                    source.len(),
+                    source.len() + split.agreed_days,
                     from.map_or_else(String::new, |f| format!("from {} ", day_of(f))),
                     workflows::time::format_ms(watermark),
+                    if split.agreed_days > 0 {
+                        format!(
+                            " ({} days against the extract's digests, {} read again)",
+                            split.agreed_days,
+                            source.len()
+                        )
+                    } else {
+                        String::new()
+                    },
                     if explained > 0 {
                         format!(", but for {explained} events the DAG quarantined (`cutover quarantine list --dag {}`)", ctx.dag)
                     } else {

@@ -29,7 +29,9 @@ pub use config::{
 };
 
 use crate::error::from_sqlx;
-use crate::expected::{is_quarantined, quarantined, source_keys};
+use crate::expected::{
+    day_number, is_quarantined, quarantined, source_keys, split, Seen, SourceKeys,
+};
 use crate::segment::read_from;
 use crate::source::{Selection, Source};
 use crate::warehouse::Warehouse;
@@ -496,42 +498,67 @@ impl Checks {
         };
         let until = watermark + 1;
         // The run's range: from where its extract began reading.
-        let began = read_from(&ctx.output_dir(task));
+        let extract_dir = ctx.output_dir(task);
+        let began = read_from(&extract_dir);
         let from = scope.first_day(began.as_ref());
-        // An event stored after the extract began (ObjectId times have
-        // second precision) may or may not be loaded yet: it is left out on
-        // both sides, and the next run checks it.
-        let arrived = began.map(|r| r.started_ms - 1_000);
-        let found = source_keys(&self.source, selection, from, until, arrived).await?;
+        let key_sql = self.text(&self.q(key));
+        // Days the extract read whole are compared with its digests; the
+        // rest, and a day that differs, event by event.
+        let (split, _) = split(
+            began.and_then(|_| Seen::read(&extract_dir)),
+            &self.warehouse,
+            &self.q(table),
+            &key_sql,
+            &self.q(ts),
+            from,
+            until,
+        )
+        .await?;
+        let mut found = SourceKeys::default();
+        let mut held: HashMap<String, u64> = HashMap::new();
+        if split.needs_source(from) {
+            // An event stored after the extract began (ObjectId times have
+            // second precision) may or may not be loaded yet: it is left
+            // out on both sides, and the next run checks it.
+            let arrived = began.map(|r| r.started_ms - 1_000);
+            let until = split.source_until(until);
+            let keep = |day: i64| split.exact(day);
+            found = source_keys(&self.source, selection, from, until, arrived, &keep).await?;
+            let sql = format!(
+                "SELECT {key_sql} AS v0, {ts} AS v1 FROM {t} WHERE {ts} >= ? AND {ts} < ?",
+                t = self.q(table),
+                ts = self.q(ts),
+            );
+            let sql = self.warehouse.backend.sql(&sql);
+            let rows = sqlx::query(&sql)
+                .bind(from.unwrap_or(i64::MIN / 2))
+                .bind(until)
+                .fetch_all(&self.warehouse.pool)
+                .await
+                .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
+            for r in &rows {
+                let k = workflows::sql::text(r, "v0")
+                    .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
+                let at: i64 = r
+                    .try_get("v1")
+                    .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
+                if let Some(k) = k.filter(|k| {
+                    split.exact(day_number(at))
+                        && !found.during.contains(k)
+                        && !split.during.contains(k)
+                }) {
+                    *held.entry(k).or_default() += 1;
+                }
+            }
+        }
         *read += found.read;
         let expected: HashSet<&String> = found
             .days
             .values()
             .flatten()
-            .filter(|k| !found.during.contains(*k))
+            .filter(|k| !found.during.contains(*k) && !split.during.contains(*k))
             .collect();
-        let sql = format!(
-            "SELECT {k} AS v0 FROM {t} WHERE {ts} >= ? AND {ts} < ?",
-            k = self.text(&self.q(key)),
-            t = self.q(table),
-            ts = self.q(ts),
-        );
-        let sql = self.warehouse.backend.sql(&sql);
-        let rows = sqlx::query(&sql)
-            .bind(from.unwrap_or(i64::MIN / 2))
-            .bind(until)
-            .fetch_all(&self.warehouse.pool)
-            .await
-            .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
-        let mut held: HashMap<String, u64> = HashMap::new();
-        for r in &rows {
-            let k = workflows::sql::text(r, "v0")
-                .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
-            if let Some(k) = k.filter(|k| !found.during.contains(k)) {
-                *held.entry(k).or_default() += 1;
-            }
-        }
-        let rows_held: u64 = held.values().sum();
+        let rows_held: u64 = held.values().sum::<u64>() + split.agreed_events;
         let set_aside = quarantined(&self.warehouse, &ctx.dag).await?;
         let mut explained = 0u64;
         let mut missing: Vec<&String> = expected
@@ -560,7 +587,7 @@ impl Checks {
         );
         let counts = format!(
             "{rows_held} rows, {} distinct valid source events {range}{}",
-            expected.len(),
+            expected.len() as u64 + split.agreed_events,
             if explained > 0 {
                 format!(" ({explained} of them quarantined by the DAG)")
             } else {
