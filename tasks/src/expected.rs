@@ -191,7 +191,8 @@ impl Seen {
     /// source there (it stopped short of `until_ms`, or read events at or
     /// after it).
     pub fn whole_from(&self, until_ms: i64) -> Option<i64> {
-        if self.until_ms.is_some_and(|u| u < until_ms) || self.max_ts.is_some_and(|t| t >= until_ms) {
+        if self.until_ms.is_some_and(|u| u < until_ms) || self.max_ts.is_some_and(|t| t >= until_ms)
+        {
             return None;
         }
         Some(match self.since_ms {
@@ -327,14 +328,20 @@ impl Split {
     /// Whether some day is: the source must be read.
     pub fn needs_source(&self, from_ms: Option<i64>) -> bool {
         !self.differing.is_empty()
-            || from_ms.map_or(self.exact_before > i64::MIN, |f| day_number(f) < self.exact_before)
+            || from_ms.map_or(self.exact_before > i64::MIN, |f| {
+                day_number(f) < self.exact_before
+            })
     }
 
     /// The end (exclusive, epoch ms) of the range the source must be read
     /// over, for a comparison before `until_ms`.
     pub fn source_until(&self, until_ms: i64) -> i64 {
-        let last = self.differing.last().map(|d| (d + 1).saturating_mul(DAY_MS));
-        let before = (self.exact_before > i64::MIN).then(|| self.exact_before.saturating_mul(DAY_MS));
+        let last = self
+            .differing
+            .last()
+            .map(|d| (d + 1).saturating_mul(DAY_MS));
+        let before =
+            (self.exact_before > i64::MIN).then(|| self.exact_before.saturating_mul(DAY_MS));
         last.into_iter()
             .chain(before)
             .max()
@@ -372,7 +379,16 @@ pub async fn split(
     let during: HashSet<String> = seen.during.into_iter().collect();
     let start = from_ms.map_or(whole_from, |f| whole_from.max(day_number(f)));
     let table_from = (start > i64::MIN).then(|| start.saturating_mul(DAY_MS));
-    let held = table_days(warehouse, table, key_sql, ts, table_from.or(from_ms), until_ms, &during).await?;
+    let held = table_days(
+        warehouse,
+        table,
+        key_sql,
+        ts,
+        table_from.or(from_ms),
+        until_ms,
+        &during,
+    )
+    .await?;
     let mut out = Split {
         exact_before: whole_from,
         during,
@@ -434,9 +450,15 @@ mod tests {
             max_ts,
             ..Seen::default()
         };
-        assert_eq!(seen(None, None, Some(5 * DAY)).whole_from(6 * DAY), Some(i64::MIN));
+        assert_eq!(
+            seen(None, None, Some(5 * DAY)).whole_from(6 * DAY),
+            Some(i64::MIN)
+        );
         // Read from mid-day 2: day 2 is not whole, day 3 is.
-        assert_eq!(seen(Some(2 * DAY + 1), None, None).whole_from(6 * DAY), Some(3));
+        assert_eq!(
+            seen(Some(2 * DAY + 1), None, None).whole_from(6 * DAY),
+            Some(3)
+        );
         assert_eq!(seen(Some(2 * DAY), None, None).whole_from(6 * DAY), Some(2));
         // Events at or after the end compared: the digests hold more.
         assert_eq!(seen(None, None, Some(6 * DAY)).whole_from(6 * DAY), None);

@@ -74,7 +74,10 @@ async fn views_match_an_independent_count_rerun_changes_nothing_and_invalid_docu
         assert!(out.contains("fact_views matches the source"), "{out}");
         // A first load reads every day whole: the extract's digests settle
         // them all, and the source is not read a second time.
-        assert!(out.contains("against the extract's digests, 0 read again"), "{out}");
+        assert!(
+            out.contains("against the extract's digests, 0 read again"),
+            "{out}"
+        );
 
         let report = ok(cutover(
             &events_file,

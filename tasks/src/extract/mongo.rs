@@ -356,9 +356,8 @@ impl Task for ExtractMongo {
         let key_index = cfg.columns.keys().position(|c| c.as_str() == cfg.key);
         // What it reads, summed up per day for the verify tasks after it
         // (not for the feed's micro-batches, which no verify follows).
-        let mut seen = (!feed).then(|| {
-            SeenBuilder::new(since, self.window.map(|w| w.until_ms), read.started_ms)
-        });
+        let mut seen = (!feed)
+            .then(|| SeenBuilder::new(since, self.window.map(|w| w.until_ms), read.started_ms));
         let ordered = self.source.is_ordered();
         let progress = self.progress.counter(&format!("{} {}", ctx.dag, ctx.task));
 
@@ -415,11 +414,9 @@ impl Task for ExtractMongo {
                                 pass.max_ts = Some(pass.max_ts.map_or(ts, |m| m.max(ts)));
                             }
                         }
-                        if let (Some(seen), Some(Value::Str(key)), Value::Int(ts)) = (
-                            seen.as_mut(),
-                            key_index.map(|i| &row[i]),
-                            &row[ts_index],
-                        ) {
+                        if let (Some(seen), Some(Value::Str(key)), Value::Int(ts)) =
+                            (seen.as_mut(), key_index.map(|i| &row[i]), &row[ts_index])
+                        {
                             let stored = doc
                                 .get_object_id("_id")
                                 .ok()

@@ -29,7 +29,9 @@ fn sum(b: Backend, expr: &str) -> String {
 fn date_of_key(b: Backend, key: &str) -> String {
     let part = |from: u8, len: u8| match b {
         Backend::MySql => format!("SUBSTRING({key}, {from}, {len})"),
-        Backend::Sqlite | Backend::Postgres => format!("SUBSTR(CAST({key} AS TEXT), {from}, {len})"),
+        Backend::Sqlite | Backend::Postgres => {
+            format!("SUBSTR(CAST({key} AS TEXT), {from}, {len})")
+        }
     };
     let (y, m, d) = (part(1, 4), part(5, 2), part(7, 2));
     match b {
@@ -45,14 +47,14 @@ pub fn sql(b: Backend, name: ReportName, grain: Grain) -> String {
     let (from, to) = (m.next(), m.next());
     match name {
         // Grouped by the fact's own date key: MariaDB reads its index
-        // (date_key, presentation_id, slide, ts_ms, dwell_ms) in order
+        // (presentation_id, slide, date_key, ts_ms, dwell_ms) in order
         // instead of building a temporary table of the joined rows (14 s
-        // against 1 s at 1,000,000 events).
+        // against 2.3 s at 1,000,000 events).
         ReportName::SlideEngagement if grain == Grain::Daily => format!(
             "SELECT {}, f.presentation_id, {}, COUNT(*), {} \
              FROM fact_engagement f \
              WHERE f.ts_ms >= {from} AND f.ts_ms < {to} \
-             GROUP BY f.date_key, f.presentation_id, f.slide",
+             GROUP BY f.presentation_id, f.slide, f.date_key",
             date_of_key(b, "f.date_key"),
             int64(b, "f.slide"),
             sum(b, "f.dwell_ms")

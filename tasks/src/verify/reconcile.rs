@@ -169,11 +169,8 @@ impl Task for Reconcile {
             let arrived = read.map(|r| r.started_ms - 1_000);
             let until = split.source_until(until);
             let keep = |day: i64| split.exact(day);
-            let SourceKeys {
-                read,
-                days,
-                during,
-            } = source_keys(&self.source, &self.extract, from, until, arrived, &keep).await?;
+            let SourceKeys { read, days, during } =
+                source_keys(&self.source, &self.extract, from, until, arrived, &keep).await?;
             let mut table = self.table_keys(from, until).await?;
             table.retain(|(k, ts)| {
                 split.exact(day_number(*ts)) && !during.contains(k) && !split.during.contains(k)
@@ -201,7 +198,8 @@ impl Task for Reconcile {
         }
         let all_days: BTreeSet<&String> = source.keys().chain(table_days.keys()).collect();
         let mut problems = Vec::new();
-        let expected = source.values().map(HashSet::len).sum::<usize>() as u64 + split.agreed_events;
+        let expected =
+            source.values().map(HashSet::len).sum::<usize>() as u64 + split.agreed_events;
         for day in all_days {
             let empty_s = HashSet::new();
             let empty_t = BTreeSet::new();
