@@ -250,8 +250,57 @@ impl SeenBuilder {
     }
 }
 
-/// A table's keys per day, summed up, from `from_ms` and before
-/// `until_ms`, leaving out the keys in `during`.
+/// A table's key and time columns over a range of its time: what the
+/// verify kinds compare with the source.
+#[derive(Debug, Clone, Copy)]
+pub struct TableRange<'a> {
+    /// The table, quoted.
+    pub table: &'a str,
+    /// An expression giving its event key as text.
+    pub key_sql: &'a str,
+    /// Its time column (epoch ms), quoted.
+    pub ts: &'a str,
+    /// The first event time compared (`None`: the beginning).
+    pub from_ms: Option<i64>,
+    /// The end (exclusive) of the event time compared.
+    pub until_ms: i64,
+}
+
+impl TableRange<'_> {
+    /// Streams `(key, ts)` of the rows in range, a row with no key left
+    /// out, to `each`; returns the rows read.
+    async fn each_row(
+        &self,
+        warehouse: &Warehouse,
+        mut each: impl FnMut(String, i64),
+    ) -> Result<u64, TaskError> {
+        use futures::TryStreamExt;
+        use sqlx::Row;
+        let sql = warehouse.backend.sql(&format!(
+            "SELECT {} AS v0, {ts} AS v1 FROM {} WHERE {ts} >= ? AND {ts} < ?",
+            self.key_sql,
+            self.table,
+            ts = self.ts,
+        ));
+        let mut rows = sqlx::query(&sql)
+            .bind(self.from_ms.unwrap_or(i64::MIN / 2))
+            .bind(self.until_ms)
+            .fetch(&warehouse.pool);
+        let reading = |e| from_sqlx(format!("reading {}", self.table), e);
+        let mut read = 0;
+        while let Some(r) = rows.try_next().await.map_err(reading)? {
+            let key = workflows::sql::text(&r, "v0").map_err(reading)?;
+            let ts: i64 = r.try_get("v1").map_err(reading)?;
+            read += 1;
+            if let Some(key) = key {
+                each(key, ts);
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// A table's keys per day, summed up, and the rows read.
 pub struct TableDays {
     /// Per day number.
     pub days: BTreeMap<i64, DayDigest>,
@@ -259,46 +308,26 @@ pub struct TableDays {
     pub rows: u64,
 }
 
-/// Reads `key_sql AS v0, ts AS v1` from `table` (quoted) over a range of
-/// its time column `ts` (quoted) and sums the keys up per day, holding no
-/// key.
+/// Reads the table's keys in `range` as a stream and sums them up per day,
+/// leaving out the keys in `during`, holding no key.
 ///
 /// # Errors
 /// Reading the table failed.
 pub async fn table_days(
     warehouse: &Warehouse,
-    table: &str,
-    key_sql: &str,
-    ts: &str,
-    from_ms: Option<i64>,
-    until_ms: i64,
+    range: TableRange<'_>,
     during: &HashSet<String>,
 ) -> Result<TableDays, TaskError> {
-    use futures::TryStreamExt;
-    let sql = warehouse.backend.sql(&format!(
-        "SELECT {key_sql} AS v0, {ts} AS v1 FROM {table} WHERE {ts} >= ? AND {ts} < ?"
-    ));
-    let mut rows = sqlx::query(&sql)
-        .bind(from_ms.unwrap_or(i64::MIN / 2))
-        .bind(until_ms)
-        .fetch(&warehouse.pool);
-    let mut out = TableDays {
-        days: BTreeMap::new(),
-        rows: 0,
-    };
-    let reading = |e| from_sqlx(format!("reading {table}"), e);
-    while let Some(r) = rows.try_next().await.map_err(reading)? {
-        use sqlx::Row;
-        let key = workflows::sql::text(&r, "v0").map_err(reading)?;
-        let ts: i64 = r.try_get("v1").map_err(reading)?;
-        out.rows += 1;
-        let Some(key) = key.filter(|k| !during.contains(k)) else {
-            continue;
-        };
-        let day = day_number(ts);
-        out.days.entry(day).or_default().add(key_hash(day, &key));
-    }
-    Ok(out)
+    let mut days: BTreeMap<i64, DayDigest> = BTreeMap::new();
+    let rows = range
+        .each_row(warehouse, |key, ts| {
+            if !during.contains(&key) {
+                let day = day_number(ts);
+                days.entry(day).or_default().add(key_hash(day, &key));
+            }
+        })
+        .await?;
+    Ok(TableDays { days, rows })
 }
 
 /// How a comparison of a table with the source over a range splits:
@@ -351,20 +380,17 @@ impl Split {
 }
 
 /// Compares the extract's digests `seen` (if it recorded them) with the
-/// table's, read by [`table_days`] with the same arguments, over
-/// `from_ms`..`until_ms`.
+/// table's in `range` (read by [`table_days`]); returns the split and the
+/// rows read.
 ///
 /// # Errors
 /// Reading the table failed.
 pub async fn split(
     seen: Option<Seen>,
     warehouse: &Warehouse,
-    table: &str,
-    key_sql: &str,
-    ts: &str,
-    from_ms: Option<i64>,
-    until_ms: i64,
+    range: TableRange<'_>,
 ) -> Result<(Split, u64), TaskError> {
+    let (from_ms, until_ms) = (range.from_ms, range.until_ms);
     let whole_from = seen.as_ref().and_then(|s| s.whole_from(until_ms));
     let (Some(seen), Some(whole_from)) = (seen, whole_from) else {
         // Everything is compared event by event.
@@ -381,11 +407,10 @@ pub async fn split(
     let table_from = (start > i64::MIN).then(|| start.saturating_mul(DAY_MS));
     let held = table_days(
         warehouse,
-        table,
-        key_sql,
-        ts,
-        table_from.or(from_ms),
-        until_ms,
+        TableRange {
+            from_ms: table_from.or(from_ms),
+            ..range
+        },
         &during,
     )
     .await?;
@@ -410,6 +435,71 @@ pub async fn split(
         }
     }
     Ok((out, held.rows))
+}
+
+/// The days a [`Split`] leaves to compare event by event, from both sides,
+/// without the keys stored during the run (on either count).
+#[derive(Debug, Default)]
+pub struct Exact {
+    /// Source documents read.
+    pub read: u64,
+    /// The source's distinct valid keys per date.
+    pub source: BTreeMap<String, HashSet<String>>,
+    /// The table's rows, `(key, time)`.
+    pub table: Vec<(String, i64)>,
+}
+
+/// Reads the days of `range` that `split` compares event by event, from
+/// `source` through `selection` and from the table; nothing when it
+/// compares none. `arrived_ms` is when the run's extract began (less the
+/// ObjectId's precision): a document stored since may or may not be loaded
+/// yet, so it is left out on both sides, and the next run checks it.
+///
+/// # Errors
+/// Reading the source or the table failed.
+pub async fn exact_days(
+    source: &Source,
+    selection: &Selection,
+    warehouse: &Warehouse,
+    range: TableRange<'_>,
+    split: &Split,
+    arrived_ms: Option<i64>,
+) -> Result<Exact, TaskError> {
+    if !split.needs_source(range.from_ms) {
+        return Ok(Exact::default());
+    }
+    let until_ms = split.source_until(range.until_ms);
+    let keep = |day: i64| split.exact(day);
+    let SourceKeys {
+        read,
+        mut days,
+        during,
+    } = source_keys(
+        source,
+        selection,
+        range.from_ms,
+        until_ms,
+        arrived_ms,
+        &keep,
+    )
+    .await?;
+    let left_out = |k: &String| during.contains(k) || split.during.contains(k);
+    for keys in days.values_mut() {
+        keys.retain(|k| !left_out(k));
+    }
+    let mut table = Vec::new();
+    TableRange { until_ms, ..range }
+        .each_row(warehouse, |key, ts| {
+            if split.exact(day_number(ts)) && !left_out(&key) {
+                table.push((key, ts));
+            }
+        })
+        .await?;
+    Ok(Exact {
+        read,
+        source: days,
+        table,
+    })
 }
 
 #[cfg(test)]

@@ -12,7 +12,11 @@
 #    (micro-batches' took_ms: loading and deleting);
 # 2. the same events published the same way to a second queue while a bare
 #    receive-and-delete loop with the same client and receivers
-#    (examples/sqs_feed.rs) drains it: messages/s, the ceiling.
+#    (examples/sqs_feed.rs) drains it: messages/s, the ceiling;
+# 3. the nightly path, `run --all` over NIGHTLY_EVENTS (default 200,000)
+#    seeded events into MariaDB: its extract, transform and load tasks'
+#    events/s, against which the feed's own loading is measured; and the
+#    same tasks over 150 events, a micro-batch's size.
 # The publisher keeps at most BACKLOG (default 200) messages on the queue,
 # as a live feed would: moto's requests cost time in proportion to the
 # queue's length, so a deep queue would measure moto alone.
@@ -106,8 +110,46 @@ publisher=$!
 wait $publisher
 drained=$(grep -Eo '\(([0-9]+)/s' "$DIR/drain.txt" | tr -dc 0-9)
 
+NIGHTLY_EVENTS=${NIGHTLY_EVENTS:-200000}
+say "3. the nightly path: run --all over $NIGHTLY_EVENTS seeded events into MariaDB, the same DAGs"
+nightly="$DIR/events-$NIGHTLY_EVENTS.jsonl"
+[[ -s "$nightly" ]] || "$bin" seed --events "$NIGHTLY_EVENTS" --out "$nightly" > /dev/null
+ndb=${DB}_nightly
+mysql -e "DROP DATABASE IF EXISTS $ndb; CREATE DATABASE $ndb CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+rm -rf "$DIR/work-nightly"
+t0=$(now)
+"$bin" --source-url "$nightly" --warehouse-url "mysql://root@127.0.0.1:3306/$ndb" \
+  --work-dir "$DIR/work-nightly" run --all > "$DIR/nightly.txt" 2>&1
+t1=$(now)
+# Extract, transform and load tasks alone: what a micro-batch does too.
+etl_seconds() {
+  mysql -N "$1" -e "SELECT task, started_at, ended_at FROM cutover_task_attempts" | python3 -c "
+import sys, datetime as dt
+t = lambda s: dt.datetime.fromisoformat(s.replace('Z', '+00:00'))
+total = 0.0
+for line in sys.stdin:
+    task, a, b = line.rstrip('\n').split('\t')
+    if task.startswith(('extract', 'transform', 'load')) and b not in ('NULL', ''):
+        total += (t(b) - t(a)).total_seconds()
+print(f'{total:.3f}')"
+}
+etl_s=$(etl_seconds "$ndb")
+# Every micro-batch above also ran every DAG's extract, transform and load
+# tasks at the same size (about 150 events): the nightly path at that size.
+small="$DIR/events-150.jsonl"
+[[ -s "$small" ]] || "$bin" seed --events 150 --out "$small" > /dev/null
+mysql -e "DROP DATABASE IF EXISTS ${ndb}_small; CREATE DATABASE ${ndb}_small CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+rm -rf "$DIR/work-small"
+"$bin" --source-url "$small" --warehouse-url "mysql://root@127.0.0.1:3306/${ndb}_small" \
+  --work-dir "$DIR/work-small" run --all > /dev/null 2>&1
+small_s=$(etl_seconds "${ndb}_small")
+
 echo
 echo "consume into MariaDB: $lines events in ${busy}s = $consumed events/s (peak RSS $((rss_kb / 1024)) MiB, $RECEIVERS receivers)"
 echo "  the consumer's own work: ${busy_s}s loading and deleting, of which ${load_s}s loading = $(python3 -c "print(f'{$lines / $load_s:.0f}')") events/s loaded"
 echo "bare receive+delete:  $drained messages/s"
 echo "ratio: $(python3 -c "print(f'{$consumed / $drained:.2f}')")"
+loaded=$(python3 -c "print(f'{$lines / $load_s:.0f}')")
+echo "nightly run --all, $NIGHTLY_EVENTS events: $(python3 -c "print(f'{$t1 - $t0:.1f}')")s end to end, extract+transform+load tasks ${etl_s}s = $(python3 -c "print(f'{$NIGHTLY_EVENTS / $etl_s:.0f}')") events/s"
+echo "nightly run --all, 150 events (a micro-batch's size): extract+transform+load tasks ${small_s}s = $(python3 -c "print(f'{150 / $small_s:.0f}')") events/s"
+echo "feed loading / nightly extract+transform+load: $(python3 -c "print(f'{$loaded / ($NIGHTLY_EVENTS / $etl_s):.2f}')")"

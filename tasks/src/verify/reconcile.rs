@@ -11,16 +11,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use workflows::{
     KindInfo, Role, SettingProblem, SqlIdent, Task, TaskContext, TaskError, TaskReport,
 };
 
 use super::Scope;
 use crate::error::from_sqlx;
-use crate::expected::{
-    day_number, is_quarantined, quarantined, source_keys, split, Seen, SourceKeys,
-};
+use crate::expected::{exact_days, is_quarantined, quarantined, split, Exact, Seen, TableRange};
 use crate::segment::read_from;
 use crate::source::{Selection, Source};
 use crate::warehouse::Warehouse;
@@ -97,40 +94,6 @@ pub struct Reconcile {
     pub warehouse: Warehouse,
 }
 
-impl Reconcile {
-    async fn table_keys(
-        &self,
-        from_ms: Option<i64>,
-        until_ms: i64,
-    ) -> Result<Vec<(String, i64)>, TaskError> {
-        let wh = &self.warehouse;
-        let mut m = wh.backend.markers();
-        let sql = format!(
-            "SELECT {k}, {t} FROM {tbl} WHERE {t} >= {p1} AND {t} < {p2}",
-            k = wh.q(&self.config.key),
-            t = wh.q(&self.config.ts),
-            tbl = wh.q(&self.config.table),
-            p1 = m.next(),
-            p2 = m.next()
-        );
-        let rows = sqlx::query(&sql)
-            .bind(from_ms.unwrap_or(i64::MIN / 2))
-            .bind(until_ms)
-            .fetch_all(&wh.pool)
-            .await
-            .map_err(|e| from_sqlx(format!("reading {}", self.config.table), e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let key: String = r.try_get(0).map_err(|e| from_sqlx("reading a key", e))?;
-            let ts: i64 = r
-                .try_get(1)
-                .map_err(|e| from_sqlx("reading a timestamp", e))?;
-            out.push((key, ts));
-        }
-        Ok(out)
-    }
-}
-
 #[async_trait]
 impl Task for Reconcile {
     async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
@@ -151,38 +114,26 @@ impl Task for Reconcile {
         let read = read_from(&extract_dir);
         let from = self.config.scope.first_day(read.as_ref());
         let wh = &self.warehouse;
-        let (split, table_rows) = split(
-            read.and_then(|_| Seen::read(&extract_dir)),
-            wh,
-            &wh.q(&self.config.table),
-            &wh.q(&self.config.key),
-            &wh.q(&self.config.ts),
-            from,
-            until,
-        )
-        .await?;
-        let (source, read_count, table) = if split.needs_source(from) {
-            // An event stored after the extract began (ObjectId times have
-            // second precision) may or may not be loaded yet: it is left
-            // out of the comparison on both sides, and the next run checks
-            // it.
-            let arrived = read.map(|r| r.started_ms - 1_000);
-            let until = split.source_until(until);
-            let keep = |day: i64| split.exact(day);
-            let SourceKeys { read, days, during } =
-                source_keys(&self.source, &self.extract, from, until, arrived, &keep).await?;
-            let mut table = self.table_keys(from, until).await?;
-            table.retain(|(k, ts)| {
-                split.exact(day_number(*ts)) && !during.contains(k) && !split.during.contains(k)
-            });
-            let mut days = days;
-            for keys in days.values_mut() {
-                keys.retain(|k| !during.contains(k) && !split.during.contains(k));
-            }
-            (days, read, table)
-        } else {
-            (Default::default(), 0, Vec::new())
+        let (table, key, ts) = (
+            wh.q(&self.config.table),
+            wh.q(&self.config.key),
+            wh.q(&self.config.ts),
+        );
+        let range = TableRange {
+            table: &table,
+            key_sql: &key,
+            ts: &ts,
+            from_ms: from,
+            until_ms: until,
         };
+        let (split, table_rows) =
+            split(read.and_then(|_| Seen::read(&extract_dir)), wh, range).await?;
+        let arrived = read.map(|r| r.started_ms - 1_000);
+        let Exact {
+            read: read_count,
+            source,
+            table,
+        } = exact_days(&self.source, &self.extract, wh, range, &split, arrived).await?;
         let quarantined = quarantined(&self.warehouse, &ctx.dag).await?;
         let mut explained = 0u64;
         let mut table_days: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

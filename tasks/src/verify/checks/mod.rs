@@ -29,9 +29,7 @@ pub use config::{
 };
 
 use crate::error::from_sqlx;
-use crate::expected::{
-    day_number, is_quarantined, quarantined, source_keys, split, Seen, SourceKeys,
-};
+use crate::expected::{exact_days, is_quarantined, quarantined, split, Seen, TableRange};
 use crate::segment::read_from;
 use crate::source::{Selection, Source};
 use crate::warehouse::Warehouse;
@@ -501,63 +499,38 @@ impl Checks {
         let extract_dir = ctx.output_dir(task);
         let began = read_from(&extract_dir);
         let from = scope.first_day(began.as_ref());
-        let key_sql = self.text(&self.q(key));
+        let (key_sql, table_sql, ts_sql) = (self.text(&self.q(key)), self.q(table), self.q(ts));
+        let range = TableRange {
+            table: &table_sql,
+            key_sql: &key_sql,
+            ts: &ts_sql,
+            from_ms: from,
+            until_ms: until,
+        };
         // Days the extract read whole are compared with its digests; the
         // rest, and a day that differs, event by event.
         let (split, _) = split(
             began.and_then(|_| Seen::read(&extract_dir)),
             &self.warehouse,
-            &self.q(table),
-            &key_sql,
-            &self.q(ts),
-            from,
-            until,
+            range,
         )
         .await?;
-        let mut found = SourceKeys::default();
+        let arrived = began.map(|r| r.started_ms - 1_000);
+        let found = exact_days(
+            &self.source,
+            selection,
+            &self.warehouse,
+            range,
+            &split,
+            arrived,
+        )
+        .await?;
         let mut held: HashMap<String, u64> = HashMap::new();
-        if split.needs_source(from) {
-            // An event stored after the extract began (ObjectId times have
-            // second precision) may or may not be loaded yet: it is left
-            // out on both sides, and the next run checks it.
-            let arrived = began.map(|r| r.started_ms - 1_000);
-            let until = split.source_until(until);
-            let keep = |day: i64| split.exact(day);
-            found = source_keys(&self.source, selection, from, until, arrived, &keep).await?;
-            let sql = format!(
-                "SELECT {key_sql} AS v0, {ts} AS v1 FROM {t} WHERE {ts} >= ? AND {ts} < ?",
-                t = self.q(table),
-                ts = self.q(ts),
-            );
-            let sql = self.warehouse.backend.sql(&sql);
-            let rows = sqlx::query(&sql)
-                .bind(from.unwrap_or(i64::MIN / 2))
-                .bind(until)
-                .fetch_all(&self.warehouse.pool)
-                .await
-                .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
-            for r in &rows {
-                let k = workflows::sql::text(r, "v0")
-                    .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
-                let at: i64 = r
-                    .try_get("v1")
-                    .map_err(|e| from_sqlx(format!("reading {table}"), e))?;
-                if let Some(k) = k.filter(|k| {
-                    split.exact(day_number(at))
-                        && !found.during.contains(k)
-                        && !split.during.contains(k)
-                }) {
-                    *held.entry(k).or_default() += 1;
-                }
-            }
+        for (k, _) in found.table {
+            *held.entry(k).or_default() += 1;
         }
         *read += found.read;
-        let expected: HashSet<&String> = found
-            .days
-            .values()
-            .flatten()
-            .filter(|k| !found.during.contains(*k) && !split.during.contains(*k))
-            .collect();
+        let expected: HashSet<&String> = found.source.values().flatten().collect();
         let rows_held: u64 = held.values().sum::<u64>() + split.agreed_events;
         let set_aside = quarantined(&self.warehouse, &ctx.dag).await?;
         let mut explained = 0u64;
