@@ -62,6 +62,10 @@ reconcile *args:
 slice *args:
     {{cutover}} slice {{args}}
 
+# A development copy of the events, e.g. `just subset --presentations 50 --anonymize --out dev-events.jsonl`.
+subset *args:
+    {{cutover}} subset {{args}}
+
 # The latest runs.
 runs *args:
     {{cutover}} runs {{args}}

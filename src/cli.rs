@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use args::{
     BackfillArgs, ConsumeArgs, DemoArgs, FeedArgs, ReconcileArgs, ReportArgs, RunArgs, RunsArgs,
-    ScheduleArgs, SeedArgs, ServeArgs, SliceArgs, StatusArgs,
+    ScheduleArgs, SeedArgs, ServeArgs, SliceArgs, StatusArgs, SubsetArgs,
 };
 
 /// cutover loads an event-sourced MongoDB collection into a star-schema
@@ -185,6 +185,28 @@ pub enum Command {
     /// the touched days are computed on both sides. Exits 1 when a row
     /// differs.
     Slice(SliceArgs),
+    /// A development copy of the events: a sample of presentations (or
+    /// users) with everything their reports depend on, written to an
+    /// events file or an empty MongoDB collection, anonymised when asked.
+    ///
+    /// The sample is stratified as the diagonal slice is (plans, plan
+    /// changers, anonymous views, devices, channels, payload versions,
+    /// busiest and quietest days, late and invalid documents), the same
+    /// seed on the same data giving the same sample. The copy is closed
+    /// under the event model's relations: each sampled presentation's
+    /// views, slide views and shares, its creation and renames, both ends
+    /// of every session they happened in, and the registration and plan
+    /// changes of every user who appears in them; dirt stays as it is
+    /// (producer copies, late arrivals, invalid documents of the sample).
+    /// It reads the source four times, holding the sample's ids, never
+    /// every event.
+    ///
+    /// After writing it computes the five legacy reports on the copy and
+    /// on the whole source restricted to the sample (through the
+    /// pseudonyms) and says whether they are equal; it exits 1 when one is
+    /// not. Lines of an events file that are not documents are counted
+    /// and reported, and skipped.
+    Subset(SubsetArgs),
     /// The cutover flags: one per data point whose DAG file has a
     /// `[cutover]` table, moving legacy -> shadow -> warehouse (a rollout
     /// share) -> retired.

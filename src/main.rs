@@ -91,6 +91,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => commands::report::command(g, args).await,
         Command::Reconcile(args) => commands::reconcile::command(g, args).await,
         Command::Slice(args) => commands::slice::command(g, args).await,
+        Command::Subset(args) => commands::subset::command(g, args).await,
         Command::Flags(cmd) => commands::flags::command(g, cmd).await,
         Command::Serve(args) => serve::command(g, args).await,
         Command::Sunset { format } => commands::sunset::command(g, format).await,

@@ -376,3 +376,62 @@ fn share(s: &str) -> Result<f64, String> {
         _ => Err(format!("`{s}` is not a share between 0 and 1")),
     }
 }
+
+/// The arguments of `cutover subset`.
+#[derive(Debug, Args)]
+pub struct SubsetArgs {
+    /// Where the copy goes: an events file (written whole or not at all),
+    /// or a `mongodb://` URL (into an empty collection: --out-database,
+    /// --out-collection).
+    #[arg(long, value_name = "FILE|URL")]
+    pub out: String,
+    /// Sample this many presentations, with everything their reports
+    /// depend on (the default, 20).
+    #[arg(long, value_name = "N", conflicts_with = "users")]
+    pub presentations: Option<usize>,
+    /// Sample this many users instead, with everything theirs depend on.
+    #[arg(long, value_name = "N")]
+    pub users: Option<usize>,
+    /// The seed of the choice: the same seed on the same data gives the
+    /// same copy.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The first UTC day of the facts copied (YYYY-MM-DD); what they depend
+    /// on is copied whenever it happened.
+    #[arg(long, value_name = "DAY")]
+    pub from: Option<String>,
+    /// The first UTC day not copied (YYYY-MM-DD).
+    #[arg(long, value_name = "DAY")]
+    pub to: Option<String>,
+    /// Replace user, session, presentation and event ids, titles,
+    /// referrers and any other text with pseudonyms: an HMAC-SHA256 keyed
+    /// by the secret in CUTOVER_SUBSET_KEY (at least 16 bytes), so the same
+    /// value always gets the same pseudonym and none can be traced back
+    /// without the key. `_id`s are minted again in the same order with the
+    /// same time inside; plans, countries, devices, channels, numbers and
+    /// times are kept.
+    #[arg(long)]
+    pub anonymize: bool,
+    /// Move every time (event times and the times inside `_id`s) by this
+    /// many days.
+    #[arg(
+        long,
+        value_name = "DAYS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub shift_days: i64,
+    /// The MongoDB database of the events, when the source is MongoDB.
+    #[arg(long, default_value = "app")]
+    pub database: String,
+    /// The collection of the events, when the source is MongoDB.
+    #[arg(long, default_value = "events")]
+    pub collection: String,
+    /// The database written, when --out is a MongoDB URL.
+    #[arg(long, default_value = "app")]
+    pub out_database: String,
+    /// The collection written, when --out is a MongoDB URL; it must be
+    /// empty.
+    #[arg(long, default_value = "events")]
+    pub out_collection: String,
+}

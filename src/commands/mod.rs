@@ -17,6 +17,7 @@ pub mod schedule;
 pub mod seed;
 pub mod slice;
 pub mod status;
+pub mod subset;
 pub mod sunset;
 
 use std::fs::File;

@@ -26,6 +26,7 @@ pub mod seed;
 pub mod segment;
 pub mod slice;
 pub mod source;
+pub mod subset;
 pub mod transform;
 pub mod verify;
 pub mod warehouse;

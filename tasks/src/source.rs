@@ -418,43 +418,87 @@ impl Source {
                     .collect();
                 Ok(futures::stream::iter(wanted.into_iter().map(Ok)).boxed())
             }
-            Self::File(path) => {
-                let file =
-                    std::fs::File::open(path).map_err(|e| SourceError::File(path.clone(), e))?;
-                let (tx, rx) = tokio::sync::mpsc::channel::<Result<Item, SourceError>>(1024);
-                let q = q.clone();
-                let path = path.clone();
-                let needles: Vec<Vec<u8>> = q
-                    .types
-                    .iter()
-                    .map(|t| serde_json::Value::from(t.as_str()).to_string().into_bytes())
-                    .collect();
-                tokio::task::spawn_blocking(move || {
-                    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, file));
-                    loop {
-                        let item = match lines.next_line() {
-                            Err(e) => Err(SourceError::File(path.clone(), e)),
-                            Ok(None) => break,
-                            Ok(Some((number, line))) => match read_item(line, number, &q, &needles)
-                            {
-                                Some(item) => Ok(item),
-                                None => continue,
-                            },
-                        };
-                        let stop = item.is_err();
-                        if tx.blocking_send(item).is_err() || stop {
-                            break;
-                        }
-                    }
-                });
-                Ok(futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
-                )
-                .boxed())
-            }
+            Self::File(path) => file_items(path, Some(q.clone())),
         }
     }
+
+    /// Every document of `database.collection` (of an events file: every
+    /// line, a line that is not a document as [`Item::Unreadable`]), of
+    /// any type or none, in `_id` order on MongoDB and in line order in a
+    /// file.
+    ///
+    /// # Errors
+    /// The source cannot be opened or queried.
+    pub async fn every(
+        &self,
+        database: &str,
+        collection: &str,
+        batch_size: u32,
+    ) -> Result<BoxStream<'static, Result<Item, SourceError>>, SourceError> {
+        match self {
+            Self::Mongo(client) => {
+                let what = format!("reading {database}.{collection}");
+                let cursor = client
+                    .database(database)
+                    .collection::<Document>(collection)
+                    .find(doc! {})
+                    .sort(doc! { "_id": 1 })
+                    .batch_size(batch_size)
+                    .await
+                    .map_err(|e| {
+                        SourceError::Mongo(format!("find on {database}.{collection}"), e)
+                    })?;
+                Ok(cursor
+                    .map(move |r| {
+                        r.map(|d| Item::Doc(d, None))
+                            .map_err(|e| SourceError::Mongo(what.clone(), e))
+                    })
+                    .boxed())
+            }
+            Self::Feed(docs) => {
+                let docs: Vec<Item> = docs.iter().map(|d| Item::Doc(d.clone(), None)).collect();
+                Ok(futures::stream::iter(docs.into_iter().map(Ok)).boxed())
+            }
+            Self::File(path) => file_items(path, None),
+        }
+    }
+}
+
+/// The items of the events file at `path` that `q` asks for (`None`:
+/// every line), read on a blocking thread.
+fn file_items(
+    path: &std::path::Path,
+    q: Option<Query>,
+) -> Result<BoxStream<'static, Result<Item, SourceError>>, SourceError> {
+    let file = std::fs::File::open(path).map_err(|e| SourceError::File(path.to_owned(), e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Item, SourceError>>(1024);
+    let path = path.to_owned();
+    let needles: Vec<Vec<u8>> = q
+        .iter()
+        .flat_map(|q| &q.types)
+        .map(|t| serde_json::Value::from(t.as_str()).to_string().into_bytes())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let mut lines = Lines::new(BufReader::with_capacity(1 << 20, file));
+        loop {
+            let item = match lines.next_line() {
+                Err(e) => Err(SourceError::File(path.clone(), e)),
+                Ok(None) => break,
+                Ok(Some((number, line))) => match read_item(line, number, q.as_ref(), &needles) {
+                    Some(item) => Ok(item),
+                    None => continue,
+                },
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                break;
+            }
+        }
+    });
+    Ok(
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+            .boxed(),
+    )
 }
 
 /// One line of an events file as read.
@@ -536,7 +580,7 @@ impl<R: BufRead> Lines<R> {
 /// What one line of an events file yields for query `q`: a document it
 /// asks for, an unreadable line (every extract sees those: its type cannot
 /// be told), or nothing.
-fn read_item(line: Line<'_>, number: u64, q: &Query, needles: &[Vec<u8>]) -> Option<Item> {
+fn read_item(line: Line<'_>, number: u64, q: Option<&Query>, needles: &[Vec<u8>]) -> Option<Item> {
     use crate::quarantine::Raw;
     let bytes = match line {
         Line::TooLong(head, len) => {
@@ -560,17 +604,19 @@ fn read_item(line: Line<'_>, number: u64, q: &Query, needles: &[Vec<u8>]) -> Opt
     // A line that does not contain any wanted type as a JSON string cannot
     // be of that type: skip it without parsing.
     let has_type = |text: &[u8]| {
-        needles
-            .iter()
-            .any(|n| memchr::memmem::find(text, n).is_some())
+        q.is_none()
+            || needles
+                .iter()
+                .any(|n| memchr::memmem::find(text, n).is_some())
     };
+    let matches = |doc: &Document| q.is_none_or(|q| file_match(doc, q));
     match std::str::from_utf8(bytes) {
         Ok(text) => {
             if text.starts_with('{') && !has_type(bytes) {
                 return None;
             }
             match parse_line(text) {
-                Ok(doc) if !file_match(&doc, q) => None,
+                Ok(doc) if !matches(&doc) => None,
                 Ok(doc) => Some(Item::Doc(doc, Some(number))),
                 Err(reason) => Some(Item::Unreadable {
                     raw: Raw::Text(text.to_owned()),
@@ -584,7 +630,7 @@ fn read_item(line: Line<'_>, number: u64, q: &Query, needles: &[Vec<u8>]) -> Opt
             // a document this query asks for, or is no document at all.
             let lossy = String::from_utf8_lossy(bytes);
             let ours = match parse_line(&lossy) {
-                Ok(doc) => file_match(&doc, q),
+                Ok(doc) => matches(&doc),
                 Err(_) => !lossy.starts_with('{') || has_type(bytes),
             };
             ours.then(|| Item::Unreadable {

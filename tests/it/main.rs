@@ -20,5 +20,6 @@ mod serve;
 mod slice;
 mod sqs;
 mod star;
+mod subset;
 mod support;
 mod views;

@@ -22,7 +22,7 @@ use crate::schema::lookup;
 use workflows::time::day_of;
 
 /// The event types the reports read.
-pub(super) const FACT_TYPES: &[&str] = &[
+pub(crate) const FACT_TYPES: &[&str] = &[
     "presentation.viewed",
     "slide.viewed",
     "presentation.shared",
@@ -31,7 +31,7 @@ pub(super) const FACT_TYPES: &[&str] = &[
 ];
 
 /// Every event type of the model.
-pub(super) const ALL_TYPES: &[&str] = &[
+pub(crate) const ALL_TYPES: &[&str] = &[
     "user.registered",
     "user.plan_changed",
     "presentation.created",

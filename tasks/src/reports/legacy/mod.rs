@@ -485,34 +485,60 @@ async fn from_file(
     range: Range,
     grain: Grain,
 ) -> Result<Vec<Vec<Json>>, LegacyError> {
-    let wanted = types(name);
-    let rules: Vec<(&str, Filter)> = wanted
-        .iter()
-        .map(|t| {
-            (
-                *t,
-                Filter::new(valid(t)).expect("the rules are supported filters"),
-            )
-        })
-        .collect();
-    let query = events.query(wanted);
+    let mut tally = Tally::new(name, range, grain);
+    let query = events.query(types(name));
     let mut stream = events.source.stream(&query).await?;
-    // Event ids counted, as 128-bit hashes: a million ids in 16 MiB
-    // instead of their strings (two ids share a hash with a chance of
-    // about 2^-128 per pair).
-    let mut seen: HashSet<u128> = HashSet::new();
-    let mut acc = FileAcc {
-        range,
-        grain,
-        ..FileAcc::default()
-    };
     while let Some(item) = stream.try_next().await? {
-        let Item::Doc(doc, _) = item else { continue };
+        if let Item::Doc(doc, _) = item {
+            tally.add(&doc);
+        }
+    }
+    Ok(tally.acc.finish(name))
+}
+
+/// One report computed by the legacy rules from documents as they come,
+/// in any order: what the report of an events file is computed with.
+pub struct Tally {
+    name: ReportName,
+    rules: Vec<(&'static str, Filter)>,
+    /// Event ids counted, as 128-bit hashes: a million ids in 16 MiB
+    /// instead of their strings (two ids share a hash with a chance of
+    /// about 2^-128 per pair).
+    seen: HashSet<u128>,
+    acc: FileAcc,
+}
+
+impl Tally {
+    /// Starts report `name` over `range` at `grain`.
+    pub fn new(name: ReportName, range: Range, grain: Grain) -> Self {
+        Self {
+            name,
+            rules: types(name)
+                .iter()
+                .map(|t| {
+                    (
+                        *t,
+                        Filter::new(valid(t)).expect("the rules are supported filters"),
+                    )
+                })
+                .collect(),
+            seen: HashSet::new(),
+            acc: FileAcc {
+                range,
+                grain,
+                ..FileAcc::default()
+            },
+        }
+    }
+
+    /// Takes one document of the source (any type; those the report does
+    /// not read, and those that break the model, count nowhere).
+    pub fn add(&mut self, doc: &Document) {
         let Ok(ty) = doc.get_str("type") else {
-            continue;
+            return;
         };
-        if !rules.iter().any(|(t, f)| *t == ty && f.matches(&doc)) {
-            continue;
+        if !self.rules.iter().any(|(t, f)| *t == ty && f.matches(doc)) {
+            return;
         }
         let id = doc.get_str("_id").map(str::to_owned).unwrap_or_else(|_| {
             doc.get_object_id("_id")
@@ -523,20 +549,32 @@ async fn from_file(
         if matches!(ty, "user.registered" | "user.plan_changed") {
             // Every stored copy counts as a change; copies agree.
             let user = doc.get_str("user_id").expect("valid").to_owned();
-            let plan = crate::schema::lookup(&doc, "payload.plan")
+            let plan = crate::schema::lookup(doc, "payload.plan")
                 .and_then(Bson::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            acc.history.entry(user).or_default().push((ts, id, plan));
-            continue;
+            self.acc
+                .history
+                .entry(user)
+                .or_default()
+                .push((ts, id, plan));
+            return;
         }
         let event_id = doc.get_str("event_id").expect("valid");
-        if !seen.insert(xxhash_rust::xxh3::xxh3_128(event_id.as_bytes())) {
-            continue;
+        if !self
+            .seen
+            .insert(xxhash_rust::xxh3::xxh3_128(event_id.as_bytes()))
+        {
+            return;
         }
-        acc.add(name, ty, ts, &doc);
+        self.acc.add(self.name, ty, ts, doc);
     }
-    Ok(acc.finish(name))
+
+    /// The report.
+    pub fn finish(self) -> Report {
+        let grain = self.acc.grain;
+        Report::new(self.name, grain, self.acc.finish(self.name))
+    }
 }
 
 /// A session's start (ts, device) and end ts, as far as seen.
