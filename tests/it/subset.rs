@@ -73,6 +73,12 @@ fn ty(e: &RawEvent) -> &str {
 /// as the source has them, every user who appears has their whole plan
 /// history, and every sampled entity all its facts.
 fn assert_closed(full: &[RawEvent], copy: &[RawEvent], by: &str) {
+    assert_closed_within(full, copy, by, ("0000-00-00", "9999-99-99"));
+}
+
+/// The same, for a copy of the facts of the days from `days.0` (a date,
+/// inclusive) to `days.1` (exclusive).
+fn assert_closed_within(full: &[RawEvent], copy: &[RawEvent], by: &str, days: (&str, &str)) {
     let count = |events: &[RawEvent], f: &dyn Fn(&RawEvent) -> bool| -> usize {
         events.iter().filter(|e| f(e)).count()
     };
@@ -113,7 +119,12 @@ fn assert_closed(full: &[RawEvent], copy: &[RawEvent], by: &str) {
         .collect();
     if by == "presentations" {
         for p in &sampled {
-            let of = |e: &RawEvent| facts.contains(&ty(e)) && e.str("presentation_id") == Some(p);
+            let of = |e: &RawEvent| {
+                facts.contains(&ty(e))
+                    && e.str("presentation_id") == Some(p)
+                    && e.day()
+                        .is_some_and(|d| days.0 <= d.as_str() && d.as_str() < days.1)
+            };
             assert_eq!(count(copy, &of), count(full, &of), "facts of {p}");
             let created = |e: &RawEvent| {
                 ty(e) == "presentation.created" && e.str("presentation_id") == Some(p)
@@ -219,6 +230,44 @@ async fn a_subset_of_a_file_is_closed_and_its_reports_survive() -> Result<()> {
     let other = dir.path().join("other.jsonl");
     by_seed("4", &other);
     assert_ne!(std::fs::read(&other)?, std::fs::read(&copy_path)?);
+
+    // A range of days: the facts of those days only, what they depend on
+    // whenever it happened.
+    let window = dir.path().join("window.jsonl");
+    let stdout = ok(subset(
+        &src,
+        dir.path(),
+        &[
+            "--from",
+            "2026-01-08",
+            "--to",
+            "2026-01-10",
+            "--out",
+            window.to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(
+        stdout.contains("the five reports survive the cut"),
+        "{stdout}"
+    );
+    let window = docs(&window);
+    let facts = ["presentation.viewed", "slide.viewed", "presentation.shared"];
+    let days: BTreeSet<String> = window
+        .iter()
+        .filter(|e| facts.contains(&ty(e)))
+        .filter_map(RawEvent::day)
+        .collect();
+    assert_eq!(
+        days.into_iter().collect::<Vec<_>>(),
+        ["2026-01-08", "2026-01-09"]
+    );
+    assert_closed_within(
+        &full,
+        &window,
+        "presentations",
+        ("2026-01-08", "2026-01-10"),
+    );
 
     // By users: closed the same way.
     let by_users = dir.path().join("users.jsonl");
@@ -431,6 +480,22 @@ async fn a_subset_of_mongodb_into_mongodb_is_closed_and_its_reports_survive() ->
         stdout.contains("the five reports survive the cut"),
         "{stdout}"
     );
+    let anonymised: Vec<Document> = client
+        .database(&copy_db)
+        .collection::<Document>("anonymised")
+        .find(bson::doc! {})
+        .await?
+        .try_collect()
+        .await?;
+    let text: String = anonymised
+        .into_iter()
+        .map(|d| bson::Bson::Document(d).into_relaxed_extjson().to_string())
+        .collect();
+    let found: Vec<String> = originals(&full)
+        .into_iter()
+        .filter(|v| text.contains(v.as_str()))
+        .collect();
+    assert!(found.is_empty(), "original values in the copy: {found:?}");
     for c in ["events", "anonymised"] {
         let n = client
             .database(&copy_db)
