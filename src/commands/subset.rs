@@ -133,6 +133,12 @@ pub async fn command(g: &Global, args: SubsetArgs) -> Result<ExitCode> {
         summary.invalid,
         summary.copies
     );
+    if summary.later > 0 {
+        println!(
+            "left out {} documents stored in the last minute before it started or since (by their ObjectId's time), so that every pass read the same documents",
+            summary.later
+        );
+    }
     if summary.unreadable > 0 {
         println!(
             "skipped {} lines of the source that are not documents: {}{}",

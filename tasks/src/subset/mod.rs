@@ -163,6 +163,9 @@ pub enum SubsetError {
 pub struct Summary {
     /// Documents read in the first pass.
     pub read: u64,
+    /// Documents of MongoDB left out as stored after the cut (a minute
+    /// before the subset started).
+    pub later: u64,
     /// Lines that are not documents: how many, and the first few reasons.
     pub unreadable: u64,
     /// The first few of them.
@@ -325,32 +328,63 @@ impl Closure {
 /// Progress: a line to show.
 pub type Progress<'a> = &'a (dyn Fn(String) + Sync);
 
-/// Reads every document of the source, passing each to `each`; counts
-/// unreadable lines into `summary` when `count` is set.
-async fn pass(
-    source: &Source,
-    database: &str,
-    collection: &str,
-    label: &str,
-    progress: Progress<'_>,
-    mut each: impl FnMut(&Document) -> Result<(), SubsetError>,
-    mut unreadable: impl FnMut(String),
-) -> Result<u64, SubsetError> {
-    let mut stream = source.every(database, collection, 10_000).await?;
-    let mut read = 0u64;
-    progress(format!("{label}: reading"));
-    while let Some(item) = stream.try_next().await? {
-        read += 1;
-        if read.is_multiple_of(50_000) {
-            progress(format!("{label}: {read} documents read"));
-        }
-        match item {
-            Item::Doc(doc, _) => each(&doc)?,
-            Item::Unreadable { reason, .. } => unreadable(reason),
-        }
-    }
-    Ok(read)
+/// What the passes read: every document of `database.collection`, but on
+/// MongoDB only those stored (by their ObjectId's time) before `cut_ms`, so
+/// that all four passes read the same documents while the application
+/// writes more.
+struct Reads<'a> {
+    source: &'a Source,
+    database: &'a str,
+    collection: &'a str,
+    cut_ms: Option<i64>,
+    progress: Progress<'a>,
 }
+
+impl Reads<'_> {
+    /// Reads every document, passing each to `each` and each line that is
+    /// not a document to `unreadable`; returns the documents read and those
+    /// left out as stored after the cut.
+    async fn pass(
+        &self,
+        label: &str,
+        mut each: impl FnMut(&Document) -> Result<(), SubsetError>,
+        mut unreadable: impl FnMut(String),
+    ) -> Result<(u64, u64), SubsetError> {
+        let mut stream = self
+            .source
+            .every(self.database, self.collection, 10_000)
+            .await?;
+        let (mut read, mut later) = (0u64, 0u64);
+        (self.progress)(format!("{label}: reading"));
+        while let Some(item) = stream.try_next().await? {
+            read += 1;
+            if read.is_multiple_of(50_000) {
+                (self.progress)(format!("{label}: {read} documents read"));
+            }
+            match item {
+                Item::Doc(doc, _) => {
+                    let stored = match doc.get("_id") {
+                        Some(Bson::ObjectId(o)) => Some(o.timestamp().timestamp_millis()),
+                        _ => None,
+                    };
+                    if let (Some(cut), Some(stored)) = (self.cut_ms, stored) {
+                        if stored >= cut {
+                            later += 1;
+                            continue;
+                        }
+                    }
+                    each(&doc)?;
+                }
+                Item::Unreadable { reason, .. } => unreadable(reason),
+            }
+        }
+        Ok((read - later, later))
+    }
+}
+
+/// How long before it starts a subset of MongoDB stops taking documents:
+/// more than the clock skew between the application's hosts and this one.
+const CUT_BEFORE_MS: i64 = 60_000;
 
 /// Makes the subset of `database.collection` in `source` that `opts`
 /// describes, writes it to `out` and checks the reports on it.
@@ -390,27 +424,33 @@ pub async fn subset(
         }
     }
 
-    // 1. Sample.
-    let mut sampler = sample::Sampler::new(opts.by, opts.size, opts.seed, opts.range);
-    let (mut unreadable, mut sample_reasons) = (0u64, Vec::new());
-    summary.read = pass(
+    let reads = Reads {
         source,
         database,
         collection,
-        "1/4 sampling",
+        cut_ms: matches!(source, Source::Mongo(_))
+            .then(|| chrono::Utc::now().timestamp_millis() - CUT_BEFORE_MS),
         progress,
-        |doc| {
-            sampler.add(doc);
-            Ok(())
-        },
-        |reason| {
-            unreadable += 1;
-            if sample_reasons.len() < 5 {
-                sample_reasons.push(reason);
-            }
-        },
-    )
-    .await?;
+    };
+
+    // 1. Sample.
+    let mut sampler = sample::Sampler::new(opts.by, opts.size, opts.seed, opts.range);
+    let (mut unreadable, mut sample_reasons) = (0u64, Vec::new());
+    (summary.read, summary.later) = reads
+        .pass(
+            "1/4 sampling",
+            |doc| {
+                sampler.add(doc);
+                Ok(())
+            },
+            |reason| {
+                unreadable += 1;
+                if sample_reasons.len() < 5 {
+                    sample_reasons.push(reason);
+                }
+            },
+        )
+        .await?;
     summary.unreadable = unreadable;
     summary.unreadable_sample = sample_reasons;
     summary.choice = sampler.choose();
@@ -425,32 +465,26 @@ pub async fn subset(
     // 2. and 3. The closure.
     let seeds = summary.choice.chosen.keys().cloned().collect();
     let mut closure = Closure::new(opts.by, opts.range, seeds);
-    pass(
-        source,
-        database,
-        collection,
-        "2/4 facts",
-        progress,
-        |doc| {
-            closure.facts(doc);
-            Ok(())
-        },
-        |_| {},
-    )
-    .await?;
-    pass(
-        source,
-        database,
-        collection,
-        "3/4 sessions and users",
-        progress,
-        |doc| {
-            closure.dimensions(doc);
-            Ok(())
-        },
-        |_| {},
-    )
-    .await?;
+    reads
+        .pass(
+            "2/4 facts",
+            |doc| {
+                closure.facts(doc);
+                Ok(())
+            },
+            |_| {},
+        )
+        .await?;
+    reads
+        .pass(
+            "3/4 sessions and users",
+            |doc| {
+                closure.dimensions(doc);
+                Ok(())
+            },
+            |_| {},
+        )
+        .await?;
     summary.sessions = closure.sessions.len();
     summary.users = closure.users.len();
     summary.presentations = closure.presentations.len();
@@ -474,41 +508,38 @@ pub async fn subset(
     let mut ids: Vec<ObjectId> = Vec::new();
     let mut event_ids: HashSet<u128> = HashSet::new();
     let rules = rules();
-    pass(
-        source,
-        database,
-        collection,
-        "4/4 copying",
-        progress,
-        |doc| {
-            if closure.restricted(doc) {
-                for t in &mut tallies {
-                    t.add(doc);
-                }
-            }
-            if closure.wanted(doc) {
-                doc.to_writer(&mut writer)
-                    .map_err(|e| spill_err(std::io::Error::other(e.to_string())))?;
-                summary.written += 1;
-                if let Some(Bson::ObjectId(o)) = doc.get("_id") {
-                    ids.push(*o);
-                }
-                match field(doc, "type").and_then(|t| rules.iter().find(|(k, _)| *k == t)) {
-                    Some((_, f)) if !f.matches(doc) => summary.invalid += 1,
-                    Some(_) => {
-                        let id = field(doc, "event_id").unwrap_or_default();
-                        if !event_ids.insert(xxhash_rust::xxh3::xxh3_128(id.as_bytes())) {
-                            summary.copies += 1;
-                        }
+    reads
+        .pass(
+            "4/4 copying",
+            |doc| {
+                if closure.restricted(doc) {
+                    for t in &mut tallies {
+                        t.add(doc);
                     }
-                    None => {}
                 }
-            }
-            Ok(())
-        },
-        |_| {},
-    )
-    .await?;
+                if closure.wanted(doc) {
+                    doc.to_writer(&mut writer)
+                        .map_err(|e| spill_err(std::io::Error::other(e.to_string())))?;
+                    summary.written += 1;
+                    if let Some(Bson::ObjectId(o)) = doc.get("_id") {
+                        ids.push(*o);
+                    }
+                    match field(doc, "type").and_then(|t| rules.iter().find(|(k, _)| *k == t)) {
+                        Some((_, f)) if !f.matches(doc) => summary.invalid += 1,
+                        Some(_) => {
+                            let id = field(doc, "event_id").unwrap_or_default();
+                            if !event_ids.insert(xxhash_rust::xxh3::xxh3_128(id.as_bytes())) {
+                                summary.copies += 1;
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                Ok(())
+            },
+            |_| {},
+        )
+        .await?;
     writer.flush().map_err(spill_err)?;
     drop(writer);
     ids.sort_unstable();
