@@ -179,9 +179,10 @@ pub async fn daily(
             });
         }
         Source::File(_) | Source::Feed(_) => {
-            let rows = from_file(events, name, range, Grain::Daily).await?;
-            let rows = Report::new(name, Grain::Daily, rows).rows;
-            let rows = futures::stream::iter(rows.into_iter().map(Ok));
+            // Rows are made a day at a time from the groups, which come in
+            // day order: the whole report is never held as rows.
+            let tally = tallied(events, name, range, Grain::Daily).await?;
+            let rows = futures::stream::iter(tally.acc.rows(name).map(Ok));
             DailyDays::Rows(Days::new(Box::pin(rows), |r: &Vec<Json>| {
                 Ok(r.first()
                     .and_then(Json::as_str)
@@ -485,6 +486,16 @@ async fn from_file(
     range: Range,
     grain: Grain,
 ) -> Result<Vec<Vec<Json>>, LegacyError> {
+    Ok(tallied(events, name, range, grain).await?.acc.finish(name))
+}
+
+/// The report's groups over the events file, in one pass.
+async fn tallied(
+    events: &Events<'_>,
+    name: ReportName,
+    range: Range,
+    grain: Grain,
+) -> Result<Tally, LegacyError> {
     let mut tally = Tally::new(name, range, grain);
     let query = events.query(types(name));
     let mut stream = events.source.stream(&query).await?;
@@ -493,7 +504,7 @@ async fn from_file(
             tally.add(&doc);
         }
     }
-    Ok(tally.acc.finish(name))
+    Ok(tally)
 }
 
 /// One report computed by the legacy rules from documents as they come,
@@ -669,21 +680,25 @@ impl FileAcc {
     }
 
     fn finish(self, name: ReportName) -> Vec<Vec<Json>> {
+        self.rows(name).collect()
+    }
+
+    /// The report's rows, made as they are taken (the groups are freed as
+    /// they go): in day order for a report with a day (at the daily grain,
+    /// every report).
+    fn rows(self, name: ReportName) -> Box<dyn Iterator<Item = Vec<Json>> + Send> {
+        let grain = self.grain;
         match name {
-            ReportName::ViewsDaily => self
-                .groups
-                .into_iter()
-                .map(|((d, p), (views, _, viewers))| {
+            ReportName::ViewsDaily => Box::new(self.groups.into_iter().map(
+                |((d, p), (views, _, viewers))| {
                     vec![d.into(), p.into(), views.into(), viewers.len().into()]
-                })
-                .collect(),
-            ReportName::SlideEngagement => self
-                .groups
-                .into_iter()
-                .map(|((p, slide), (views, total, _))| {
+                },
+            )),
+            ReportName::SlideEngagement => Box::new(self.groups.into_iter().map(
+                move |((p, slide), (views, total, _))| {
                     // At the daily grain `p` is the day and the presentation.
                     let mut row: Vec<Json> = match p.split_once(SEP) {
-                        Some((day, p)) if self.grain == Grain::Daily => {
+                        Some((day, p)) if grain == Grain::Daily => {
                             vec![day.into(), p.into()]
                         }
                         _ => vec![p.into()],
@@ -695,24 +710,27 @@ impl FileAcc {
                         average(total, views),
                     ]);
                     row
-                })
-                .collect(),
-            ReportName::SharesDaily => self
-                .groups
-                .into_iter()
-                .map(|((d, c), (n, _, _))| vec![d.into(), c.into(), n.into()])
-                .collect(),
+                },
+            )),
+            ReportName::SharesDaily => Box::new(
+                self.groups
+                    .into_iter()
+                    .map(|((d, c), (n, _, _))| vec![d.into(), c.into(), n.into()]),
+            ),
             ReportName::SessionsDaily => {
                 let range = self.range;
-                sessions_daily(self.sessions.into_values().filter_map(|(start, end)| {
-                    // The range applies to the start only.
-                    let (start, device) = start?;
-                    range.contains(start).then_some((start, device, end))
-                }))
+                Box::new(
+                    sessions_daily(self.sessions.into_values().filter_map(|(start, end)| {
+                        // The range applies to the start only.
+                        let (start, device) = start?;
+                        range.contains(start).then_some((start, device, end))
+                    }))
+                    .into_iter(),
+                )
             }
             ReportName::ViewsByPlan => {
                 let history = History::from_changes(self.history);
-                views_by_plan(self.views.into_iter(), &history)
+                Box::new(views_by_plan(self.views.into_iter(), &history).into_iter())
             }
         }
     }
