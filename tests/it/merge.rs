@@ -186,3 +186,69 @@ async fn one_write_per_row_merges_as_the_staged_merge_does_on_every_backend() ->
     }
     Ok(())
 }
+
+/// Two loads of one dimension side by side (the feed's DAGs, each with the
+/// same days): a key the other load committed after this one's first read
+/// is found, not inserted twice, and the load goes on without a retry.
+#[tokio::test]
+async fn a_key_another_load_inserted_meanwhile_is_merged_not_retried() -> Result<()> {
+    for w in support::warehouses().await? {
+        let wh = Warehouse::connect(&w.url).await?;
+        if wh.backend == Backend::Sqlite {
+            // One writer at a time: the second would wait for the first.
+            continue;
+        }
+        create(&wh, "m_side_by_side").await?;
+        let target: Target = serde_json::from_value(json!({
+            "output": "m_side_by_side", "key": ["id"], "strategy": "insert_new",
+        }))?;
+        let upsert = upserts(
+            wh.backend,
+            &target,
+            &wh.unique_keys("m_side_by_side").await?,
+        );
+        let mut first = wh.pool.begin().await?;
+        // Its snapshot begins here.
+        let merged = merge_one(&mut first, wh.backend, &target, upsert, "a").await;
+        let mut second = wh.pool.begin().await?;
+        let other = merge_one(&mut second, wh.backend, &target, upsert, "k").await;
+        second.commit().await?;
+        let again = match (merged, other) {
+            (Ok(1), Ok(1)) => merge_one(&mut first, wh.backend, &target, upsert, "k").await,
+            (a, b) => {
+                first.rollback().await?;
+                panic!("{}: {a:?} {b:?}", w.name);
+            }
+        };
+        match again {
+            Ok(n) => {
+                first.commit().await?;
+                assert_eq!(n, 0, "{}: the key was there", w.name);
+            }
+            Err(e) => {
+                first.rollback().await?;
+                wh.pool.close().await;
+                panic!("{}: the second load's key failed the first: {e}", w.name);
+            }
+        }
+        let pool = support::pool(&w.url).await?;
+        let rows = support::snapshot(&pool, "m_side_by_side", &["id"]).await?;
+        assert_eq!(rows, ["Some(\"a\")", "Some(\"k\")"], "{}", w.name);
+    }
+    Ok(())
+}
+
+/// Merges the one row `id` in a transaction; the rows it changed.
+async fn merge_one(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    backend: Backend,
+    target: &Target,
+    upsert: bool,
+    id: &str,
+) -> Result<u64, String> {
+    let rows = vec![row(id, Some(1), 0, Some(id), Some(1))];
+    merge_batch(tx, backend, target, &columns(), rows, upsert, "test")
+        .await
+        .map(|(n, _)| n)
+        .map_err(|e| e.to_string())
+}

@@ -212,8 +212,12 @@ async fn upsert_rows(
 /// nothing (`ON DUPLICATE KEY UPDATE k = k`) would still lock every
 /// existing row it meets, so loads of a shared dimension (every fact DAG's
 /// `dim_date`) would wait on each other's segments; this takes no lock on
-/// a row already there. A key another load inserts in between makes the
-/// insert fail as a unique violation, which is retried.
+/// a row already there. When another load inserted one of the keys in
+/// between (the insert fails as a unique violation, and only the statement
+/// is undone), the keys are read once more by a locking read, which sees
+/// what the transaction's snapshot does not, and the rest inserted: the
+/// feed's micro-batches, whose DAGs load the same days side by side, would
+/// otherwise retry the whole task after a back-off.
 async fn insert_new_rows(
     tx: &mut sqlx::AnyConnection,
     t: &Target,
@@ -222,38 +226,44 @@ async fn insert_new_rows(
     chunk: &[Vec<Value>],
 ) -> Result<u64, MergeFailed> {
     let backend = Backend::MySql;
-    let sql = existing_keys_sql(backend, t, chunk.len());
     let what = || format!("reading the keys of {}", t.table());
-    let found = with_keys(&sql, key_idx, chunk)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(MergeFailed::new(what()))?;
-    let mut there = std::collections::HashSet::with_capacity(found.len());
-    for r in &found {
-        let key = key_idx
-            .iter()
-            .enumerate()
-            .map(|(n, (_, ty))| read_value(r, n, *ty))
-            .collect::<Result<Vec<Value>, _>>()
-            .map_err(MergeFailed::new(what()))?;
-        there.insert(key_of(&key, &(0..key.len()).collect::<Vec<_>>()));
-    }
     let positions: Vec<usize> = key_idx.iter().map(|(i, _)| *i).collect();
-    let fresh: Vec<Vec<Value>> = chunk
-        .iter()
-        .filter(|r| !there.contains(&key_of(r, &positions)))
-        .cloned()
-        .collect();
-    if fresh.is_empty() {
-        return Ok(0);
-    }
     let names: Vec<SqlIdent> = columns.iter().map(|(n, _)| n.clone()).collect();
-    let sql = insert_sql(backend, t, &names, fresh.len());
-    let done = with_rows(&sql, columns, &fresh)
-        .execute(&mut *tx)
-        .await
-        .map_err(MergeFailed::new(format!("merging into {}", t.table())))?;
-    Ok(done.rows_affected())
+    for locking in [false, true] {
+        let mut sql = existing_keys_sql(backend, t, chunk.len());
+        if locking {
+            sql.push_str(" LOCK IN SHARE MODE");
+        }
+        let found = with_keys(&sql, key_idx, chunk)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(MergeFailed::new(what()))?;
+        let mut there = std::collections::HashSet::with_capacity(found.len());
+        for r in &found {
+            let key = key_idx
+                .iter()
+                .enumerate()
+                .map(|(n, (_, ty))| read_value(r, n, *ty))
+                .collect::<Result<Vec<Value>, _>>()
+                .map_err(MergeFailed::new(what()))?;
+            there.insert(key_of(&key, &(0..key.len()).collect::<Vec<_>>()));
+        }
+        let fresh: Vec<Vec<Value>> = chunk
+            .iter()
+            .filter(|r| !there.contains(&key_of(r, &positions)))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let sql = insert_sql(backend, t, &names, fresh.len());
+        match with_rows(&sql, columns, &fresh).execute(&mut *tx).await {
+            Ok(done) => return Ok(done.rows_affected()),
+            Err(e) if !locking && workflows::db::unique_violation(&e) => {}
+            Err(e) => return Err(MergeFailed::new(format!("merging into {}", t.table()))(e)),
+        }
+    }
+    unreachable!("the locking read's insert returns")
 }
 
 /// Merges rows, each attempt under a savepoint; when the database refuses
