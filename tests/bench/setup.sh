@@ -10,7 +10,8 @@
 # and times each command there from the clone to its exit, with its exit
 # status. The compiler's own caches outside the checkout (~/.cargo's
 # registry of downloaded crates) are kept: a fresh machine downloads them
-# once more. The servers tests/run.sh starts are left as they are. Each
+# once more. Servers already running are used as they are; those the
+# clone's tests/run.sh starts are stopped at the end. Each
 # command's output is kept in .cutover/bench/setup/NAME.log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +20,15 @@ ONLY=${ONLY:-both}
 logs=$PWD/${BENCH_DIR:-.cutover/bench}/setup
 mkdir -p "$logs"
 dir=$(mktemp -d "${TMPDIR:-/tmp}/cutover-setup.XXXXXX")
-trap 'rm -rf "$dir"' EXIT
+# The test servers tests/run.sh started from the clone's virtualenv are
+# stopped before the clone goes: left running without their files, they
+# would keep their ports and answer every later run with errors.
+cleanup() {
+  pkill -f "^$dir/" 2>/dev/null || true
+  for _ in 1 2 3 4 5; do pgrep -f "^$dir/" >/dev/null || break; sleep 1; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
 say() { printf '==> %s\n' "$*"; }
 now() { date +%s; }
 
