@@ -28,10 +28,11 @@ use serde_json::Value as Json;
 
 use super::{average, Days, Grain, Range, Report, ReportName};
 use crate::filter::Filter;
-use crate::source::{Item, Query, Source, SourceError};
+use crate::source::{Query, Source, SourceError};
 use workflows::time::day_of;
 
 mod pipelines;
+mod spill;
 
 use pipelines::types;
 pub use pipelines::{pipeline, plan_history_pipeline, session_ends_pipeline, valid};
@@ -56,6 +57,10 @@ pub enum LegacyError {
         #[source]
         source: mongodb::error::Error,
     },
+    /// The events could not be spilled to, or read back from, a
+    /// temporary file.
+    #[error("spilling the events to a temporary file")]
+    Spill(#[source] std::io::Error),
     /// An aggregation returned a document of an unexpected shape.
     #[error("MongoDB aggregation for report {report} returned {found}")]
     Shape {
@@ -124,7 +129,8 @@ pub async fn from_legacy(
 /// server and turned into report rows a day at a time, so only one day's
 /// groups are held (with, for `views_by_plan`, every user's plan history
 /// and, for `sessions_daily`, every session's end). From the events file
-/// the rules need one pass that holds the report's groups anyway.
+/// the events are spilled to temporary parts and counted a part at a time
+/// (see [`spill`]).
 pub struct Daily<'a> {
     name: ReportName,
     side: Side,
@@ -179,11 +185,10 @@ pub async fn daily(
             });
         }
         Source::File(_) | Source::Feed(_) => {
-            // Rows are made a day at a time from the groups, which come in
-            // day order: the whole report is never held as rows.
-            let tally = tallied(events, name, range, Grain::Daily).await?;
-            let rows = futures::stream::iter(tally.acc.rows(name).map(Ok));
-            DailyDays::Rows(Days::new(Box::pin(rows), |r: &Vec<Json>| {
+            // Rows are made a day at a time from the events spilled by day
+            // (see [`spill`]): the whole report is never held.
+            let rows = spill::rows(events, name, range, Grain::Daily).await?;
+            DailyDays::Rows(Days::new(rows, |r: &Vec<Json>| {
                 Ok(r.first()
                     .and_then(Json::as_str)
                     .unwrap_or_default()
@@ -479,32 +484,17 @@ fn sessions_daily(
         .collect()
 }
 
-/// Applies the same rules to the events file, in one pass.
+/// Applies the same rules to the events file, a part at a time.
 async fn from_file(
     events: &Events<'_>,
     name: ReportName,
     range: Range,
     grain: Grain,
 ) -> Result<Vec<Vec<Json>>, LegacyError> {
-    Ok(tallied(events, name, range, grain).await?.acc.finish(name))
-}
-
-/// The report's groups over the events file, in one pass.
-async fn tallied(
-    events: &Events<'_>,
-    name: ReportName,
-    range: Range,
-    grain: Grain,
-) -> Result<Tally, LegacyError> {
-    let mut tally = Tally::new(name, range, grain);
-    let query = events.query(types(name));
-    let mut stream = events.source.stream(&query).await?;
-    while let Some(item) = stream.try_next().await? {
-        if let Item::Doc(doc, _) = item {
-            tally.add(&doc);
-        }
-    }
-    Ok(tally)
+    spill::rows(events, name, range, grain)
+        .await?
+        .try_collect()
+        .await
 }
 
 /// One report computed by the legacy rules from documents as they come,
@@ -545,12 +535,20 @@ impl Tally {
     /// Takes one document of the source (any type; those the report does
     /// not read, and those that break the model, count nowhere).
     pub fn add(&mut self, doc: &Document) {
-        let Ok(ty) = doc.get_str("type") else {
-            return;
-        };
-        if !self.rules.iter().any(|(t, f)| *t == ty && f.matches(doc)) {
-            return;
+        if self.reads(doc) {
+            self.take(doc);
         }
+    }
+
+    /// Whether the report reads `doc`: one of its types, valid.
+    fn reads(&self, doc: &Document) -> bool {
+        doc.get_str("type")
+            .is_ok_and(|ty| self.rules.iter().any(|(t, f)| *t == ty && f.matches(doc)))
+    }
+
+    /// Counts a document the report reads (see [`Tally::reads`]).
+    fn take(&mut self, doc: &Document) {
+        let ty = doc.get_str("type").expect("valid");
         let id = doc.get_str("_id").map(str::to_owned).unwrap_or_else(|_| {
             doc.get_object_id("_id")
                 .map(|o| o.to_hex())
