@@ -2,7 +2,7 @@
 # Set-up time of the README's two commands, recorded in BENCHMARKS.md.
 #
 #   bash tests/bench/setup.sh                # both, one after the other
-#   ONLY=demo bash tests/bench/setup.sh      # `cargo run --release -- demo` alone
+#   ONLY=demo bash tests/bench/setup.sh      # `cargo run -- demo` alone
 #   ONLY=tests bash tests/bench/setup.sh     # `bash tests/run.sh` alone
 #
 # Clones the committed HEAD of this checkout into a new directory (no
@@ -49,7 +49,7 @@ timed() {
 }
 
 if [[ $ONLY == both || $ONLY == demo ]]; then
-  timed demo cargo run --release --locked -- demo
+  timed demo cargo run --locked -- demo
 fi
 if [[ $ONLY == both || $ONLY == tests ]]; then
   timed tests bash tests/run.sh
