@@ -2,7 +2,8 @@
 # Set-up time of the README's two commands, recorded in BENCHMARKS.md.
 #
 #   bash tests/bench/setup.sh                # both, one after the other
-#   ONLY=demo bash tests/bench/setup.sh      # `cargo run -- demo` alone
+#   ONLY=demo bash tests/bench/setup.sh      # `cargo run --release -- demo` alone
+#   DEMO_PROFILE=dev bash tests/bench/setup.sh   # `cargo run -- demo`, the build the tests share
 #   ONLY=tests bash tests/bench/setup.sh     # `bash tests/run.sh` alone
 #
 # Clones the committed HEAD of this checkout into a new directory (no
@@ -49,7 +50,11 @@ timed() {
 }
 
 if [[ $ONLY == both || $ONLY == demo ]]; then
-  timed demo cargo run --locked -- demo
+  if [[ ${DEMO_PROFILE:-release} == dev ]]; then
+    timed demo cargo run --locked -- demo
+  else
+    timed demo cargo run --release --locked -- demo
+  fi
 fi
 if [[ $ONLY == both || $ONLY == tests ]]; then
   timed tests bash tests/run.sh
