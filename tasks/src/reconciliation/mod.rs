@@ -12,13 +12,21 @@
 //! plan in force in the application); events are read only for a differing
 //! day, in windows of at most `drill_limit` events.
 //!
-//! Both sides arrive sorted by day and are compared one day at a time
-//! ([`reports::Days`]): a report of any length is reconciled holding one
-//! day of it, plus what each day's result keeps (its summaries, a sample of
-//! differing rows, the keys that narrow its drill-down).
+//! Both sides arrive sorted by day and are compared one day at a time, a
+//! row at a time: a day's summaries are kept as its rows go by, and its
+//! rows are written to a temporary file, read back only if the day
+//! differs. A report of any length, with days of any size, is reconciled
+//! holding a row of each side, plus what each differing day's result keeps
+//! (its summaries, a sample of differing rows, the keys that narrow its
+//! drill-down).
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::time::Instant;
+
+use futures::stream::BoxStream;
+use futures::TryStreamExt;
 
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -132,35 +140,11 @@ fn cell(v: &Json) -> String {
 impl Summary {
     /// The summary of rows of a report with these columns and group fields.
     pub fn of(columns: &[&'static str], groups: usize, rows: &[&Vec<Json>]) -> Self {
-        let mut ints: BTreeMap<&'static str, i64> = BTreeMap::new();
-        let mut doubles: BTreeMap<&'static str, f64> = BTreeMap::new();
-        let mut checksum = 0u64;
+        let mut sums = Sums::default();
         for row in rows {
-            let mut text = String::new();
-            for v in row.iter().take(groups) {
-                text.push_str(&cell(v));
-                text.push('\u{1f}');
-            }
-            for (c, v) in columns.iter().zip(row.iter()).skip(groups) {
-                match v.as_i64() {
-                    Some(i) if !v.is_f64() => *ints.entry(c).or_default() += i,
-                    _ => *doubles.entry(c).or_default() += v.as_f64().unwrap_or_default(),
-                }
-                if rule(c).in_checksum {
-                    text.push_str(&cell(v));
-                    text.push('\u{1f}');
-                }
-            }
-            checksum = checksum.wrapping_add(xxh3_64(text.as_bytes()));
+            sums.add(columns, groups, row);
         }
-        let mut sums: BTreeMap<&'static str, Json> =
-            ints.into_iter().map(|(c, v)| (c, Json::from(v))).collect();
-        sums.extend(doubles.into_iter().map(|(c, v)| (c, Json::from(v))));
-        Self {
-            rows: rows.len() as u64,
-            sums,
-            checksum: format!("{checksum:016x}"),
-        }
+        sums.finish()
     }
 
     /// Whether two summaries agree under the rules.
@@ -172,6 +156,53 @@ impl Summary {
                 .sums
                 .iter()
                 .all(|(c, v)| other.sums.get(c).is_some_and(|w| agree(c, v, w)))
+    }
+}
+
+/// A [`Summary`] kept as rows go by, in any order.
+#[derive(Default)]
+struct Sums {
+    rows: u64,
+    ints: BTreeMap<&'static str, i64>,
+    doubles: BTreeMap<&'static str, f64>,
+    checksum: u64,
+    /// The row's text, hashed into the checksum; reused.
+    text: String,
+}
+
+impl Sums {
+    fn add(&mut self, columns: &[&'static str], groups: usize, row: &[Json]) {
+        self.text.clear();
+        for v in row.iter().take(groups) {
+            self.text.push_str(&cell(v));
+            self.text.push('\u{1f}');
+        }
+        for (c, v) in columns.iter().zip(row.iter()).skip(groups) {
+            match v.as_i64() {
+                Some(i) if !v.is_f64() => *self.ints.entry(c).or_default() += i,
+                _ => *self.doubles.entry(c).or_default() += v.as_f64().unwrap_or_default(),
+            }
+            if rule(c).in_checksum {
+                self.text.push_str(&cell(v));
+                self.text.push('\u{1f}');
+            }
+        }
+        self.checksum = self.checksum.wrapping_add(xxh3_64(self.text.as_bytes()));
+        self.rows += 1;
+    }
+
+    fn finish(self) -> Summary {
+        let mut sums: BTreeMap<&'static str, Json> = self
+            .ints
+            .into_iter()
+            .map(|(c, v)| (c, Json::from(v)))
+            .collect();
+        sums.extend(self.doubles.into_iter().map(|(c, v)| (c, Json::from(v))));
+        Summary {
+            rows: self.rows,
+            sums,
+            checksum: format!("{:016x}", self.checksum),
+        }
     }
 }
 
@@ -345,6 +376,9 @@ pub enum ReconcileError {
         /// The day before it.
         after: String,
     },
+    /// A day's rows could not be written aside or read back.
+    #[error("writing a day's report rows to a temporary file, or reading them back")]
+    Aside(#[source] std::io::Error),
     /// The source failed during a drill-down.
     #[error("reading the events for the drill-down of {report} on {day}")]
     Source {
@@ -428,10 +462,13 @@ pub async fn reconcile(
     })
 }
 
-/// Compares both sides of a report one day at a time, as they arrive in
-/// day order: only the day in hand is held, with, per differing day, its
-/// summaries, a sample of its rows and the keys that narrow its drill-down.
-/// Returns the days and the report rows each side had.
+/// Compares both sides of a report one day at a time, as their rows
+/// arrive in day order: a day's summaries are kept as its rows go by, and
+/// the rows themselves are only written aside, to be read back and
+/// matched if the day differs. What is held is one row of each side, plus,
+/// per differing day, its summaries, a sample of its rows and the keys
+/// that narrow its drill-down. Returns the days and the report rows each
+/// side had.
 async fn day_by_day(
     events: &Events<'_>,
     wh: &Warehouse,
@@ -440,114 +477,158 @@ async fn day_by_day(
     step: &(dyn Fn(String) + Sync),
 ) -> Result<(Vec<DayResult>, usize, usize), ReconcileError> {
     let report = name.name();
-    let legacy_error = |source| ReconcileError::Legacy { report, source };
     step(format!("{report}: both sides, day by day"));
-    let mut legacy = reports::legacy::daily(events, name, options.range)
+    let legacy = reports::legacy::daily(events, name, options.range)
         .await
-        .map_err(legacy_error)?;
-    let mut ours = reports::warehouse::daily(wh, name, options.range);
-    let wh_read = || wh_error(format!("reading report {report}"));
-    let mut sides = Sides::default();
-    let (mut a, mut b) = (
-        sides
-            .legacy(report, legacy.next().await.map_err(legacy_error)?)
-            .map_err(|e| *e)?,
-        sides
-            .warehouse(report, ours.next().await.map_err(wh_read())?)
-            .map_err(|e| *e)?,
+        .map_err(|source| ReconcileError::Legacy { report, source })?
+        .into_rows()
+        .map_err(move |source| ReconcileError::Legacy { report, source });
+    let ours = reports::warehouse::daily(wh, name, options.range)
+        .into_items()
+        .map_err(move |source| ReconcileError::Warehouse {
+            what: format!("reading report {report}"),
+            source,
+        });
+    let mut sides = [
+        Side::start(report, "legacy", Box::pin(legacy)).await?,
+        Side::start(report, "warehouse", Box::pin(ours)).await?,
+    ];
+    let (columns, groups) = (
+        name.columns_at(Grain::Daily),
+        name.group_fields(Grain::Daily),
     );
+    let mut aside = Aside::new().map_err(ReconcileError::Aside)?;
     let mut days = Vec::new();
     loop {
-        let order = match (&a, &b) {
+        let day = match (sides[0].day(), sides[1].day()) {
             (None, None) => break,
-            (Some((x, _)), Some((y, _))) => x.cmp(y),
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
-        };
-        let mut take_legacy = Vec::new();
-        let mut take_ours = Vec::new();
-        if order.is_le() {
-            let (_, rows) = a.take().expect("a legacy day");
-            take_legacy = rows;
-            a = sides
-                .legacy(report, legacy.next().await.map_err(legacy_error)?)
-                .map_err(|e| *e)?;
+            (Some(x), Some(y)) => x.min(y),
+            (Some(x), None) | (None, Some(x)) => x,
         }
-        if order.is_ge() {
-            let (_, rows) = b.take().expect("a warehouse day");
-            take_ours = rows;
-            b = sides
-                .warehouse(report, ours.next().await.map_err(wh_read())?)
-                .map_err(|e| *e)?;
-        }
-        let (l, w) = (
-            Report::new(name, Grain::Daily, take_legacy),
-            Report::new(name, Grain::Daily, take_ours),
-        );
-        for mut day in compare(&l, &w, options.sample) {
-            day.keys = drill::narrowing(std::mem::take(&mut day.keys));
-            if days.len() % 30 == 0 {
-                step(format!("{report}: {}", day.day));
+        .to_owned();
+        aside.clear().map_err(ReconcileError::Aside)?;
+        let mut sums = [None, None];
+        for (i, side) in sides.iter_mut().enumerate() {
+            while let Some(row) = side.take(&day).await? {
+                sums[i]
+                    .get_or_insert_with(Sums::default)
+                    .add(columns, groups, &row);
+                aside.write(i, &row).map_err(ReconcileError::Aside)?;
             }
-            days.push(day);
         }
+        let [l, w] = sums.map(|s| s.map(Sums::finish));
+        let mut read_back = || -> std::io::Result<Vec<RowDiff>> {
+            let x = Report::new(name, Grain::Daily, aside.read(0)?);
+            let y = Report::new(name, Grain::Daily, aside.read(1)?);
+            Ok(differing_rows(&x, &y))
+        };
+        let mut result =
+            day_result(day, l, w, options.sample, &mut read_back).map_err(ReconcileError::Aside)?;
+        result.keys = drill::narrowing(std::mem::take(&mut result.keys));
+        if days.len() % 30 == 0 {
+            step(format!("{report}: {}", result.day));
+        }
+        days.push(result);
     }
-    Ok((days, sides.legacy_rows, sides.warehouse_rows))
+    let [legacy, warehouse] = sides.map(|s| s.rows);
+    Ok((days, legacy, warehouse))
 }
 
-/// What each side of a day-by-day comparison handed out so far: the last
-/// day (days must come in order) and the rows.
-#[derive(Default)]
-struct Sides {
-    legacy_day: Option<String>,
-    warehouse_day: Option<String>,
-    legacy_rows: usize,
-    warehouse_rows: usize,
+/// One side of a day-by-day comparison: its rows, one read ahead, checked
+/// to come in day order.
+struct Side {
+    report: &'static str,
+    side: &'static str,
+    stream: BoxStream<'static, Result<Vec<Json>, ReconcileError>>,
+    next: Option<Vec<Json>>,
+    /// Rows handed out.
+    rows: usize,
 }
 
-type Day = Option<(String, Vec<Vec<Json>>)>;
-
-impl Sides {
-    fn legacy(&mut self, report: &'static str, day: Day) -> Result<Day, Box<ReconcileError>> {
-        Self::next(
-            report,
-            "legacy",
-            &mut self.legacy_day,
-            &mut self.legacy_rows,
-            day,
-        )
-    }
-
-    fn warehouse(&mut self, report: &'static str, day: Day) -> Result<Day, Box<ReconcileError>> {
-        Self::next(
-            report,
-            "warehouse",
-            &mut self.warehouse_day,
-            &mut self.warehouse_rows,
-            day,
-        )
-    }
-
-    fn next(
+impl Side {
+    async fn start(
         report: &'static str,
         side: &'static str,
-        last: &mut Option<String>,
-        rows: &mut usize,
-        day: Day,
-    ) -> Result<Day, Box<ReconcileError>> {
-        if let Some((d, r)) = &day {
-            if last.as_ref().is_some_and(|l| d <= l) {
-                return Err(Box::new(ReconcileError::Order {
-                    report,
-                    side,
-                    day: d.clone(),
-                    after: last.clone().unwrap_or_default(),
-                }));
-            }
-            *last = Some(d.clone());
-            *rows += r.len();
+        mut stream: BoxStream<'static, Result<Vec<Json>, ReconcileError>>,
+    ) -> Result<Self, ReconcileError> {
+        let next = stream.try_next().await?;
+        Ok(Self {
+            report,
+            side,
+            stream,
+            next,
+            rows: 0,
+        })
+    }
+
+    /// The day of the next row.
+    fn day(&self) -> Option<&str> {
+        self.next.as_deref().map(day_of_row)
+    }
+
+    /// The next row if it is of `day`.
+    async fn take(&mut self, day: &str) -> Result<Option<Vec<Json>>, ReconcileError> {
+        if self.day() != Some(day) {
+            return Ok(None);
         }
-        Ok(day)
+        let row = self.next.take();
+        self.next = self.stream.try_next().await?;
+        if let Some(next) = self.day().filter(|next| *next < day) {
+            return Err(ReconcileError::Order {
+                report: self.report,
+                side: self.side,
+                day: next.to_owned(),
+                after: day.to_owned(),
+            });
+        }
+        self.rows += 1;
+        Ok(row)
+    }
+}
+
+/// A day's rows of both sides, written to temporary files as they go by
+/// and read back only when the day differs.
+struct Aside {
+    files: [BufWriter<File>; 2],
+}
+
+impl Aside {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            files: [
+                BufWriter::new(tempfile::tempfile()?),
+                BufWriter::new(tempfile::tempfile()?),
+            ],
+        })
+    }
+
+    /// Empties both sides for the next day.
+    fn clear(&mut self) -> std::io::Result<()> {
+        for w in &mut self.files {
+            w.flush()?;
+            w.get_mut().set_len(0)?;
+            w.get_mut().rewind()?;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, side: usize, row: &[Json]) -> std::io::Result<()> {
+        let w = &mut self.files[side];
+        serde_json::to_writer(&mut *w, row)?;
+        w.write_all(b"\n")
+    }
+
+    /// The rows of a side written since the last [`Aside::clear`].
+    fn read(&mut self, side: usize) -> std::io::Result<Vec<Vec<Json>>> {
+        let w = &mut self.files[side];
+        w.flush()?;
+        w.get_mut().rewind()?;
+        let rows = BufReader::new(w.get_ref())
+            .lines()
+            .map(|line| -> std::io::Result<Vec<Json>> { Ok(serde_json::from_str(&line?)?) })
+            .collect();
+        w.get_mut().seek(SeekFrom::End(0))?;
+        rows
     }
 }
 
@@ -564,6 +645,33 @@ fn by_day(report: &Report) -> BTreeMap<&str, Vec<&Vec<Json>>> {
     days
 }
 
+/// The result of a day from its summaries; `diffs` gives its differing
+/// rows, asked for only when the summaries do not agree.
+fn day_result<E>(
+    day: String,
+    legacy: Option<Summary>,
+    warehouse: Option<Summary>,
+    sample: usize,
+    diffs: impl FnOnce() -> Result<Vec<RowDiff>, E>,
+) -> Result<DayResult, E> {
+    let equal = matches!((&legacy, &warehouse), (Some(p), Some(q)) if p.agrees(q));
+    let diffs = if equal { Vec::new() } else { diffs()? };
+    Ok(DayResult {
+        day,
+        status: if equal {
+            Status::Equal
+        } else {
+            Status::Differs
+        },
+        legacy,
+        warehouse,
+        rows_differing: diffs.len(),
+        keys: diffs.iter().map(|d| d.key.clone()).collect(),
+        rows: diffs.into_iter().take(sample).collect(),
+        events: None,
+    })
+}
+
 /// Compares two reports of the same name at the daily grain, day by day,
 /// keeping at most `sample` differing rows per day.
 pub fn compare(legacy: &Report, ours: &Report, sample: usize) -> Vec<DayResult> {
@@ -577,31 +685,17 @@ pub fn compare(legacy: &Report, ours: &Report, sample: usize) -> Vec<DayResult> 
             let summary = |rows: Option<&Vec<&Vec<Json>>>| {
                 rows.map(|r| Summary::of(&legacy.columns, legacy.groups, r))
             };
-            let (sx, sy) = (summary(x), summary(y));
-            let equal = matches!((&sx, &sy), (Some(p), Some(q)) if p.agrees(q));
-            let diffs = if equal {
-                Vec::new()
-            } else {
-                row_diffs(
+            let diffs = || {
+                Ok::<_, std::convert::Infallible>(row_diffs(
                     &legacy.columns,
                     legacy.groups,
                     x.map_or(&[][..], Vec::as_slice),
                     y.map_or(&[][..], Vec::as_slice),
-                )
+                ))
             };
-            DayResult {
-                day: day.to_owned(),
-                status: if equal {
-                    Status::Equal
-                } else {
-                    Status::Differs
-                },
-                legacy: sx,
-                warehouse: sy,
-                rows_differing: diffs.len(),
-                keys: diffs.iter().map(|d| d.key.clone()).collect(),
-                rows: diffs.into_iter().take(sample).collect(),
-                events: None,
+            match day_result(day.to_owned(), summary(x), summary(y), sample, diffs) {
+                Ok(result) => result,
+                Err(never) => match never {},
             }
         })
         .collect()

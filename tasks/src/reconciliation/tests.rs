@@ -125,17 +125,64 @@ fn a_day_keeps_one_key_per_narrowing_value_and_none_when_too_many() {
     assert!(drill::narrowing(vec![vec![json!("2026-01-01")]]).is_empty());
 }
 
+#[tokio::test]
+async fn a_side_must_hand_out_its_days_in_order() {
+    let rows: Vec<Result<Vec<Json>, ReconcileError>> =
+        ["2026-01-01", "2026-01-01", "2026-01-03", "2026-01-02"]
+            .into_iter()
+            .map(|d| vec![json!(d)])
+            .map(Ok)
+            .collect();
+    let mut side = Side::start(
+        "views_daily",
+        "legacy",
+        Box::pin(futures::stream::iter(rows)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(side.day(), Some("2026-01-01"));
+    assert!(side.take("2026-01-01").await.unwrap().is_some());
+    assert!(side.take("2026-01-01").await.unwrap().is_some());
+    assert!(
+        side.take("2026-01-01").await.unwrap().is_none(),
+        "the day ended"
+    );
+    assert_eq!(side.rows, 2);
+    let err = side.take("2026-01-03").await.unwrap_err().to_string();
+    assert!(
+        err.contains("the legacy side of views_daily gave the day 2026-01-02 after 2026-01-03"),
+        "{err}"
+    );
+}
+
+/// A day's rows go by one at a time, in any order within the day: its
+/// summary is the one of the whole day's rows, and a differing day is
+/// matched row by row from the rows written aside.
 #[test]
-fn sides_must_hand_out_their_days_in_order() {
-    let mut sides = Sides::default();
-    let day = |d: &str, n: usize| Some((d.to_owned(), vec![vec![json!(d)]; n]));
-    assert!(sides.legacy("views_daily", day("2026-01-01", 2)).is_ok());
-    assert!(sides.legacy("views_daily", day("2026-01-03", 1)).is_ok());
-    assert!(sides.warehouse("views_daily", day("2026-01-01", 4)).is_ok());
-    assert_eq!((sides.legacy_rows, sides.warehouse_rows), (3, 4));
-    let err = sides
-        .legacy("views_daily", day("2026-01-02", 1))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("2026-01-02 after 2026-01-03"), "{err}");
+fn rows_set_aside_come_back_for_a_differing_day() {
+    let mut aside = Aside::new().unwrap();
+    let rows = [
+        vec![json!("2026-01-01"), json!("p2"), json!(3), json!(1)],
+        vec![json!("2026-01-01"), json!("p1"), json!(5), json!(2)],
+    ];
+    let columns = ReportName::ViewsDaily.columns();
+    let mut sums = Sums::default();
+    for row in &rows {
+        sums.add(columns, 2, row);
+        aside.write(0, row).unwrap();
+    }
+    let whole = Report::new(ReportName::ViewsDaily, Grain::Daily, rows.to_vec());
+    assert_eq!(
+        sums.finish(),
+        Summary::of(columns, 2, &whole.rows.iter().collect::<Vec<_>>())
+    );
+    assert_eq!(aside.read(0).unwrap(), rows.to_vec());
+    assert!(aside.read(1).unwrap().is_empty());
+    aside.clear().unwrap();
+    aside.write(1, &rows[0]).unwrap();
+    assert!(
+        aside.read(0).unwrap().is_empty(),
+        "cleared for the next day"
+    );
+    assert_eq!(aside.read(1).unwrap(), vec![rows[0].clone()]);
 }

@@ -31,6 +31,13 @@ impl<'a, T: Send + 'a, E: Send + 'a> Days<'a, T, E> {
         }
     }
 
+    /// The items not yet handed out, one at a time, in the order they
+    /// arrive: for a reader that needs no day held whole.
+    pub fn into_items(self) -> BoxStream<'a, Result<T, E>> {
+        let pending = self.pending.map(|(_, item)| Ok(item));
+        Box::pin(futures::stream::iter(pending).chain(self.items))
+    }
+
     /// The next day and its items; `None` after the last. A day that
     /// comes back after a later one is handed out again, on its own: the
     /// reader checks the order (see [`Days::next`]'s callers).

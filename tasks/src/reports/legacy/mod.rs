@@ -163,6 +163,32 @@ impl Daily<'_> {
     }
 }
 
+impl<'a> Daily<'a> {
+    /// The report rows one at a time, in day order (in no particular order
+    /// within a day): from the events file, without a day held whole.
+    pub fn into_rows(self) -> BoxStream<'a, Result<Vec<Json>, LegacyError>> {
+        match self.days {
+            DailyDays::Rows(days) => days.into_items(),
+            DailyDays::Docs(days) => {
+                let (name, side) = (self.name, self.side);
+                Box::pin(
+                    futures::stream::try_unfold((days, side), move |(mut days, side)| async move {
+                        let Some((_, docs)) = days.next().await? else {
+                            return Ok::<_, LegacyError>(None);
+                        };
+                        let rows = side.rows(name, Grain::Daily, &docs)?;
+                        Ok(Some((
+                            futures::stream::iter(rows.into_iter().map(Ok)),
+                            (days, side),
+                        )))
+                    })
+                    .try_flatten(),
+                )
+            }
+        }
+    }
+}
+
 /// Starts reading a legacy report at the daily grain (see [`Daily`]).
 ///
 /// # Errors

@@ -16,14 +16,21 @@
 //!   viewer's plan history); their rows, a few per day, are summed over
 //!   the parts.
 //!
+//! A part larger than [`PART_BYTES`] is cut again, before it is counted,
+//! by a hash of a field of the report's group key (the presentation, the
+//! channel, the session or the user) into pieces of about that size, so
+//! that what is held at once does not grow with the number of events in a
+//! day: every group still lies in one piece, and the pieces of a day are
+//! counted one after the other, so rows still come out in day order.
+//!
 //! Copies of one event (the same `event_id`) are the same document stored
 //! again, so they land in the same part, in file order, and the first
 //! valid copy counts, as it does in one pass.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use bson::{Bson, Document};
 use futures::stream::BoxStream;
@@ -37,6 +44,17 @@ use workflows::time::day_of;
 
 /// Parts cut by a hash: each holds about 1/64 of the report's documents.
 const BUCKETS: u64 = 64;
+
+/// A part larger than this is cut again before it is counted: counting
+/// holds a piece's groups and event ids, a few MiB for 8 MiB of documents.
+const PART_BYTES: u64 = 8 << 20;
+
+/// How many times a part is cut again at most (a single group larger than
+/// [`PART_BYTES`] cannot be cut).
+const DEPTH: u64 = 2;
+
+/// Pieces a part is cut into at most at once (each an open file).
+const PIECES: u64 = 256;
 
 /// Part files kept open for writing at once; the file is mostly in time
 /// order, so the current day's part is nearly always among them.
@@ -62,8 +80,19 @@ pub(super) async fn rows(
     range: Range,
     grain: Grain,
 ) -> Result<BoxStream<'static, Result<Vec<Json>, LegacyError>>, LegacyError> {
+    rows_in_pieces(events, name, range, grain, PART_BYTES).await
+}
+
+/// [`rows`], cutting parts again into pieces of about `part_bytes`.
+async fn rows_in_pieces(
+    events: &Events<'_>,
+    name: ReportName,
+    range: Range,
+    grain: Grain,
+    part_bytes: u64,
+) -> Result<BoxStream<'static, Result<Vec<Json>, LegacyError>>, LegacyError> {
     let rules = Tally::new(name, range, grain);
-    let mut parts = Parts::new(cut(name, grain))?;
+    let mut parts = Parts::new(cut(name, grain), part_bytes)?;
     let mut stream = events
         .source
         .stream(&events.query(super::types(name)))
@@ -85,14 +114,14 @@ pub(super) async fn rows(
         parts.write(&doc, ts)?;
     }
     parts.close()?;
-    let tally = move |data: Vec<u8>| {
+    let tally = move |path: PathBuf| {
         let mut tally = Tally::new(name, range, grain);
-        let mut reader = &data[..];
-        while !reader.is_empty() {
-            let doc = Document::from_reader(&mut reader)
-                .map_err(|e| LegacyError::Spill(std::io::Error::other(e)))?;
-            tally.take(&doc);
+        let mut reader =
+            BufReader::with_capacity(64 * 1024, File::open(&path).map_err(LegacyError::Spill)?);
+        while let Some(bytes) = next_doc(&mut reader)? {
+            tally.take(&parse(&bytes)?);
         }
+        std::fs::remove_file(&path).map_err(LegacyError::Spill)?;
         Ok::<_, LegacyError>(tally.acc.rows(name))
     };
     match parts.cut {
@@ -100,9 +129,9 @@ pub(super) async fn rows(
             // A part's groups are all its own: its rows are final.
             let state = (parts, tally);
             Ok(Box::pin(
-                futures::stream::try_unfold(state, |(mut parts, tally)| async move {
-                    match parts.take()? {
-                        Some(data) => Ok::<_, LegacyError>(Some((tally(data)?, (parts, tally)))),
+                futures::stream::try_unfold(state, move |(mut parts, tally)| async move {
+                    match parts.take(name)? {
+                        Some(path) => Ok::<_, LegacyError>(Some((tally(path)?, (parts, tally)))),
                         None => Ok(None),
                     }
                 })
@@ -114,8 +143,8 @@ pub(super) async fn rows(
             // Rows are (day, device or plan, counts...): a few per day,
             // summed over the parts.
             let mut sums: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
-            while let Some(data) = parts.take()? {
-                for row in tally(data)? {
+            while let Some(path) = parts.take(name)? {
+                for row in tally(path)? {
                     let mut row = row.into_iter();
                     let (Some(Json::String(day)), Some(Json::String(key))) =
                         (row.next(), row.next())
@@ -168,14 +197,19 @@ struct Parts {
     files: BTreeMap<String, PathBuf>,
     /// Writers of recently written parts, the most recent last.
     open: VecDeque<(String, BufWriter<File>)>,
-    /// Parts not yet counted, after [`Parts::close`].
-    left: VecDeque<PathBuf>,
+    /// Parts not yet counted, after [`Parts::close`], with how many times
+    /// each was cut again.
+    left: VecDeque<(PathBuf, u64)>,
+    /// Pieces made by cutting parts again.
+    pieces: usize,
+    /// The size above which a part is cut again.
+    part_bytes: u64,
     /// A document cut down, reused.
     slim: Document,
 }
 
 impl Parts {
-    fn new(cut: Cut) -> Result<Self, LegacyError> {
+    fn new(cut: Cut, part_bytes: u64) -> Result<Self, LegacyError> {
         Ok(Self {
             cut,
             dir: tempfile::Builder::new()
@@ -185,6 +219,8 @@ impl Parts {
             files: BTreeMap::new(),
             open: VecDeque::new(),
             left: VecDeque::new(),
+            pieces: 0,
+            part_bytes,
             slim: Document::new(),
         })
     }
@@ -257,19 +293,98 @@ impl Parts {
         for (_, mut w) in self.open.drain(..) {
             w.flush().map_err(LegacyError::Spill)?;
         }
-        self.left = std::mem::take(&mut self.files).into_values().collect();
+        self.left = std::mem::take(&mut self.files)
+            .into_values()
+            .map(|p| (p, 0))
+            .collect();
         Ok(())
     }
 
-    /// The next part's bytes (the file is removed); `None` after the last.
-    fn take(&mut self) -> Result<Option<Vec<u8>>, LegacyError> {
-        let Some(path) = self.left.pop_front() else {
-            return Ok(None);
-        };
-        let data = std::fs::read(&path).map_err(LegacyError::Spill)?;
-        std::fs::remove_file(&path).map_err(LegacyError::Spill)?;
-        Ok(Some(data))
+    /// The next part to count, at most `part_bytes` long unless one group
+    /// is (or it was cut [`DEPTH`] times already); `None` after the last. The caller removes it.
+    fn take(&mut self, name: ReportName) -> Result<Option<PathBuf>, LegacyError> {
+        loop {
+            let Some((path, depth)) = self.left.pop_front() else {
+                return Ok(None);
+            };
+            let size = std::fs::metadata(&path).map_err(LegacyError::Spill)?.len();
+            if size <= self.part_bytes || depth >= DEPTH {
+                return Ok(Some(path));
+            }
+            let n = size.div_ceil(self.part_bytes).min(PIECES);
+            let pieces = self.cut_again(&path, name, depth + 1, n)?;
+            for piece in pieces.into_iter().rev() {
+                self.left.push_front((piece, depth + 1));
+            }
+        }
     }
+
+    /// Cuts a part into `n` pieces by a hash (seeded with `depth`) of a
+    /// field of the report's group key, so that each group lies in one
+    /// piece; the part is removed.
+    fn cut_again(
+        &mut self,
+        path: &Path,
+        name: ReportName,
+        depth: u64,
+        n: u64,
+    ) -> Result<Vec<PathBuf>, LegacyError> {
+        let field = match name {
+            ReportName::ViewsDaily | ReportName::SlideEngagement => "presentation_id",
+            ReportName::SharesDaily => "payload.channel",
+            ReportName::SessionsDaily => "session_id",
+            ReportName::ViewsByPlan => "user_id",
+        };
+        let mut paths = Vec::new();
+        let mut writers = Vec::new();
+        for _ in 0..n {
+            let piece = self.dir.path().join(format!("piece-{}.bson", self.pieces));
+            self.pieces += 1;
+            let file = File::create(&piece).map_err(LegacyError::Spill)?;
+            writers.push(BufWriter::with_capacity(64 * 1024, file));
+            paths.push(piece);
+        }
+        let mut reader =
+            BufReader::with_capacity(64 * 1024, File::open(path).map_err(LegacyError::Spill)?);
+        while let Some(bytes) = next_doc(&mut reader)? {
+            let doc = parse(&bytes)?;
+            let key = crate::schema::lookup(&doc, field)
+                .and_then(Bson::as_str)
+                .unwrap_or_default();
+            let at = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), depth) % n;
+            writers[at as usize]
+                .write_all(&bytes)
+                .map_err(LegacyError::Spill)?;
+        }
+        for mut w in writers {
+            w.flush().map_err(LegacyError::Spill)?;
+        }
+        std::fs::remove_file(path).map_err(LegacyError::Spill)?;
+        Ok(paths)
+    }
+}
+
+/// The next BSON document of a part, as its bytes; `None` at the end.
+fn next_doc(reader: &mut impl BufRead) -> Result<Option<Vec<u8>>, LegacyError> {
+    if reader.fill_buf().map_err(LegacyError::Spill)?.is_empty() {
+        return Ok(None);
+    }
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len).map_err(LegacyError::Spill)?;
+    let len = usize::try_from(i32::from_le_bytes(len))
+        .ok()
+        .filter(|n| *n >= 5)
+        .ok_or_else(|| LegacyError::Spill(std::io::Error::other("a part holds a bad length")))?;
+    let mut bytes = vec![0u8; len];
+    bytes[..4].copy_from_slice(&(len as i32).to_le_bytes());
+    reader
+        .read_exact(&mut bytes[4..])
+        .map_err(LegacyError::Spill)?;
+    Ok(Some(bytes))
+}
+
+fn parse(bytes: &[u8]) -> Result<Document, LegacyError> {
+    Document::from_reader(bytes).map_err(|e| LegacyError::Spill(std::io::Error::other(e)))
 }
 
 #[cfg(test)]
@@ -350,21 +465,27 @@ mod tests {
                     }
                     let expected = one_pass.finish();
                     assert!(!expected.rows.is_empty(), "{name:?} {grain:?} {range:?}");
-                    let parts: Vec<_> = rows(&events, *name, range, grain)
-                        .await
-                        .unwrap()
-                        .try_collect()
-                        .await
-                        .unwrap();
-                    if grain == Grain::Daily {
-                        let days: Vec<_> = parts.iter().map(|r| r[0].as_str().unwrap()).collect();
-                        assert!(days.is_sorted(), "{name:?} {range:?}: rows in day order");
+                    // Parts as they are, and cut again into pieces of
+                    // about 16 KiB (a few dozen documents).
+                    for part_bytes in [PART_BYTES, 16 << 10] {
+                        let parts: Vec<_> =
+                            rows_in_pieces(&events, *name, range, grain, part_bytes)
+                                .await
+                                .unwrap()
+                                .try_collect()
+                                .await
+                                .unwrap();
+                        if grain == Grain::Daily {
+                            let days: Vec<_> =
+                                parts.iter().map(|r| r[0].as_str().unwrap()).collect();
+                            assert!(days.is_sorted(), "{name:?} {range:?}: rows in day order");
+                        }
+                        assert_eq!(
+                            Report::new(*name, grain, parts),
+                            expected,
+                            "{name:?} {grain:?} {range:?} in pieces of {part_bytes} bytes"
+                        );
                     }
-                    assert_eq!(
-                        Report::new(*name, grain, parts),
-                        expected,
-                        "{name:?} {grain:?} {range:?}"
-                    );
                 }
             }
         }
