@@ -300,8 +300,9 @@ impl Parts {
         Ok(())
     }
 
-    /// The next part to count, at most `part_bytes` long unless one group
-    /// is (or it was cut [`DEPTH`] times already); `None` after the last. The caller removes it.
+    /// The next part to count, at most `part_bytes` long unless it was cut
+    /// [`DEPTH`] times already (one group can be larger); `None` after the
+    /// last. The caller removes it.
     fn take(&mut self, name: ReportName) -> Result<Option<PathBuf>, LegacyError> {
         loop {
             let Some((path, depth)) = self.left.pop_front() else {
