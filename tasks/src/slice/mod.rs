@@ -493,8 +493,8 @@ async fn touches(
     Ok(t)
 }
 
-/// Computes both sides over the span of the touched days, one day at a
-/// time (one pass over the events per report), and keeps the touched rows.
+/// Computes both sides over the span of the touched days, a row at a time
+/// (one pass over the events per report), and keeps the touched rows.
 async fn compare(
     events: &Events<'_>,
     wh: &Warehouse,
@@ -513,12 +513,11 @@ async fn compare(
             from_ms: bounds.iter().map(|b| b.0).min(),
             to_ms: bounds.iter().map(|b| b.1).max(),
         };
-        let index = |rows: Vec<Vec<Json>>, into: &mut HashMap<String, Vec<Json>>| {
-            for row in rows {
-                let key = serde_json::to_string(&row[..groups]).unwrap_or_default();
-                if touched.contains_key(&key) {
-                    into.insert(key, row[groups..].to_vec());
-                }
+        // Only the touched rows are kept; both sides go by a row at a time.
+        let index = |row: Vec<Json>, into: &mut HashMap<String, Vec<Json>>| {
+            let key = serde_json::to_string(&row[..groups]).unwrap_or_default();
+            if touched.contains_key(&key) {
+                into.insert(key, row[groups..].to_vec());
             }
         };
         let legacy_error = |source| ReconcileError::Legacy {
@@ -531,22 +530,19 @@ async fn compare(
             step(format!("{}: the legacy side", name.name()));
             let mut l = reports::legacy::daily(events, name, span)
                 .await
-                .map_err(legacy_error)?;
-            while let Some((day, rows)) = l.next().await.map_err(legacy_error)? {
-                if days.contains(&day) {
-                    index(rows, &mut legacy);
-                }
+                .map_err(legacy_error)?
+                .into_rows();
+            while let Some(row) = l.try_next().await.map_err(legacy_error)? {
+                index(row, &mut legacy);
             }
             step(format!("{}: the warehouse side", name.name()));
-            let mut w = reports::warehouse::daily(wh, name, span);
-            while let Some((day, rows)) = w
-                .next()
+            let mut w = reports::warehouse::daily(wh, name, span).into_items();
+            while let Some(row) = w
+                .try_next()
                 .await
                 .map_err(wh_error(format!("reading report {}", name.name())))?
             {
-                if days.contains(&day) {
-                    index(rows, &mut ours);
-                }
+                index(row, &mut ours);
             }
         }
         let columns = name.columns_at(Grain::Daily).to_vec();
