@@ -92,7 +92,7 @@ async fn rows_in_pieces(
     part_bytes: u64,
 ) -> Result<BoxStream<'static, Result<Vec<Json>, LegacyError>>, LegacyError> {
     let rules = Tally::new(name, range, grain);
-    let mut parts = Parts::new(cut(name, grain), part_bytes)?;
+    let mut parts = Parts::new(cut(name, grain), piece_key(name), part_bytes)?;
     let mut stream = events
         .source
         .stream(&events.query(super::types(name)))
@@ -130,7 +130,7 @@ async fn rows_in_pieces(
             let state = (parts, tally);
             Ok(Box::pin(
                 futures::stream::try_unfold(state, move |(mut parts, tally)| async move {
-                    match parts.take(name)? {
+                    match parts.take()? {
                         Some(path) => Ok::<_, LegacyError>(Some((tally(path)?, (parts, tally)))),
                         None => Ok(None),
                     }
@@ -143,7 +143,7 @@ async fn rows_in_pieces(
             // Rows are (day, device or plan, counts...): a few per day,
             // summed over the parts.
             let mut sums: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
-            while let Some(path) = parts.take(name)? {
+            while let Some(path) = parts.take()? {
                 for row in tally(path)? {
                     let mut row = row.into_iter();
                     let (Some(Json::String(day)), Some(Json::String(key))) =
@@ -204,12 +204,14 @@ struct Parts {
     pieces: usize,
     /// The size above which a part is cut again.
     part_bytes: u64,
+    /// The field whose hash cuts a part again (see [`piece_key`]).
+    key: &'static str,
     /// A document cut down, reused.
     slim: Document,
 }
 
 impl Parts {
-    fn new(cut: Cut, part_bytes: u64) -> Result<Self, LegacyError> {
+    fn new(cut: Cut, key: &'static str, part_bytes: u64) -> Result<Self, LegacyError> {
         Ok(Self {
             cut,
             dir: tempfile::Builder::new()
@@ -221,6 +223,7 @@ impl Parts {
             left: VecDeque::new(),
             pieces: 0,
             part_bytes,
+            key,
             slim: Document::new(),
         })
     }
@@ -303,7 +306,7 @@ impl Parts {
     /// The next part to count, at most `part_bytes` long unless it was cut
     /// [`DEPTH`] times already (one group can be larger); `None` after the
     /// last. The caller removes it.
-    fn take(&mut self, name: ReportName) -> Result<Option<PathBuf>, LegacyError> {
+    fn take(&mut self) -> Result<Option<PathBuf>, LegacyError> {
         loop {
             let Some((path, depth)) = self.left.pop_front() else {
                 return Ok(None);
@@ -313,7 +316,7 @@ impl Parts {
                 return Ok(Some(path));
             }
             let n = size.div_ceil(self.part_bytes).min(PIECES);
-            let pieces = self.cut_again(&path, name, depth + 1, n)?;
+            let pieces = self.cut_again(&path, depth + 1, n)?;
             for piece in pieces.into_iter().rev() {
                 self.left.push_front((piece, depth + 1));
             }
@@ -323,19 +326,7 @@ impl Parts {
     /// Cuts a part into `n` pieces by a hash (seeded with `depth`) of a
     /// field of the report's group key, so that each group lies in one
     /// piece; the part is removed.
-    fn cut_again(
-        &mut self,
-        path: &Path,
-        name: ReportName,
-        depth: u64,
-        n: u64,
-    ) -> Result<Vec<PathBuf>, LegacyError> {
-        let field = match name {
-            ReportName::ViewsDaily | ReportName::SlideEngagement => "presentation_id",
-            ReportName::SharesDaily => "payload.channel",
-            ReportName::SessionsDaily => "session_id",
-            ReportName::ViewsByPlan => "user_id",
-        };
+    fn cut_again(&mut self, path: &Path, depth: u64, n: u64) -> Result<Vec<PathBuf>, LegacyError> {
         let mut paths = Vec::new();
         let mut writers = Vec::new();
         for _ in 0..n {
@@ -348,10 +339,9 @@ impl Parts {
         let mut reader =
             BufReader::with_capacity(64 * 1024, File::open(path).map_err(LegacyError::Spill)?);
         while let Some(bytes) = next_doc(&mut reader)? {
-            let doc = parse(&bytes)?;
-            let key = crate::schema::lookup(&doc, field)
-                .and_then(Bson::as_str)
-                .unwrap_or_default();
+            // Read in place: the piece's documents are parsed once, when
+            // they are counted.
+            let key = raw_str(&bytes, self.key).unwrap_or_default();
             let at = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), depth) % n;
             writers[at as usize]
                 .write_all(&bytes)
@@ -363,6 +353,31 @@ impl Parts {
         std::fs::remove_file(path).map_err(LegacyError::Spill)?;
         Ok(paths)
     }
+}
+
+/// The field of a report's group key whose hash cuts a part again, so that
+/// each group lies in one piece.
+fn piece_key(name: ReportName) -> &'static str {
+    match name {
+        ReportName::ViewsDaily | ReportName::SlideEngagement => "presentation_id",
+        ReportName::SharesDaily => "payload.channel",
+        ReportName::SessionsDaily => "session_id",
+        ReportName::ViewsByPlan => "user_id",
+    }
+}
+
+/// The string at a dotted `path` of a BSON document's bytes, without
+/// parsing the rest of it.
+fn raw_str<'a>(bytes: &'a [u8], path: &str) -> Option<&'a str> {
+    let mut doc = bson::RawDocument::from_bytes(bytes).ok()?;
+    let mut fields = path.split('.').peekable();
+    while let Some(field) = fields.next() {
+        if fields.peek().is_none() {
+            return doc.get_str(field).ok();
+        }
+        doc = doc.get_document(field).ok()?;
+    }
+    None
 }
 
 /// The next BSON document of a part, as its bytes; `None` at the end.
