@@ -481,14 +481,13 @@ async fn day_by_day(
     let legacy = reports::legacy::daily(events, name, options.range)
         .await
         .map_err(|source| ReconcileError::Legacy { report, source })?
-        .into_rows()
         .map_err(move |source| ReconcileError::Legacy { report, source });
-    let ours = reports::warehouse::daily(wh, name, options.range)
-        .into_items()
-        .map_err(move |source| ReconcileError::Warehouse {
+    let ours = reports::warehouse::daily(wh, name, options.range).map_err(move |source| {
+        ReconcileError::Warehouse {
             what: format!("reading report {report}"),
             source,
-        });
+        }
+    });
     let mut sides = [
         Side::start(report, "legacy", Box::pin(legacy)).await?,
         Side::start(report, "warehouse", Box::pin(ours)).await?,

@@ -1,6 +1,6 @@
-//! A report at the daily grain read one day at a time, in day order, so
-//! that whoever compares two sides holds one day of each, never the whole
-//! report.
+//! Items sorted by day handed out a day at a time: the legacy report from
+//! MongoDB turns its aggregation's output into report rows a day at a
+//! time (a day's groups, never the whole report).
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -29,13 +29,6 @@ impl<'a, T: Send + 'a, E: Send + 'a> Days<'a, T, E> {
             day: Box::new(day),
             pending: None,
         }
-    }
-
-    /// The items not yet handed out, one at a time, in the order they
-    /// arrive: for a reader that needs no day held whole.
-    pub fn into_items(self) -> BoxStream<'a, Result<T, E>> {
-        let pending = self.pending.map(|(_, item)| Ok(item));
-        Box::pin(futures::stream::iter(pending).chain(self.items))
     }
 
     /// The next day and its items; `None` after the last. A day that

@@ -7,9 +7,10 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 use workflows::Backend;
 
+use futures::stream::BoxStream;
 use futures::TryStreamExt;
 
-use super::{average, Days, Grain, Range, Report, ReportName};
+use super::{average, Grain, Range, Report, ReportName};
 use crate::warehouse::Warehouse;
 
 /// `expr` as a 64-bit integer.
@@ -130,7 +131,7 @@ pub async fn from_warehouse(
     Ok(Report::new(name, grain, rows))
 }
 
-/// Reads a report at the daily grain one day at a time, in day order,
+/// Reads a report at the daily grain a row at a time, in day order,
 /// while the rows arrive: at most [`AHEAD`] rows wait between the database
 /// and the reader. The query holds one connection of the pool until the
 /// last day is read or the stream is dropped.
@@ -138,7 +139,7 @@ pub fn daily(
     wh: &Warehouse,
     name: ReportName,
     range: Range,
-) -> Days<'static, Vec<Json>, sqlx::Error> {
+) -> BoxStream<'static, Result<Vec<Json>, sqlx::Error>> {
     let (from, to) = range.bounds();
     let text = format!("{} ORDER BY 1", sql(wh.backend, name, Grain::Daily));
     let pool = wh.pool.clone();
@@ -157,14 +158,9 @@ pub fn daily(
             }
         }
     });
-    let rows =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-    Days::new(Box::pin(rows), |r: &Vec<Json>| {
-        Ok(r.first()
-            .and_then(Json::as_str)
-            .unwrap_or_default()
-            .to_owned())
-    })
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|r| (r, rx))
+    }))
 }
 
 /// Rows read ahead of a [`daily`] reader.

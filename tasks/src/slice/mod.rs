@@ -530,13 +530,12 @@ async fn compare(
             step(format!("{}: the legacy side", name.name()));
             let mut l = reports::legacy::daily(events, name, span)
                 .await
-                .map_err(legacy_error)?
-                .into_rows();
+                .map_err(legacy_error)?;
             while let Some(row) = l.try_next().await.map_err(legacy_error)? {
                 index(row, &mut legacy);
             }
             step(format!("{}: the warehouse side", name.name()));
-            let mut w = reports::warehouse::daily(wh, name, span).into_items();
+            let mut w = reports::warehouse::daily(wh, name, span);
             while let Some(row) = w
                 .try_next()
                 .await

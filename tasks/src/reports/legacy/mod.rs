@@ -124,109 +124,46 @@ pub async fn from_legacy(
     Ok(Report::new(name, grain, rows))
 }
 
-/// A legacy report at the daily grain, read one day at a time in day
-/// order. From MongoDB the aggregation's output is sorted by day on the
-/// server and turned into report rows a day at a time, so only one day's
-/// groups are held (with, for `views_by_plan`, every user's plan history
-/// and, for `sessions_daily`, every session's end). From the events file
-/// the events are spilled to temporary parts and counted a part at a time
-/// (see [`spill`]).
-pub struct Daily<'a> {
-    name: ReportName,
-    side: Side,
-    days: DailyDays<'a>,
-}
-
-enum DailyDays<'a> {
-    /// Aggregation output documents, sorted by day.
-    Docs(Days<'a, Document, LegacyError>),
-    /// Report rows, sorted by day.
-    Rows(Days<'a, Vec<Json>, LegacyError>),
-}
-
-impl Daily<'_> {
-    /// The next day and its report rows (in no particular order); `None`
-    /// after the last day.
-    ///
-    /// # Errors
-    /// The source cannot be read or returned a document of another shape.
-    pub async fn next(&mut self) -> Result<Option<(String, Vec<Vec<Json>>)>, LegacyError> {
-        match &mut self.days {
-            DailyDays::Rows(days) => days.next().await,
-            DailyDays::Docs(days) => {
-                let Some((day, docs)) = days.next().await? else {
-                    return Ok(None);
-                };
-                Ok(Some((day, self.side.rows(self.name, Grain::Daily, &docs)?)))
-            }
-        }
-    }
-}
-
-impl<'a> Daily<'a> {
-    /// The report rows one at a time, in day order (in no particular order
-    /// within a day): from the events file, without a day held whole.
-    pub fn into_rows(self) -> BoxStream<'a, Result<Vec<Json>, LegacyError>> {
-        match self.days {
-            DailyDays::Rows(days) => days.into_items(),
-            DailyDays::Docs(days) => {
-                let (name, side) = (self.name, self.side);
-                Box::pin(
-                    futures::stream::try_unfold((days, side), move |(mut days, side)| async move {
-                        let Some((_, docs)) = days.next().await? else {
-                            return Ok::<_, LegacyError>(None);
-                        };
-                        let rows = side.rows(name, Grain::Daily, &docs)?;
-                        Ok(Some((
-                            futures::stream::iter(rows.into_iter().map(Ok)),
-                            (days, side),
-                        )))
-                    })
-                    .try_flatten(),
-                )
-            }
-        }
-    }
-}
-
-/// Starts reading a legacy report at the daily grain (see [`Daily`]).
+/// A legacy report at the daily grain, its rows one at a time in day
+/// order (in no particular order within a day). From MongoDB the
+/// aggregation's output is sorted by day on the server and turned into
+/// report rows a day at a time, so only one day's groups are held (with,
+/// for `views_by_plan`, every user's plan history and, for
+/// `sessions_daily`, every session's end). From the events file the events
+/// are spilled to temporary parts and counted a piece at a time (see
+/// [`spill`]), so no day is held whole.
 ///
 /// # Errors
-/// The source cannot be read or an aggregation failed.
+/// The source cannot be read or an aggregation failed; later, a document
+/// of another shape.
 pub async fn daily(
     events: &Events<'_>,
     name: ReportName,
     range: Range,
-) -> Result<Daily<'static>, LegacyError> {
-    let days = match events.source {
+) -> Result<BoxStream<'static, Result<Vec<Json>, LegacyError>>, LegacyError> {
+    match events.source {
         Source::Mongo(_) => {
             let side = Side::read(events, name).await?;
             let mut stages = pipeline(name, range, Grain::Daily);
             stages.extend(pipelines::by_day(name));
             let docs = aggregate(events, name, stages).await?;
-            return Ok(Daily {
-                name,
-                side,
-                days: DailyDays::Docs(Days::new(docs, move |d: &Document| doc_day(name, d))),
-            });
+            let days = Days::new(docs, move |d: &Document| doc_day(name, d));
+            Ok(Box::pin(
+                futures::stream::try_unfold((days, side), move |(mut days, side)| async move {
+                    let Some((_, docs)) = days.next().await? else {
+                        return Ok::<_, LegacyError>(None);
+                    };
+                    let rows = side.rows(name, Grain::Daily, &docs)?;
+                    Ok(Some((
+                        futures::stream::iter(rows.into_iter().map(Ok)),
+                        (days, side),
+                    )))
+                })
+                .try_flatten(),
+            ))
         }
-        Source::File(_) | Source::Feed(_) => {
-            // Rows are made a day at a time from the events spilled by day
-            // (see [`spill`]): the whole report is never held.
-            let rows = spill::rows(events, name, range, Grain::Daily).await?;
-            DailyDays::Rows(Days::new(rows, |r: &Vec<Json>| {
-                Ok(r.first()
-                    .and_then(Json::as_str)
-                    .unwrap_or_default()
-                    .to_owned())
-            }))
-        }
-    };
-    Ok(Daily {
-        name,
-        side: Side::None,
-        days,
-    })
+        Source::File(_) | Source::Feed(_) => spill::rows(events, name, range, Grain::Daily).await,
+    }
 }
 
 /// The output of an aggregation pipeline over the events, as it arrives.
