@@ -14,8 +14,18 @@ use workflows::redact::redact;
 
 use crate::cli::{Cli, Command, Global, LogFormat};
 
+/// mimalloc rather than glibc's malloc. The runtime's threads take turns
+/// with every task, so memory allocated on one thread is often freed on
+/// another: glibc's per-thread arenas kept each arena's freed pages for
+/// that arena (a long run held the peak of each), and capping the arenas
+/// at one per core made the threads wait on each other's arena locks (a
+/// third of a reconciliation's time). mimalloc frees across threads
+/// without a shared lock and hands freed pages back (`tests/bench/memory.sh`,
+/// BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -24,26 +34,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// glibc's malloc gives every thread that meets another in the allocator
-/// an arena of its own, up to eight per core, and keeps each arena's freed
-/// pages for reuse by that arena only: the runtime's threads take turns
-/// with every task, so a long run ends up holding the peak of each of
-/// them. One arena per core (unless `MALLOC_ARENA_MAX` says otherwise)
-/// took a 1,000,000-event `run --all` from 181 to 103 MiB at its peak, in
-/// the same time (`tests/bench/memory.sh`). Set before any other thread
-/// exists, as glibc fixes the limit when it first needs a second arena.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
-        // SAFETY: mallopt only sets a parameter of the allocator; no other
-        // thread exists yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, i32::try_from(cores).unwrap_or(i32::MAX));
         }
     }
 }
