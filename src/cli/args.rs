@@ -36,7 +36,9 @@ pub struct RunArgs {
     /// How many DAGs run at once, each still after the DAGs its `after`
     /// names (on SQLite, one at a time). More than one overlaps one DAG's
     /// reading with another's loading, but holds several DAGs' memory at
-    /// once, and on two cores it was slower (BENCHMARKS.md).
+    /// once: on two cores, two took a quarter off a PostgreSQL load and
+    /// next to nothing off a MariaDB one, for about a third more memory
+    /// (BENCHMARKS.md).
     #[arg(long, default_value = "1", value_name = "N")]
     pub parallel: NonZeroUsize,
 }

@@ -4,6 +4,7 @@
 #   bash tests/bench/star.sh            # 1,000,000 events; MongoDB part 200,000
 #   EVENTS=100000 MONGO_EVENTS=50000 bash tests/bench/star.sh
 #   MONGO_EVENTS=0 POSTGRES=0 bash tests/bench/star.sh   # MariaDB only
+#   PARALLEL=2 bash tests/bench/star.sh                  # two DAGs at once
 #
 # 1. `cutover run --all` from a seeded events file into MariaDB
 #    (127.0.0.1:3306): wall time, events/s, fact rows/s, peak memory, and
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/../.."
 
 EVENTS=${EVENTS:-1000000}
 MONGO_EVENTS=${MONGO_EVENTS:-200000}
+PARALLEL=${PARALLEL:-1}   # DAGs at once (`run --all --parallel`)
 DIR=${BENCH_DIR:-.cutover/bench}
 DB=cutover_bench
 mkdir -p "$DIR"
@@ -45,7 +47,7 @@ mysql -e "DROP DATABASE IF EXISTS $DB; CREATE DATABASE $DB CHARACTER SET utf8mb4
 wh="mysql://root@127.0.0.1:3306/$DB"
 rm -rf "$DIR/work"
 /usr/bin/time -v "$bin" --source-url "$events" --warehouse-url "$wh" --work-dir "$DIR/work" \
-  run --all > "$DIR/run.txt" 2> "$DIR/time.txt"
+  run --all --parallel "$PARALLEL" > "$DIR/run.txt" 2> "$DIR/time.txt"
 wall=$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$DIR/time.txt")
 rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$DIR/time.txt")
 facts=$(mysql -N "$DB" -e "SELECT (SELECT COUNT(*) FROM fact_views) + (SELECT COUNT(*) FROM fact_engagement)
@@ -107,7 +109,7 @@ if [[ "${POSTGRES:-1}" != 0 ]] && psql -d postgres -c 'SELECT 1' > /dev/null 2>&
   done
   rm -rf "$DIR/work-pg"
   /usr/bin/time -v "$bin" --source-url "$events" --warehouse-url "postgres://${PGUSER:-postgres}@127.0.0.1:5432/$DB" \
-    --work-dir "$DIR/work-pg" run --all > "$DIR/run-pg.txt" 2> "$DIR/time-pg.txt"
+    --work-dir "$DIR/work-pg" run --all --parallel "$PARALLEL" > "$DIR/run-pg.txt" 2> "$DIR/time-pg.txt"
   pg_wall=$(wall_secs "$(awk -F': ' '/Elapsed \(wall clock\)/ {print $2}' "$DIR/time-pg.txt")")
   pg_rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$DIR/time-pg.txt")
   psql -d "$DB" -At -F $'\t' -c "SELECT task, started_at, ended_at FROM cutover_task_attempts" > "$DIR/attempts-pg.tsv"
