@@ -19,26 +19,14 @@ use crate::cli::{Cli, Command, Global, LogFormat};
 /// another: glibc's per-thread arenas kept each arena's freed pages for
 /// that arena (a long run held the peak of each), and capping the arenas
 /// at one per core made the threads wait on each other's arena locks (a
-/// third of a reconciliation's time). mimalloc frees across threads
+/// reconciliation took twice as long). mimalloc frees across threads
 /// without a shared lock and hands freed pages back (`tests/bench/memory.sh`,
 /// BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(run()),
-        Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     // Exit quietly when the reader of standard output goes away
     // (`cutover report ... | head`), as command-line tools do.
     #[cfg(unix)]
