@@ -10,9 +10,9 @@
 # database (127.0.0.1:3306) while sampling the process's resident size
 # four times a second, then prints the run's peak (the kernel's, from
 # /usr/bin/time) and, per task (from the ledger's attempt times), the
-# largest resident size sampled while it ran. Tasks after a load run side by side, so a peak is shared
-# by the tasks running at that moment; the resident size only falls when
-# the allocator hands pages back.
+# largest resident size sampled while it ran. Tasks after a load run side
+# by side, so a peak is shared by the tasks running at that moment; the
+# resident size only falls when the allocator hands pages back.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
