@@ -601,8 +601,11 @@ fn read_item(line: Line<'_>, number: u64, q: Option<&Query>, needles: &[Vec<u8>]
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
-    // A line that does not contain any wanted type as a JSON string cannot
-    // be of that type: skip it without parsing.
+    // A whole object (it ends as it began) that does not contain any wanted
+    // type as a JSON string cannot be of that type: skip it without
+    // parsing. A line cut short may have lost its type with its end: it is
+    // parsed, and every extract quarantines it.
+    let whole = |text: &str| text.starts_with('{') && text.trim_end().ends_with('}');
     let has_type = |text: &[u8]| {
         q.is_none()
             || needles
@@ -612,7 +615,7 @@ fn read_item(line: Line<'_>, number: u64, q: Option<&Query>, needles: &[Vec<u8>]
     let matches = |doc: &Document| q.is_none_or(|q| file_match(doc, q));
     match std::str::from_utf8(bytes) {
         Ok(text) => {
-            if text.starts_with('{') && !has_type(bytes) {
+            if whole(text) && !has_type(bytes) {
                 return None;
             }
             match parse_line(text) {
@@ -631,7 +634,7 @@ fn read_item(line: Line<'_>, number: u64, q: Option<&Query>, needles: &[Vec<u8>]
             let lossy = String::from_utf8_lossy(bytes);
             let ours = match parse_line(&lossy) {
                 Ok(doc) => matches(&doc),
-                Err(_) => !lossy.starts_with('{') || has_type(bytes),
+                Err(_) => !whole(&lossy) || has_type(bytes),
             };
             ours.then(|| Item::Unreadable {
                 raw: Raw::Bytes(bytes.to_vec()),
@@ -713,5 +716,36 @@ mod tests {
             .to_string()
             .starts_with("not JSON"));
         assert!(parse_line("[1,2]").is_err());
+    }
+
+    /// A line cut short reaches every extract's quarantine, even when its
+    /// type was cut off with its end; a whole document of another type is
+    /// skipped unparsed.
+    #[test]
+    fn a_line_cut_short_is_unreadable_whatever_its_type() {
+        let q = Query {
+            database: "app".into(),
+            collection: "events".into(),
+            type_field: "type".into(),
+            types: vec!["slide.viewed".into()],
+            filter: None,
+            ts_field: "ts".into(),
+            since_ms: None,
+            until_ms: None,
+            batch_size: 100,
+        };
+        let needles = vec![br#""slide.viewed""#.to_vec()];
+        let item = |line: &[u8]| read_item(Line::Whole(line), 7, Some(&q), &needles);
+        for cut in [
+            &br#"{"_id": {"$oid": "aaaaaaaaaaaaaaaaaaaaaaa6"}, "type": "slide.vi"#[..],
+            &b"{\"_id\": 1, \"type\": \"presen\xff"[..],
+        ] {
+            assert!(
+                matches!(item(cut), Some(Item::Unreadable { line: 7, .. })),
+                "{}",
+                String::from_utf8_lossy(cut)
+            );
+        }
+        assert!(item(br#"{"_id": 1, "type": "presentation.viewed"}"#).is_none());
     }
 }
