@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::sql::{text, write_row, Backend};
+use crate::sql::{text, write_row, Backend, Bound};
 use crate::state::{read, AttemptStatus, RunState, RunStatus, TaskState, Trigger};
 
 /// A ledger read or write failed.
@@ -153,37 +153,6 @@ impl Ledger {
         started_at: Option<DateTime<Utc>>,
         ended_at: Option<DateTime<Utc>>,
     ) -> Result<(), LedgerError> {
-        let (read, written, quarantined, summary, error) = match state {
-            TaskState::Succeeded { report, .. } => (
-                report.rows_read as i64,
-                report.rows_written as i64,
-                report.rows_quarantined as i64,
-                Some(crate::redact::redact(&report.summary).into_owned()),
-                None,
-            ),
-            TaskState::Failed { error, .. } => (
-                0,
-                0,
-                0,
-                None,
-                Some(clip(&crate::redact::redact(error), MAX_ERROR)),
-            ),
-            TaskState::Skipped { because } => (
-                0,
-                0,
-                0,
-                None,
-                Some(format!("skipped: {because} did not succeed")),
-            ),
-            TaskState::Pending | TaskState::Running { .. } => (0, 0, 0, None, None),
-        };
-        let retryable = matches!(
-            state,
-            TaskState::Failed {
-                retryable: true,
-                ..
-            }
-        ) as i64;
         let attempt = i64::from(state.attempt());
         write_row(
             &self.pool,
@@ -194,17 +163,7 @@ impl Ledger {
                 ("task", task.into()),
                 ("attempt", attempt.into()),
             ],
-            &[
-                ("state", state.status().as_str().into()),
-                ("started_at", started_at.map(timestamp).into()),
-                ("ended_at", ended_at.map(timestamp).into()),
-                ("rows_read", read.into()),
-                ("rows_written", written.into()),
-                ("rows_quarantined", quarantined.into()),
-                ("summary", summary.into()),
-                ("error", error.into()),
-                ("retryable", retryable.into()),
-            ],
+            &attempt_values(state, started_at, ended_at),
         )
         .await
         .map_err(LedgerError::new(format!(
@@ -212,33 +171,68 @@ impl Ledger {
         )))
     }
 
-    /// Records the end of a run with its totals.
+    /// Records the end of a run with its totals, and with `tasks`, the
+    /// records of its task attempts not yet written (a run whose
+    /// [`RunOptions::tasks_at_end`](crate::RunOptions::tasks_at_end) is on),
+    /// in one transaction.
     ///
     /// # Errors
-    /// The write failed.
+    /// The write failed; nothing of it is recorded.
     pub async fn finish_run(
         &self,
         run_id: &str,
-        state: &RunState,
-        ended_at: DateTime<Utc>,
-        totals: crate::runner::Totals,
-        error: Option<&str>,
+        end: RunEnd<'_>,
+        tasks: &[TaskRecord],
     ) -> Result<(), LedgerError> {
-        let error = error.map(|e| clip(&crate::redact::redact(e), MAX_ERROR));
+        let what = || LedgerError::new(format!("recording the end of run {run_id}"));
+        let error = end
+            .error
+            .map(|e| clip(&crate::redact::redact(e), MAX_ERROR));
         let sql = self.backend.sql("UPDATE cutover_runs SET state = ?, ended_at = ?, rows_read = ?, rows_written = ?, rows_quarantined = ?, error = ? WHERE run_id = ?");
-        sqlx::query(&sql)
-            .bind(state.status().as_str())
-            .bind(timestamp(ended_at))
-            .bind(totals.read as i64)
-            .bind(totals.written as i64)
-            .bind(totals.quarantined as i64)
+        let update = sqlx::query(&sql)
+            .bind(end.state.status().as_str())
+            .bind(timestamp(end.ended_at))
+            .bind(end.totals.read as i64)
+            .bind(end.totals.written as i64)
+            .bind(end.totals.quarantined as i64)
             .bind(error)
-            .bind(run_id)
-            .execute(&self.pool)
-            .await
-            .map_err(LedgerError::new(format!(
-                "recording the end of run {run_id}"
-            )))?;
+            .bind(run_id);
+        if tasks.is_empty() {
+            update.execute(&self.pool).await.map_err(what())?;
+            return Ok(());
+        }
+        let rows: Vec<Vec<(&'static str, Bound)>> = tasks
+            .iter()
+            .map(|t| {
+                let mut row = attempt_values(&t.state, t.started_at, t.ended_at);
+                row.push(("run_id", run_id.into()));
+                row.push(("task", t.task.as_str().into()));
+                row.push(("attempt", i64::from(t.state.attempt()).into()));
+                row
+            })
+            .collect();
+        let columns: Vec<&str> = rows[0].iter().map(|(c, _)| *c).collect();
+        let mut m = self.backend.markers();
+        let tuples: Vec<String> = rows
+            .iter()
+            .map(|r| format!("({})", m.list(r.len())))
+            .collect();
+        let insert = format!(
+            "INSERT INTO cutover_task_attempts ({}) VALUES {}",
+            columns.join(", "),
+            tuples.join(", ")
+        );
+        let mut q = sqlx::query(&insert);
+        for (_, v) in rows.into_iter().flatten() {
+            q = match v {
+                Bound::Text(t) => q.bind(t),
+                Bound::Int(i) => q.bind(i),
+            };
+        }
+        let mut tx = self.pool.begin().await.map_err(what())?;
+        q.execute(&mut *tx).await.map_err(what())?;
+        update.execute(&mut *tx).await.map_err(what())?;
+        tx.commit().await.map_err(what())?;
         Ok(())
     }
 
@@ -518,6 +512,82 @@ pub const STALE_MS: i64 = 120_000;
 
 /// How often a running run records that it is alive.
 pub const HEARTBEAT_MS: u64 = 15_000;
+
+/// A task attempt's record, kept by a run that writes them with its end.
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    /// The task.
+    pub task: String,
+    /// Its state; the attempt is the state's.
+    pub state: TaskState,
+    /// When the attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// How a run ended, as [`Ledger::finish_run`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct RunEnd<'a> {
+    /// Its state.
+    pub state: &'a RunState,
+    /// When it ended.
+    pub ended_at: DateTime<Utc>,
+    /// What it read, wrote and quarantined.
+    pub totals: crate::runner::Totals,
+    /// Its first error, if any.
+    pub error: Option<&'a str>,
+}
+
+/// The columns of a task attempt's row other than its key.
+fn attempt_values(
+    state: &TaskState,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+) -> Vec<(&'static str, Bound)> {
+    let (read, written, quarantined, summary, error) = match state {
+        TaskState::Succeeded { report, .. } => (
+            report.rows_read as i64,
+            report.rows_written as i64,
+            report.rows_quarantined as i64,
+            Some(crate::redact::redact(&report.summary).into_owned()),
+            None,
+        ),
+        TaskState::Failed { error, .. } => (
+            0,
+            0,
+            0,
+            None,
+            Some(clip(&crate::redact::redact(error), MAX_ERROR)),
+        ),
+        TaskState::Skipped { because } => (
+            0,
+            0,
+            0,
+            None,
+            Some(format!("skipped: {because} did not succeed")),
+        ),
+        TaskState::Pending | TaskState::Running { .. } => (0, 0, 0, None, None),
+    };
+    let retryable = matches!(
+        state,
+        TaskState::Failed {
+            retryable: true,
+            ..
+        }
+    ) as i64;
+    vec![
+        ("state", state.status().as_str().into()),
+        ("started_at", started_at.map(timestamp).into()),
+        ("ended_at", ended_at.map(timestamp).into()),
+        ("rows_read", read.into()),
+        ("rows_written", written.into()),
+        ("rows_quarantined", quarantined.into()),
+        ("summary", summary.into()),
+        ("error", error.into()),
+        ("retryable", retryable.into()),
+    ]
+}
 
 /// The longest error the ledger keeps whole; longer ones keep their head
 /// and tail, where the first message and the root cause are.

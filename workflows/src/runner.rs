@@ -4,11 +4,12 @@
 //! retryable; an attempt that outlives its timeout is cancelled and counts as
 //! a retryable failure; a task that finally fails marks every task that
 //! depends on it, directly or not, as skipped, and the run as failed. Every
-//! transition is written to the ledger.
+//! transition is written to the ledger: as it happens, or, for a run that
+//! asks for it ([`RunOptions::tasks_at_end`]), with the run's end.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +19,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::dag::{Dag, TaskSpec};
-use crate::ledger::{Ledger, LedgerError};
+use crate::ledger::{Ledger, LedgerError, RunEnd, TaskRecord};
 use crate::state::{AttemptStatus, RunState, RunStatus, TaskState, Trigger};
 use crate::task::{Role, Task, TaskContext, TaskError, TaskKinds, TaskReport};
 
@@ -49,6 +50,12 @@ pub struct RunOptions {
     /// When the source has nothing new since the DAG's last successful run
     /// (its extracts say so), the tasks after them are not run.
     pub skip_unchanged: bool,
+    /// Write the tasks' records once, with the run's end and in the same
+    /// transaction, instead of as each task starts and ends: for short runs
+    /// (the feed's micro-batches), where those writes cost more than the
+    /// work. The run's start is still recorded first; a run that is
+    /// interrupted or dies shows as interrupted, without its tasks.
+    pub tasks_at_end: bool,
 }
 
 impl Default for RunOptions {
@@ -63,6 +70,7 @@ impl Default for RunOptions {
             interrupt: None,
             keep_failed: 3,
             skip_unchanged: true,
+            tasks_at_end: false,
         }
     }
 }
@@ -176,14 +184,18 @@ impl Runner {
         state: &RunState,
         totals: Totals,
         error: Option<&str>,
+        records: &Records,
     ) -> Result<(), LedgerError> {
+        let tasks = records.held();
         let mut attempt = 1u32;
         loop {
-            match self
-                .ledger
-                .finish_run(run_id, state, Utc::now(), totals, error)
-                .await
-            {
+            let end = RunEnd {
+                state,
+                ended_at: Utc::now(),
+                totals,
+                error,
+            };
+            match self.ledger.finish_run(run_id, end, &tasks).await {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt >= FINISH_ATTEMPTS => return Err(e),
                 Err(e) => {
@@ -242,14 +254,15 @@ impl Runner {
                 }
             })
         };
+        let records = Records::new(self.ledger.clone(), &run_id, opts.tasks_at_end);
         let span = tracing::info_span!("run", dag = %dag.name, run_id = %run_id);
         let summary = self
-            .drive(dag, &mut implementations, opts, &run_id, &work_dir)
+            .drive(dag, &mut implementations, opts, &records, &work_dir)
             .instrument(span)
             .await;
         beat.abort();
         let summary = self
-            .record_end(dag, opts, &run_id, &work_dir, summary)
+            .record_end(dag, opts, &records, &work_dir, summary)
             .await;
         prune_work(
             &self.ledger,
@@ -266,11 +279,11 @@ impl Runner {
         &self,
         dag: &Dag<K>,
         opts: &RunOptions,
-        run_id: &str,
+        records: &Records,
         work_dir: &std::path::Path,
         summary: Result<RunSummary, RunError>,
     ) -> Result<RunSummary, RunError> {
-        let run_id = run_id.to_owned();
+        let run_id = records.run_id.clone();
         if let Err(RunError::Interrupted(_)) = &summary {
             let reason = "interrupted: the scheduler stopped before the run ended; the next run goes on from the watermarks";
             tracing::warn!(dag = %dag.name, run_id = %run_id, "run interrupted");
@@ -287,6 +300,7 @@ impl Runner {
                         &RunState::Failed { failed: vec![] },
                         Totals::default(),
                         Some(&e.to_string()),
+                        records,
                     )
                     .await;
                 return Err(e);
@@ -298,6 +312,7 @@ impl Runner {
             &summary.state,
             summary.totals,
             first_error.as_deref(),
+            records,
         )
         .await?;
         crate::metrics::metrics().run_ended(&dag.name, opts.trigger, summary.state.status());
@@ -312,9 +327,10 @@ impl Runner {
         dag: &Dag<K>,
         implementations: &mut HashMap<String, Arc<dyn Task>>,
         opts: &RunOptions,
-        run_id: &str,
+        records: &Records,
         work_dir: &std::path::Path,
     ) -> Result<RunSummary, RunError> {
+        let run_id = records.run_id.as_str();
         tokio::fs::create_dir_all(work_dir)
             .await
             .map_err(|e| RunError::WorkDir(work_dir.to_path_buf(), e))?;
@@ -338,7 +354,7 @@ impl Runner {
                 .remove(&spec.id)
                 .ok_or_else(|| RunError::NoImplementation(spec.id.clone()))?;
             let attempt = Attempts {
-                ledger: self.ledger.clone(),
+                records: records.clone(),
                 ctx: TaskContext {
                     dag: dag.name.clone(),
                     run_id: run_id.to_owned(),
@@ -387,7 +403,7 @@ impl Runner {
                 let succeeded = matches!(state, TaskState::Succeeded { .. });
                 states.insert(id.clone(), state);
                 if !succeeded {
-                    self.skip_dependents(dag, &id, &mut states, run_id).await?;
+                    Self::skip_dependents(dag, &id, &mut states, records).await?;
                     continue;
                 }
                 for spec in dag.tasks.iter().filter(|t| t.depends_on.contains(&id)) {
@@ -404,8 +420,8 @@ impl Runner {
                         let state = up_to_date(&spec.depends_on);
                         let now = Utc::now();
                         tracing::info!(task = %spec.id, "up to date: nothing new upstream");
-                        self.ledger
-                            .record_task(run_id, &spec.id, &state, Some(now), Some(now))
+                        records
+                            .record(&spec.id, &state, Some(now), Some(now))
                             .await?;
                         finished.push((spec.id.clone(), state));
                     } else {
@@ -442,11 +458,10 @@ impl Runner {
 
     /// Marks every pending task downstream of `failed` as skipped.
     async fn skip_dependents<K>(
-        &self,
         dag: &Dag<K>,
         failed: &str,
         states: &mut HashMap<String, TaskState>,
-        run_id: &str,
+        records: &Records,
     ) -> Result<(), LedgerError> {
         let mut frontier = vec![failed.to_owned()];
         while let Some(cause) = frontier.pop() {
@@ -456,8 +471,8 @@ impl Runner {
                         because: cause.clone(),
                     };
                     tracing::warn!(task = %spec.id, because = %cause, "task skipped");
-                    self.ledger
-                        .record_task(run_id, &spec.id, &skipped, None, Some(Utc::now()))
+                    records
+                        .record(&spec.id, &skipped, None, Some(Utc::now()))
                         .await?;
                     states.insert(spec.id.clone(), skipped);
                     frontier.push(spec.id.clone());
@@ -509,9 +524,68 @@ pub enum RunError {
     Interrupted(String),
 }
 
+/// Where a run's task records go: to the ledger as they change, or held
+/// until the run's end ([`RunOptions::tasks_at_end`]).
+#[derive(Debug, Clone)]
+struct Records {
+    ledger: Ledger,
+    run_id: String,
+    held: Option<Arc<Mutex<Vec<TaskRecord>>>>,
+}
+
+impl Records {
+    fn new(ledger: Ledger, run_id: &str, at_end: bool) -> Self {
+        Self {
+            ledger,
+            run_id: run_id.to_owned(),
+            held: at_end.then(Arc::default),
+        }
+    }
+
+    /// Records a task's state for one attempt, replacing what was recorded
+    /// for that attempt.
+    async fn record(
+        &self,
+        task: &str,
+        state: &TaskState,
+        started_at: Option<DateTime<Utc>>,
+        ended_at: Option<DateTime<Utc>>,
+    ) -> Result<(), LedgerError> {
+        let Some(held) = &self.held else {
+            return self
+                .ledger
+                .record_task(&self.run_id, task, state, started_at, ended_at)
+                .await;
+        };
+        let record = TaskRecord {
+            task: task.to_owned(),
+            state: state.clone(),
+            started_at,
+            ended_at,
+        };
+        let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
+        match held
+            .iter_mut()
+            .find(|r| r.task == task && r.state.attempt() == state.attempt())
+        {
+            Some(r) => *r = record,
+            None => held.push(record),
+        }
+        Ok(())
+    }
+
+    /// The records held for the run's end.
+    fn held(&self) -> Vec<TaskRecord> {
+        self.held
+            .as_ref()
+            .map(|h| h.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .unwrap_or_default()
+    }
+}
+
 /// The attempts of one task.
 struct Attempts {
-    ledger: Ledger,
+    records: Records,
     ctx: TaskContext,
     retries: u32,
     backoff: Duration,
@@ -598,8 +672,8 @@ impl Attempts {
         ended: Option<DateTime<Utc>>,
     ) {
         if let Err(e) = self
-            .ledger
-            .record_task(&self.ctx.run_id, &self.ctx.task, state, started, ended)
+            .records
+            .record(&self.ctx.task, state, started, ended)
             .await
         {
             tracing::error!(error = %e, cause = %e.cause(), "could not record the task in the ledger");

@@ -386,3 +386,86 @@ async fn tasks_after_unchanged_tasks_only_are_up_to_date_without_running() {
     assert_eq!(s.state, RunState::Succeeded);
     assert_eq!(log.lock().unwrap().len(), 8);
 }
+
+/// Counts the attempts the ledger holds for its run while it runs.
+struct Peek(Ledger, Arc<Mutex<Option<usize>>>);
+
+#[async_trait]
+impl Task for Peek {
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskReport, TaskError> {
+        let held = self.0.attempts(&ctx.run_id).await.unwrap().len();
+        *self.1.lock().unwrap() = Some(held);
+        Ok(TaskReport::default())
+    }
+}
+
+#[tokio::test]
+async fn a_run_that_records_its_tasks_at_its_end_leaves_the_same_ledger() {
+    let d = dag("[[tasks]]\nid = \"a\"\nkind = \"test\"\nretries = 2\n\
+        [[tasks]]\nid = \"peek\"\nkind = \"test\"\ndepends_on = [\"a\"]\n\
+        [[tasks]]\nid = \"fatal\"\nkind = \"test\"\ndepends_on = [\"peek\"]\n\
+        [[tasks]]\nid = \"after\"\nkind = \"test\"\ndepends_on = [\"fatal\"]\n");
+    let mut ledgers = Vec::new();
+    for at_end in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runner().await;
+        let seen = Arc::new(Mutex::new(None));
+        let s = r
+            .run(
+                &d,
+                tasks(vec![
+                    (
+                        "a",
+                        Arc::new(Flaky {
+                            failures: 1,
+                            calls: Arc::new(AtomicU32::new(0)),
+                        }),
+                    ),
+                    ("peek", Arc::new(Peek(r.ledger().clone(), seen.clone()))),
+                    ("fatal", Arc::new(Fatal(Arc::new(AtomicU32::new(0))))),
+                    ("after", Arc::new(Log(Arc::default()))),
+                ]),
+                &RunOptions {
+                    tasks_at_end: at_end,
+                    ..opts(dir.path())
+                },
+            )
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().expect("peek ran");
+        if at_end {
+            assert_eq!(seen, 0, "nothing is written before the run's end");
+        } else {
+            assert_eq!(seen, 3, "a's two attempts and peek's own, as they go");
+        }
+        let run = &r.ledger().runs(None, 1).await.unwrap()[0];
+        assert_eq!(run.state, RunStatus::Failed);
+        let mut attempts: Vec<_> = r
+            .ledger()
+            .attempts(&s.run_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                assert!(a.ended_at.is_some(), "{a:?}");
+                (a.task, a.attempt, a.state, a.rows_read, a.error)
+            })
+            .collect();
+        attempts.sort_by(|x, y| (&x.0, x.1).cmp(&(&y.0, y.1)));
+        ledgers.push(attempts);
+    }
+    assert_eq!(ledgers[0], ledgers[1]);
+    let states: Vec<(&str, i64, AttemptStatus)> = ledgers[1]
+        .iter()
+        .map(|(t, n, s, ..)| (t.as_str(), *n, *s))
+        .collect();
+    for expected in [
+        ("a", 1, AttemptStatus::Failed),
+        ("a", 2, AttemptStatus::Succeeded),
+        ("peek", 1, AttemptStatus::Succeeded),
+        ("fatal", 1, AttemptStatus::Failed),
+        ("after", 0, AttemptStatus::Skipped),
+    ] {
+        assert!(states.contains(&expected), "{expected:?} in {states:?}");
+    }
+}

@@ -8,8 +8,9 @@
 //! JSON), quarantines poison (not an event), routes each event to the DAGs
 //! whose extracts take it (their `types` and `filter`, as on the events
 //! file), and runs each of those DAGs once over its events, without its
-//! verify tasks, in `after` order, recorded in the ledger as runs of trigger
-//! `sqs`. A message is deleted only when every DAG that takes it has
+//! verify tasks, one after another in `after` order, recorded in the ledger
+//! as runs of trigger `sqs` (each run's task records written with its end,
+//! in one transaction). A message is deleted only when every DAG that takes it has
 //! committed; until then a heartbeat keeps it invisible. A message whose
 //! event only DAGs this consumer does not run take is left for another
 //! consumer (made visible again); one whose type no DAG in the folder takes
@@ -201,6 +202,9 @@ impl Consumer {
             queue.visibility_timeout().await?;
         }
         settings.run.trigger = Trigger::Feed;
+        // A micro-batch's run is short: its task records are written with
+        // its end, in one transaction, not as each task starts and ends.
+        settings.run.tasks_at_end = true;
         let status = ConsumerStatus::new(queue.url());
         let routes: Vec<Vec<Query>> = dags.iter().map(queries).collect();
         let type_fields = routes
@@ -439,44 +443,51 @@ impl Consumer {
             out.poison = poison.len() as u64;
         }
 
-        // Run the DAGs that take something, level by level; a DAG whose run
-        // fails on its data is run again on halves until the events that
-        // break it are found.
+        // Run the DAGs that take something, one after another in `after`
+        // order; a DAG whose run fails on its data is run again on halves
+        // until the events that break it are found. One at a time: DAGs
+        // that load the same dimension (every fact DAG's `dim_date`) side by
+        // side deadlock on MariaDB, and the loser's task waits a back-off
+        // before its retry, longer than the DAGs take one after another.
         let mut succeeded: HashSet<usize> = HashSet::new();
-        for level in Dag::levels(&self.dags) {
-            let mut runs = tokio::task::JoinSet::new();
-            for d in level {
-                let docs = std::mem::take(&mut routed[d]);
-                if docs.is_empty() {
-                    succeeded.insert(d);
-                    continue;
-                }
-                let feed = FeedRun {
-                    consumer: self.id().to_owned(),
-                    dag: self.dags[d].clone(),
-                    warehouse: self.warehouse.clone(),
-                    runner: self.runner.clone(),
-                    opts: self.settings.run.clone(),
-                };
-                let ids: Vec<String> = docs
-                    .iter()
-                    .map(|(i, _)| batch[*i].message_id.clone())
-                    .collect();
-                runs.spawn(async move { (d, feed.run_isolating(docs, ids).await) });
+        for d in Dag::levels(&self.dags).into_iter().flatten() {
+            let docs = std::mem::take(&mut routed[d]);
+            if docs.is_empty() {
+                succeeded.insert(d);
+                continue;
             }
-            while let Some(joined) = runs.join_next().await {
-                let Ok((d, outcome)) = joined else { continue };
-                let name = self.dags[d].name.clone();
-                out.isolated += outcome.isolated;
-                for e in &outcome.errors {
-                    self.status.error(format!("dag {name}: {e}"));
-                }
-                match outcome.result {
-                    FeedResult::Committed => {
-                        succeeded.insert(d);
+            let name = self.dags[d].name.clone();
+            let feed = FeedRun {
+                consumer: self.id().to_owned(),
+                dag: self.dags[d].clone(),
+                warehouse: self.warehouse.clone(),
+                runner: self.runner.clone(),
+                opts: self.settings.run.clone(),
+            };
+            let ids: Vec<String> = docs
+                .iter()
+                .map(|(i, _)| batch[*i].message_id.clone())
+                .collect();
+            // On a task of its own, so that a panic fails this DAG's part
+            // of the batch, not the consumer.
+            let outcome =
+                match tokio::spawn(async move { feed.run_isolating(docs, ids).await }).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => {
+                        self.status.error(format!("dag {name}: {e}"));
+                        out.failed.push(name);
+                        continue;
                     }
-                    FeedResult::Retry => out.failed.push(name),
+                };
+            out.isolated += outcome.isolated;
+            for e in &outcome.errors {
+                self.status.error(format!("dag {name}: {e}"));
+            }
+            match outcome.result {
+                FeedResult::Committed => {
+                    succeeded.insert(d);
                 }
+                FeedResult::Retry => out.failed.push(name),
             }
         }
 
