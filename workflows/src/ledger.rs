@@ -9,7 +9,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
-use crate::sql::{text, write_row, Backend, Bound};
+use crate::sql::{bind_all, text, write_row, Backend, Bound};
 use crate::state::{read, AttemptStatus, RunState, RunStatus, TaskState, Trigger};
 
 /// A ledger read or write failed.
@@ -222,13 +222,9 @@ impl Ledger {
             columns.join(", "),
             tuples.join(", ")
         );
-        let mut q = sqlx::query(&insert);
-        for (_, v) in rows.into_iter().flatten() {
-            q = match v {
-                Bound::Text(t) => q.bind(t),
-                Bound::Int(i) => q.bind(i),
-            };
-        }
+        let q = rows
+            .iter()
+            .fold(sqlx::query(&insert), |q, row| bind_all(q, row, &[]));
         let mut tx = self.pool.begin().await.map_err(what())?;
         q.execute(&mut *tx).await.map_err(what())?;
         update.execute(&mut *tx).await.map_err(what())?;

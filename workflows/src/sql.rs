@@ -282,7 +282,8 @@ pub async fn write_row(
     Ok(())
 }
 
-fn bind_all<'q>(
+/// Binds `values`, then `key`, to `q` in that order.
+pub(crate) fn bind_all<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     values: &[(&str, Bound)],
     key: &[(&str, Bound)],

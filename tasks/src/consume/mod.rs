@@ -10,8 +10,8 @@
 //! file), and runs each of those DAGs once over its events, without its
 //! verify tasks, one after another in `after` order, recorded in the ledger
 //! as runs of trigger `sqs` (each run's task records written with its end,
-//! in one transaction). A message is deleted only when every DAG that takes it has
-//! committed; until then a heartbeat keeps it invisible. A message whose
+//! in one transaction). A message is deleted only when every DAG that takes
+//! it has committed; until then a heartbeat keeps it invisible. A message whose
 //! event only DAGs this consumer does not run take is left for another
 //! consumer (made visible again); one whose type no DAG in the folder takes
 //! is deleted, as the nightly runs ignore it.
